@@ -1,0 +1,587 @@
+"""Decode a DICOM file once into stored pixel values plus the attributes needed to display it.
+
+``load_image(path)`` reads the file with pydicom, decodes every frame with the fastest
+installed plugin and returns a :class:`DecodedImage`. Grey images keep their *stored* values
+(the modality LUT and VOI are applied later, per request, by :mod:`render.pipeline`); colour
+images are converted to 8-bit RGB once, here.
+
+Problems become :mod:`render.errors` exceptions, never a bare pydicom/numpy error:
+no Pixel Data or truncated/undecodable data -> ``CorruptPixelData`` (422), a transfer
+syntax or photometric interpretation we cannot show -> ``UnsupportedImage`` (415).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+from .errors import CorruptPixelData, UnsupportedImage
+
+log = logging.getLogger(__name__)
+
+WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+COLOUR_PHOTOMETRICS = (
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_PARTIAL_420",
+    "YBR_ICT",
+    "YBR_RCT",
+    "PALETTE COLOR",
+)
+
+# Which pydicom decoding plugin to prefer per transfer syntax (see performance-notes.md):
+# pyjpegls is 3x faster than pylibjpeg for JPEG-LS, pylibjpeg-rle 8x faster than pydicom's RLE,
+# openjpeg (pylibjpeg) handles every J2K bit depth, Pillow does not.
+_PREFERRED_PLUGIN = {
+    JPEGLSLossless: "pyjpegls",
+    JPEGLSNearLossless: "pyjpegls",
+    RLELossless: "pylibjpeg",
+    JPEG2000: "pylibjpeg",
+    JPEG2000Lossless: "pylibjpeg",
+}
+
+
+@dataclass(frozen=True)
+class Window:
+    """A VOI window: centre and width in modality (e.g. HU) units, and its function."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+
+@dataclass(frozen=True, eq=False)
+class LUT:
+    """A modality or VOI lookup table (PS3.3 C.11.1 / C.11.2).
+
+    Input values below ``first_mapped`` map to the first entry, values past the end to the
+    last entry. ``bits`` is the LUT Descriptor's bits-per-entry (output range 0..2**bits-1).
+    """
+
+    first_mapped: int
+    data: np.ndarray
+    bits: int
+
+    def apply(self, arr: np.ndarray) -> np.ndarray:
+        idx = np.asarray(arr).astype(np.int64) - self.first_mapped
+        np.clip(idx, 0, len(self.data) - 1, out=idx)
+        return self.data[idx]
+
+    @property
+    def out_max(self) -> int:
+        return (1 << self.bits) - 1
+
+
+@dataclass(eq=False)
+class DecodedImage:
+    """All frames of one DICOM instance, decoded once, plus display attributes.
+
+    ``pixels`` is (frames, rows, cols) of stored values (native dtype) for grey images or
+    (frames, rows, cols, 3) uint8 RGB for colour. Per-frame arrays have one row per frame.
+    """
+
+    pixels: np.ndarray
+    photometric: str
+    is_color: bool
+    bits_stored: int = 8
+    signed: bool = False
+    # modality LUT: either slope/intercept per frame or a LUT (which then takes precedence)
+    slopes: np.ndarray = field(default_factory=lambda: np.ones(1))
+    intercepts: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    modality_lut: LUT | None = None
+    # VOI: file window per frame (None where the file has none), VOI LUT, fallback window
+    windows: list[Window | None] = field(default_factory=list)
+    voi_lut: LUT | None = None
+    default_window: Window = Window(128.0, 256.0)
+    invert: bool = False
+    pixel_spacing: tuple[float, float] | None = None  # (row spacing, column spacing) in mm
+    spacing_source: str | None = None  # "PixelSpacing" | "ImagerPixelSpacing" | None
+    slice_thickness: float | None = None
+    positions: np.ndarray | None = None  # (frames, 3) ImagePositionPatient
+    orientations: np.ndarray | None = None  # (frames, 6) ImageOrientationPatient
+    frame_time_ms: float | None = None
+    cine_rate: float | None = None
+    recommended_fps: float | None = None
+    modality: str | None = None
+    sop_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    frame_of_reference_uid: str | None = None
+    transfer_syntax: str | None = None
+
+    @property
+    def frames(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def rows(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def cols(self) -> int:
+        return int(self.pixels.shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0
+        for lut in (self.modality_lut, self.voi_lut):
+            if lut is not None:
+                extra += lut.data.nbytes
+        return int(self.pixels.nbytes) + extra + 1024
+
+    @property
+    def fps(self) -> float | None:
+        """Playback rate for cine: RecommendedDisplayFrameRate, CineRate, then 1000/FrameTime."""
+        if self.recommended_fps:
+            return self.recommended_fps
+        if self.cine_rate:
+            return self.cine_rate
+        if self.frame_time_ms:
+            return 1000.0 / self.frame_time_ms
+        return None
+
+    def window(self, frame: int = 0) -> Window | None:
+        """The file's own window for ``frame`` (None if it has none)."""
+        if not self.windows:
+            return None
+        return self.windows[min(frame, len(self.windows) - 1)]
+
+    def rescale(self, frame: int = 0) -> tuple[float, float]:
+        i = min(frame, len(self.slopes) - 1)
+        return float(self.slopes[i]), float(self.intercepts[i])
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read(path: str | os.PathLike) -> Dataset:
+    try:
+        # (no warnings.catch_warnings here: it is not thread-safe and we run in a pool)
+        try:
+            return pydicom.dcmread(path)
+        except InvalidDicomError:
+            # Old files without the 128-byte preamble / File Meta (e.g. ACR-NEMA style)
+            ds = pydicom.dcmread(path, force=True)
+            if "PixelData" not in ds and "SOPClassUID" not in ds and "Rows" not in ds:
+                raise UnsupportedImage(
+                    f"{os.path.basename(str(path))} is not a DICOM file (no 'DICM' prefix "
+                    "and no recognisable DICOM elements); send a DICOM Part 10 file"
+                ) from None
+            return ds
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except UnsupportedImage:
+        raise
+    except Exception as exc:  # pydicom raises many types on a damaged header
+        raise CorruptPixelData(
+            f"cannot read the DICOM file: {exc}; the file is damaged, send it again"
+        ) from exc
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    ts = meta.get("TransferSyntaxUID")
+    if ts is None:
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        if implicit is None:
+            implicit, little = True, True
+        if little:
+            ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        else:
+            ts = ExplicitVRBigEndian
+        meta.TransferSyntaxUID = ts
+    return UID(ts)
+
+
+def _lut_from_item(item: Dataset, ds: Dataset, *, kind: str) -> LUT:
+    desc = [int(v) for v in item.LUTDescriptor]
+    nr = desc[0] or 65536
+    first = desc[1]
+    bits = desc[2]
+    elem = item["LUTData"]
+    if isinstance(elem.value, (bytes, bytearray)):
+        little = ds.file_meta.TransferSyntaxUID != ExplicitVRBigEndian
+        data = np.frombuffer(elem.value, dtype="<u2" if little else ">u2")[:nr]
+    else:
+        val = elem.value
+        if not isinstance(val, (list, tuple, pydicom.multival.MultiValue)):
+            val = [val]
+        data = np.asarray(val, dtype=np.int64)[:nr]
+    if len(data) == 0:
+        raise CorruptPixelData(f"the {kind} LUT Sequence has an empty LUT Data (0028,3006)")
+    data = np.asarray(data, dtype=np.uint16 if bits > 8 else np.uint8)
+    if kind == "modality" and first >= 32768 and ds.get("PixelRepresentation", 0) == 1:
+        first -= 65536  # descriptor stored as US for a signed image
+    return LUT(first_mapped=int(first), data=np.ascontiguousarray(data), bits=int(bits))
+
+
+def _fg_item(ds: Dataset, frame: int, seq: str) -> Dataset | None:
+    """Functional group macro ``seq`` for ``frame``: per-frame first, then shared."""
+    pffg = ds.get("PerFrameFunctionalGroupsSequence")
+    if pffg is not None and frame < len(pffg):
+        s = pffg[frame].get(seq)
+        if s:
+            return s[0]
+    sfg = ds.get("SharedFunctionalGroupsSequence")
+    if sfg:
+        s = sfg[0].get(seq)
+        if s:
+            return s[0]
+    return None
+
+
+def _fg_value(ds: Dataset, frame: int, seq: str, keyword: str) -> Any:
+    item = _fg_item(ds, frame, seq)
+    if item is not None and keyword in item:
+        return item.get(keyword)
+    return ds.get(keyword)
+
+
+def _first(value: Any) -> Any:
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return value[0] if len(value) else None
+    return value
+
+
+def _float(value: Any) -> float | None:
+    try:
+        v = float(_first(value))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def _parse_window(center: Any, width: Any, function: Any) -> Window | None:
+    c, w = _float(center), _float(width)
+    if c is None or w is None:
+        return None
+    fn = str(_first(function) or "LINEAR").strip().upper() or "LINEAR"
+    if fn not in WINDOW_FUNCTIONS:
+        log.debug("ignoring unknown VOI LUT Function %r", fn)
+        fn = "LINEAR"
+    if (fn == "LINEAR" and w < 1) or w <= 0:
+        return None
+    return Window(c, w, fn)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _decode_jpeg_baseline(ds: Dataset, frames: int, color: bool) -> np.ndarray | None:
+    """Fast path: libjpeg-turbo (simplejpeg) for 8-bit baseline JPEG. None -> use pydicom."""
+    try:
+        import simplejpeg
+        from pydicom.encaps import generate_frames
+
+        out = None
+        for i, buf in enumerate(generate_frames(ds.PixelData, number_of_frames=frames)):
+            img = simplejpeg.decode_jpeg(buf, colorspace="RGB" if color else "GRAY")
+            if out is None:
+                shape = (frames,) + img.shape if color else (frames,) + img.shape[:2]
+                out = np.empty(shape, np.uint8)
+            out[i] = img if color else img[..., 0] if img.ndim == 3 else img
+        return out
+    except Exception as exc:  # anything odd: let pydicom's own decoder try
+        log.debug("simplejpeg fast path failed (%s); falling back to pydicom", exc)
+        return None
+
+
+def _decode(ds: Dataset, ts: UID, frames: int, color: bool) -> np.ndarray:
+    from pydicom.pixels import get_decoder, pixel_array
+
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise UnsupportedImage(
+            f"transfer syntax {ts} ({getattr(ts, 'name', '?')}) is not supported; "
+            "ask the sender to use an uncompressed, JPEG, JPEG-LS, JPEG 2000 or RLE syntax"
+        ) from None
+    if not decoder.is_available:
+        missing = "; ".join(
+            f"{k}: {', '.join(v)}" for k, v in decoder.missing_dependencies.items()
+        ) if hasattr(decoder, "missing_dependencies") else ""
+        raise UnsupportedImage(
+            f"no decoder is installed for transfer syntax {ts.name}; install a pydicom "
+            f"plugin for it ({missing})"
+        )
+
+    if ts == JPEGBaseline8Bit and ds.get("BitsAllocated") == 8:
+        arr = _decode_jpeg_baseline(ds, frames, color)
+        if arr is not None and arr.shape[1:3] == (ds.Rows, ds.Columns):
+            return arr
+
+    plugins = []
+    pref = _PREFERRED_PLUGIN.get(ts)
+    if pref and pref in decoder.available_plugins:
+        plugins.append(pref)
+    plugins.append("")
+    last: Exception | None = None
+    for plugin in plugins:
+        try:
+            return pixel_array(ds, decoding_plugin=plugin)
+        except Exception as exc:
+            last = exc
+            log.debug("decoding with plugin %r failed: %s", plugin or "default", exc)
+    raise CorruptPixelData(
+        f"the Pixel Data (7FE0,0010) cannot be decoded as {ts.name}: {last}; the file is "
+        "probably truncated or damaged, send it again"
+    ) from last
+
+
+def _to_native(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.byteorder not in ("=", "|"):
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def _scale_to_u8(arr: np.ndarray, bits: int) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    maxv = float((1 << bits) - 1) if bits > 0 else 255.0
+    out = np.rint(arr.astype(np.float64) * (255.0 / maxv))
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
+
+
+def _palette_to_rgb(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        rgb = apply_color_lut(arr, ds)
+    except Exception as exc:
+        raise CorruptPixelData(
+            f"the Palette Color Lookup Table cannot be applied: {exc}; the file's palette "
+            "attributes (0028,1101-1203) are damaged"
+        ) from exc
+    if rgb.dtype != np.uint8:
+        # 16-bit palette entries: keep the high byte (as DCMTK does)
+        rgb = (rgb.astype(np.uint16) >> 8).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def load_image(path: str | os.PathLike) -> DecodedImage:
+    """Read and decode every frame of a DICOM file.
+
+    Raises CorruptPixelData / UnsupportedImage (see module doc); FileNotFoundError and
+    PermissionError pass through unchanged.
+    """
+    ds = _read(path)
+    return image_from_dataset(ds)
+
+
+def image_from_dataset(ds: Dataset) -> DecodedImage:
+    """Same as :func:`load_image` for an already read dataset (it may be modified)."""
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise UnsupportedImage(
+                "float pixel data (7FE0,0008/0009) is not supported for display; "
+                "export the image with integer Pixel Data (7FE0,0010)"
+            )
+        raise CorruptPixelData(
+            "Pixel Data (7FE0,0010) missing: the file holds no image (or it was cut short "
+            "in transfer); send the complete file again"
+        )
+    for kw, tag in (("Rows", "0028,0010"), ("Columns", "0028,0011"),
+                    ("BitsAllocated", "0028,0100")):
+        if kw not in ds or ds[kw].value in (None, "", 0):
+            raise CorruptPixelData(f"{kw} ({tag}) missing or zero: the image header is incomplete")
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    if not photometric:
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        photometric = "RGB" if spp == 3 else "MONOCHROME2"
+        ds.PhotometricInterpretation = photometric
+    if photometric not in GREY_PHOTOMETRICS + COLOUR_PHOTOMETRICS:
+        raise UnsupportedImage(
+            f"Photometric Interpretation '{photometric}' is not supported; convert the image "
+            "to MONOCHROME2, RGB or YBR_FULL"
+        )
+    if "SamplesPerPixel" not in ds:
+        ds.SamplesPerPixel = 3 if photometric.startswith(("RGB", "YBR")) else 1
+    if "PixelRepresentation" not in ds:
+        ds.PixelRepresentation = 0
+    if "BitsStored" not in ds:
+        ds.BitsStored = ds.BitsAllocated
+    ts = _ensure_transfer_syntax(ds)
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    frames = max(frames, 1)
+    is_color = photometric not in GREY_PHOTOMETRICS
+    three = int(ds.SamplesPerPixel) == 3
+
+    arr = _decode(ds, ts, frames, three)
+    arr = _to_native(arr)
+    if arr.dtype.kind == "f":
+        raise UnsupportedImage("floating point stored pixels are not supported")
+    expected_ndim = 4 if three else 3
+    if arr.ndim == expected_ndim - 1:
+        arr = arr[np.newaxis]
+    if arr.ndim != expected_ndim:
+        raise CorruptPixelData(
+            f"decoded pixel array has shape {arr.shape}, which does not match Rows, Columns, "
+            "Samples per Pixel and Number of Frames"
+        )
+    bits_stored = int(ds.BitsStored)
+
+    if photometric == "PALETTE COLOR":
+        arr = _palette_to_rgb(arr, ds)
+    elif three:
+        arr = np.ascontiguousarray(_scale_to_u8(arr, bits_stored))
+    frames = arr.shape[0]
+
+    img = DecodedImage(
+        pixels=arr,
+        photometric=photometric,
+        is_color=is_color,
+        bits_stored=bits_stored,
+        signed=int(ds.PixelRepresentation) == 1,
+        transfer_syntax=str(ts),
+        modality=ds.get("Modality"),
+        sop_instance_uid=ds.get("SOPInstanceUID"),
+        series_instance_uid=ds.get("SeriesInstanceUID"),
+        frame_of_reference_uid=ds.get("FrameOfReferenceUID"),
+    )
+    _fill_geometry(img, ds, frames)
+    _fill_timing(img, ds)
+    if not is_color:
+        _fill_grey_display(img, ds, frames)
+    return img
+
+
+def _fill_geometry(img: DecodedImage, ds: Dataset, frames: int) -> None:
+    spacing = _fg_value(ds, 0, "PixelMeasuresSequence", "PixelSpacing")
+    source = "PixelSpacing"
+    if not spacing:
+        spacing = ds.get("ImagerPixelSpacing")
+        source = "ImagerPixelSpacing"
+    try:
+        if spacing and len(spacing) >= 2:
+            sp = (float(spacing[0]), float(spacing[1]))
+            if all(np.isfinite(sp)) and min(sp) > 0:
+                img.pixel_spacing, img.spacing_source = sp, source
+    except (TypeError, ValueError):
+        pass
+    img.slice_thickness = _float(_fg_value(ds, 0, "PixelMeasuresSequence", "SliceThickness"))
+    positions, orientations = [], []
+    for f in range(frames):
+        p = _fg_value(ds, f, "PlanePositionSequence", "ImagePositionPatient")
+        o = _fg_value(ds, f, "PlaneOrientationSequence", "ImageOrientationPatient")
+        try:
+            positions.append([float(v) for v in p] if p is not None and len(p) == 3 else None)
+            orientations.append([float(v) for v in o] if o is not None and len(o) == 6 else None)
+        except (TypeError, ValueError):
+            positions.append(None)
+            orientations.append(None)
+    if all(p is not None for p in positions):
+        img.positions = np.asarray(positions, dtype=np.float64)
+    if all(o is not None for o in orientations):
+        img.orientations = np.asarray(orientations, dtype=np.float64)
+
+
+def _fill_timing(img: DecodedImage, ds: Dataset) -> None:
+    ft = _float(ds.get("FrameTime"))
+    if ft is None:
+        vec = ds.get("FrameTimeVector")
+        if vec and len(vec) > 1:
+            ft = _float(float(np.mean([float(v) for v in list(vec)[1:]])))
+    img.frame_time_ms = ft if ft and ft > 0 else None
+    cr = _float(ds.get("CineRate"))
+    img.cine_rate = cr if cr and cr > 0 else None
+    rf = _float(ds.get("RecommendedDisplayFrameRate"))
+    img.recommended_fps = rf if rf and rf > 0 else None
+
+
+def _fill_grey_display(img: DecodedImage, ds: Dataset, frames: int) -> None:
+    img.invert = img.photometric == "MONOCHROME1"
+    mlut = ds.get("ModalityLUTSequence")
+    if mlut:
+        img.modality_lut = _lut_from_item(mlut[0], ds, kind="modality")
+    slopes, intercepts, windows = [], [], []
+    for f in range(frames):
+        item = _fg_item(ds, f, "PixelValueTransformationSequence")
+        src = item if item is not None and "RescaleSlope" in item else ds
+        s = _float(src.get("RescaleSlope"))
+        b = _float(src.get("RescaleIntercept"))
+        if s is None or s == 0 or b is None:
+            s, b = 1.0, 0.0
+        slopes.append(s)
+        intercepts.append(b)
+        vitem = _fg_item(ds, f, "FrameVOILUTSequence")
+        vsrc = vitem if vitem is not None and "WindowCenter" in vitem else ds
+        windows.append(
+            _parse_window(vsrc.get("WindowCenter"), vsrc.get("WindowWidth"),
+                          vsrc.get("VOILUTFunction"))
+        )
+    img.slopes = np.asarray(slopes, dtype=np.float64)
+    img.intercepts = np.asarray(intercepts, dtype=np.float64)
+    img.windows = windows
+    vlut = ds.get("VOILUTSequence")
+    if vlut:
+        try:
+            img.voi_lut = _lut_from_item(vlut[0], ds, kind="VOI")
+        except CorruptPixelData:
+            raise
+        except Exception as exc:
+            log.debug("ignoring unreadable VOI LUT Sequence: %s", exc)
+    img.default_window = default_window(img)
+
+
+def default_window(img: DecodedImage) -> Window:
+    """A window spanning the modality-LUT-transformed minimum..maximum of all frames."""
+    px = img.pixels
+    if px.size == 0:
+        return Window(0.5, 1.0)
+    lo_s, hi_s = float(px.min()), float(px.max())
+    if img.modality_lut is not None:
+        vals = img.modality_lut.apply(np.array([lo_s, hi_s]))
+        # a LUT need not be monotonic: take the range over the used part of the table
+        lo_i = int(np.clip(lo_s - img.modality_lut.first_mapped, 0, len(img.modality_lut.data) - 1))
+        hi_i = int(np.clip(hi_s - img.modality_lut.first_mapped, 0, len(img.modality_lut.data) - 1))
+        used = img.modality_lut.data[lo_i:hi_i + 1]
+        lo, hi = (float(used.min()), float(used.max())) if used.size else (float(vals[0]), float(vals[1]))
+    else:
+        cand = np.concatenate([img.slopes * lo_s + img.intercepts, img.slopes * hi_s + img.intercepts])
+        lo, hi = float(cand.min()), float(cand.max())
+    width = max(hi - lo + 1.0, 1.0)
+    return Window(center=(lo + hi) / 2.0 + 0.5, width=width, function="LINEAR")
+
+
+def frame_count(img: DecodedImage) -> int:
+    return img.frames
+
+
+__all__: Sequence[str] = (
+    "DecodedImage",
+    "LUT",
+    "Window",
+    "load_image",
+    "image_from_dataset",
+    "default_window",
+    "WINDOW_FUNCTIONS",
+)
