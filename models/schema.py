@@ -1,0 +1,215 @@
+"""The CloudFilm data model (peewee). Tables are created and changed only by migrations."""
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+
+from .db import database
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+EXAM_CATEGORIES = ("radiology", "ultrasound", "endoscopy", "pathology")
+EXAM_STATUSES = ("ordered", "scheduled", "examined", "reported", "cancelled")
+REPORT_STATUSES = ("preliminary", "final", "corrected")
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+        # save() writes only changed fields, so it never writes back a stale counter that
+        # another transaction incremented meanwhile.
+        only_save_dirty = True
+
+
+class SchemaVersion(BaseModel):
+    version = pw.IntegerField(primary_key=True)
+    name = pw.CharField(max_length=100)
+    applied_at = pw.DateTimeField(default=utcnow)
+
+
+class Patient(BaseModel):
+    patient_id = pw.CharField(max_length=64, unique=True)        # hospital patient ID
+    name = pw.CharField(max_length=128, default="", index=True)
+    sex = pw.CharField(max_length=1, default="")                 # M / F / O / ""
+    birth_date = pw.DateField(null=True)
+    phone = pw.CharField(max_length=32, null=True)
+    id_number_hash = pw.CharField(max_length=64, null=True, index=True)   # HMAC-SHA256, hex
+    id_number_masked = pw.CharField(max_length=32, null=True)             # 4420**********123X
+    merged_into = pw.ForeignKeyField("self", null=True, backref="merged_from",
+                                     on_delete="SET NULL")
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class Exam(BaseModel):
+    patient = pw.ForeignKeyField(Patient, backref="exams", on_delete="CASCADE")
+    study_uid = pw.CharField(max_length=64, unique=True, null=True)
+    accession_number = pw.CharField(max_length=64, null=True, index=True)
+    modality = pw.CharField(max_length=64, default="")           # e.g. "CT" or "CT\\SR"
+    category = pw.CharField(max_length=16, default="radiology", index=True)
+    exam_date = pw.DateField(null=True, index=True)
+    exam_time = pw.TimeField(null=True)
+    description = pw.CharField(max_length=255, default="")
+    institution = pw.CharField(max_length=128, default="")
+    referring_physician = pw.CharField(max_length=128, default="")
+    status = pw.CharField(max_length=16, default="examined")
+    images_enabled = pw.BooleanField(default=True)
+    source = pw.CharField(max_length=16, default="local")        # local / pacs / hl7 / api
+    num_series = pw.IntegerField(default=0)
+    num_instances = pw.IntegerField(default=0)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class Series(BaseModel):
+    exam = pw.ForeignKeyField(Exam, backref="series", on_delete="CASCADE")
+    series_uid = pw.CharField(max_length=64, unique=True)
+    modality = pw.CharField(max_length=16, default="")
+    series_number = pw.IntegerField(null=True)
+    description = pw.CharField(max_length=255, default="")
+    body_part = pw.CharField(max_length=64, default="")
+    frame_of_reference_uid = pw.CharField(max_length=64, default="")
+    num_instances = pw.IntegerField(default=0)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Instance(BaseModel):
+    series = pw.ForeignKeyField(Series, backref="instances", on_delete="CASCADE")
+    sop_uid = pw.CharField(max_length=64, unique=True)
+    sop_class_uid = pw.CharField(max_length=64, default="")
+    transfer_syntax = pw.CharField(max_length=64, default="")
+    instance_number = pw.IntegerField(null=True)
+    rows = pw.IntegerField(default=0)
+    columns = pw.IntegerField(default=0)
+    frames = pw.IntegerField(default=1)
+    bits_allocated = pw.IntegerField(default=0)
+    photometric = pw.CharField(max_length=16, default="")
+    image_position = pw.CharField(max_length=96, default="")      # "x\\y\\z" as in DICOM
+    image_orientation = pw.CharField(max_length=160, default="")
+    slice_location = pw.FloatField(null=True)
+    pixel_spacing = pw.CharField(max_length=64, default="")
+    file_path = pw.CharField(max_length=255)                       # relative to data_dir
+    file_size = pw.BigIntegerField()
+    sha256 = pw.CharField(max_length=64)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Report(BaseModel):
+    exam = pw.ForeignKeyField(Exam, backref="reports", on_delete="CASCADE")
+    findings = pw.TextField(default="")
+    impression = pw.TextField(default="")
+    pdf_path = pw.CharField(max_length=255, null=True)             # relative to data_dir
+    pdf_sha256 = pw.CharField(max_length=64, null=True)
+    author = pw.CharField(max_length=128, default="")
+    reviewer = pw.CharField(max_length=128, default="")
+    signed_at = pw.DateTimeField(null=True)
+    status = pw.CharField(max_length=16, default="final")
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class Quarantine(BaseModel):
+    """A received file that was not stored, kept with its reason for inspection."""
+    source = pw.CharField(max_length=32)                           # import / dicom / api / folder
+    origin = pw.CharField(max_length=255, default="")              # file name or peer, no PHI
+    reason = pw.TextField()
+    file_path = pw.CharField(max_length=255, null=True)
+    sha256 = pw.CharField(max_length=64, null=True)
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+
+class Share(BaseModel):
+    exam = pw.ForeignKeyField(Exam, backref="shares", on_delete="CASCADE")
+    token_hash = pw.CharField(max_length=64, unique=True)
+    code_hash = pw.CharField(max_length=128)
+    include_images = pw.BooleanField(default=True)
+    allow_download = pw.BooleanField(default=False)
+    max_opens = pw.IntegerField(default=5)
+    opens = pw.IntegerField(default=0)
+    expires_at = pw.DateTimeField()
+    revoked_at = pw.DateTimeField(null=True)
+    failed_attempts = pw.IntegerField(default=0)
+    locked_until = pw.DateTimeField(null=True)
+    created_by_kind = pw.CharField(max_length=16, default="staff")
+    created_by = pw.CharField(max_length=64, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class AuditEvent(BaseModel):
+    time = pw.DateTimeField(default=utcnow, index=True)
+    actor_kind = pw.CharField(max_length=16)
+    actor_id = pw.CharField(max_length=64, default="")
+    ip = pw.CharField(max_length=64, default="")
+    action = pw.CharField(max_length=64, index=True)
+    object_type = pw.CharField(max_length=32, default="")
+    object_id = pw.CharField(max_length=128, default="")
+    outcome = pw.CharField(max_length=16, default="ok")
+    detail = pw.TextField(default="")
+    prev_hmac = pw.CharField(max_length=64, default="")
+    hmac = pw.CharField(max_length=64, default="")
+
+
+class DownloadLog(BaseModel):
+    time = pw.DateTimeField(default=utcnow, index=True)
+    exam = pw.ForeignKeyField(Exam, backref="downloads", on_delete="CASCADE")
+    actor_kind = pw.CharField(max_length=16)
+    actor_id = pw.CharField(max_length=64, default="")
+    scope = pw.CharField(max_length=16)                            # image / series / exam
+    object_uid = pw.CharField(max_length=64, default="")
+    ip = pw.CharField(max_length=64, default="")
+    user_agent = pw.CharField(max_length=255, default="")
+    bytes_total = pw.BigIntegerField(default=0)
+    bytes_sent = pw.BigIntegerField(default=0)
+    completed = pw.BooleanField(default=False)
+
+
+class Outbox(BaseModel):
+    channel = pw.CharField(max_length=32, index=True)              # hl7 / sms / wechat
+    destination = pw.CharField(max_length=255, default="")
+    idempotency_key = pw.CharField(max_length=128, unique=True)
+    payload = pw.TextField()
+    status = pw.CharField(max_length=16, default="pending", index=True)  # pending/sent/dead
+    attempts = pw.IntegerField(default=0)
+    next_attempt_at = pw.DateTimeField(default=utcnow, index=True)
+    last_error = pw.TextField(default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    sent_at = pw.DateTimeField(null=True)
+
+
+class InboundMessage(BaseModel):
+    channel = pw.CharField(max_length=32)                          # hl7 / api / wechat
+    control_id = pw.CharField(max_length=128)
+    message_type = pw.CharField(max_length=32, default="")
+    raw = pw.TextField()
+    outcome = pw.CharField(max_length=16, default="received")      # applied / error / rejected
+    reason = pw.TextField(default="")
+    ack = pw.TextField(default="")
+    received_at = pw.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        indexes = ((("channel", "control_id"), True),)
+
+
+ALL_MODELS = [SchemaVersion, Patient, Exam, Series, Instance, Report, Quarantine, Share,
+              AuditEvent, DownloadLog, Outbox, InboundMessage]
+
+
+class StaffUser(BaseModel):
+    username = pw.CharField(max_length=64, unique=True)
+    display_name = pw.CharField(max_length=64, default="")
+    password_hash = pw.CharField(max_length=255)
+    roles = pw.CharField(max_length=128, default="")             # comma-separated role names
+    must_change_password = pw.BooleanField(default=True)
+    active = pw.BooleanField(default=True)
+    failed_logins = pw.IntegerField(default=0)
+    locked_until = pw.DateTimeField(null=True)
+    password_changed_at = pw.DateTimeField(default=utcnow)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+ALL_MODELS.append(StaffUser)

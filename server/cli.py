@@ -1,0 +1,285 @@
+"""Command line: `./run.sh [serve]`, `./run.sh import PATH…`, `./run.sh install-service`, …"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import ROOT, ConfigError, load_config, settings_markdown
+
+log = logging.getLogger("cloudfilm")
+
+DEMO_MARKER = "demo-loaded"
+
+
+def _setup_logging(level: str) -> None:
+    import warnings
+
+    import pydicom  # noqa: F401 - it sets its logger's level when imported
+    warnings.filterwarnings("ignore", module="pydicom")
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("numba").setLevel(logging.WARNING)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+def _config(args):
+    try:
+        return load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"配置错误 / configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _open(config, migrate_db=True):
+    from .context import open_context
+    try:
+        return open_context(config, migrate_db=migrate_db)
+    except Exception as exc:  # noqa: BLE001 - start-up failure: say what, not a traceback
+        from models.db import describe_url
+        print(f"无法打开数据库 / cannot open the database {describe_url(config.database_url)}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(3)
+
+
+# demo data ---------------------------------------------------------------------------------
+def load_demo(ctx, *, force: bool = False, out=sys.stdout) -> bool:
+    """Generate the demo exams and import them, once. Returns True if it loaded them."""
+    marker = ctx.storage.root / DEMO_MARKER
+    if marker.exists() and not force:
+        return False
+    from adapters.demo_data import generate_demo
+    from adapters.importer import Importer
+    from models.db import database
+    from models.schema import Exam, Patient
+
+    work = ctx.config.path("data_dir").parent / "demo-build"
+    shutil.rmtree(work, ignore_errors=True)
+    t0 = time.monotonic()
+    print("正在生成演示数据 / generating demo data …", file=out, flush=True)
+    demo = generate_demo(work, ct_slices=ctx.config.demo_ct_slices)
+    importer = Importer(ctx.catalog, charset_fallback=ctx.config.charset_fallback,
+                        source="demo")
+    summary = importer.run([str(p) for p in demo.files])
+    if summary.rejected:
+        for name, reason in summary.rejected[:5]:
+            print(f"  demo file rejected: {Path(name).name}: {reason}", file=out)
+    with database.atomic():
+        for p in getattr(demo, "patients", []):
+            patient = Patient.get_or_none(Patient.patient_id == p["patient_id"])
+            if patient is None:
+                continue
+            patient.phone = p.get("phone")
+            if p.get("national_id"):
+                ctx.catalog.set_patient_id_number(patient, p["national_id"])
+            patient.save()
+    for r in demo.reports:
+        exam = Exam.get_or_none(Exam.study_uid == r["study_uid"])
+        if exam is None:
+            continue
+        ctx.catalog.store_report(exam, findings=r.get("findings", ""),
+                                 impression=r.get("impression", ""), pdf=r.get("pdf"),
+                                 author=r.get("author", ""), reviewer=r.get("reviewer", ""),
+                                 signed_at=r.get("signed_at"), status=r.get("status", "final"))
+    marker.write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"演示数据已载入 / demo data loaded: {summary.imported} images, "
+          f"{len(demo.reports)} reports in {time.monotonic() - t0:.0f} s", file=out, flush=True)
+    return True
+
+
+# commands --------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    config = _config(args)
+    _setup_logging(config.log_level)
+    ctx = _open(config)
+    from models.accounts import ensure_first_admin
+    generated = ensure_first_admin(os.environ.get("CLOUDFILM_ADMIN_PASSWORD"))
+    if config.demo_data and not args.no_demo:
+        load_demo(ctx)
+    counts = ctx.catalog.counts()
+    ctx.close()
+    base = config.base_url
+    print("", flush=True)
+    print(f"CloudFilm {ctx.version} 已启动 / is serving at {base}/", flush=True)
+    print(f"  健康检查 / health:      {base}/healthz", flush=True)
+    print(f"  检查列表 / exams (API): {base}/api/studies", flush=True)
+    print(f"  {counts['exams']} exams, {counts['instances']} images in the database", flush=True)
+    if generated:
+        print(f"  初始管理员 / first admin: admin  密码 / password: {generated}", flush=True)
+        print("  (仅显示一次，首次登录须修改 / shown once; must be changed at first login)",
+              flush=True)
+    return serve_forever(config, args)
+
+
+def serve_forever(config, args) -> int:
+    import tornado.httpserver
+    import tornado.netutil
+    import tornado.process
+
+    from .app import make_app
+    from .context import open_context
+
+    nproc = config.processes or os.cpu_count() or 1
+    if nproc > 1:
+        # Each worker binds its own SO_REUSEPORT socket after the fork, so the kernel
+        # balances connections (one inherited socket let one worker take everything).
+        tornado.process.fork_processes(nproc, max_restarts=1000)
+
+    async def main():
+        ctx = open_context(config, migrate_db=False)
+        app = make_app(ctx)
+        server = tornado.httpserver.HTTPServer(app, xheaders=False,
+                                               max_body_size=64 << 20)
+        sockets = tornado.netutil.bind_sockets(config.port, config.host,
+                                               reuse_port=nproc > 1)
+        server.add_sockets(sockets)
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_import(args) -> int:
+    config = _config(args)
+    _setup_logging("ERROR")      # the summary names every problem
+    ctx = _open(config)
+    from adapters.importer import Importer, format_summary
+    importer = Importer(ctx.catalog, charset_fallback=config.charset_fallback,
+                        max_file_bytes=config.max_import_file_mb << 20)
+    summary = importer.run(args.paths, progress=True)
+    if args.json:
+        print(json.dumps(summary.as_dict(), ensure_ascii=False, indent=1))
+    else:
+        print(format_summary(summary))
+    ctx.close()
+    return 0 if (summary.imported or summary.already_present or summary.reports
+                 or not summary.rejected) else 1
+
+
+def cmd_migrate(args) -> int:
+    config = _config(args)
+    _setup_logging(config.log_level)
+    ctx = _open(config, migrate_db=False)
+    from models.migrations import current_version, migrate, rollback
+    if args.to is not None and args.to < current_version():
+        ran = rollback(args.to)
+    else:
+        ran = migrate(args.to)
+    print(f"schema version {current_version()}" + (f" (ran: {', '.join(ran)})" if ran else ""))
+    ctx.close()
+    return 0
+
+
+def cmd_demo(args) -> int:
+    config = _config(args)
+    _setup_logging("WARNING")
+    ctx = _open(config)
+    loaded = load_demo(ctx, force=args.force)
+    if not loaded:
+        print("演示数据已存在 / demo data already loaded (use --force to load again)")
+    ctx.close()
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    config = _config(args)
+    from models.db import describe_url
+    for name, value in config.as_dict().items():
+        shown = describe_url(value) if name == "database_url" else value
+        print(f"{name} = {shown!r}   ({config.origins[name]})")
+    return 0
+
+
+def cmd_settings(args) -> int:
+    print(settings_markdown())
+    return 0
+
+
+SERVICE_TEMPLATE = ROOT / "conf" / "systemd" / "cloudfilm.service"
+
+
+def render_service_unit(user: str) -> str:
+    text = SERVICE_TEMPLATE.read_text(encoding="utf-8")
+    return text.replace("@ROOT@", str(ROOT)).replace("@USER@", user)
+
+
+def cmd_install_service(args) -> int:
+    user = args.user or os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
+    unit = render_service_unit(user)
+    dest = Path(args.dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / "cloudfilm.service"
+        target.write_text(unit, encoding="utf-8")
+    except PermissionError:
+        print(f"没有权限写入 / no permission to write {dest}: run it as root "
+              "(sudo ./run.sh install-service)", file=sys.stderr)
+        return 1
+    print(f"wrote {target}")
+    if args.no_enable:
+        return 0
+    if not shutil.which("systemctl") or not Path("/run/systemd/system").exists():
+        print("systemd is not running on this machine: the unit was written but not enabled. "
+              "On the hospital server run: systemctl daemon-reload && systemctl enable --now "
+              "cloudfilm", file=sys.stderr)
+        return 1
+    for cmd in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "cloudfilm"]):
+        rc = subprocess.call(cmd)
+        if rc:
+            print(f"{' '.join(cmd)} failed (exit {rc})", file=sys.stderr)
+            return rc
+    print("cloudfilm.service enabled: it starts at boot and restarts if it stops")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.sh", description="CloudFilm 云胶片")
+    p.add_argument("--config", help="TOML settings file (default conf/cloudfilm.toml)")
+    sub = p.add_subparsers(dest="cmd")
+    s = sub.add_parser("serve", help="start the server (default)")
+    s.add_argument("--no-demo", action="store_true", help="do not load the demo data")
+    s.set_defaults(func=cmd_serve)
+    s = sub.add_parser("import", help="import DICOM files, folders, DICOMDIR media, ZIP files")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=cmd_import)
+    s = sub.add_parser("migrate", help="apply database migrations (or roll back with --to)")
+    s.add_argument("--to", type=int)
+    s.set_defaults(func=cmd_migrate)
+    s = sub.add_parser("demo", help="load the demo data now")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    s = sub.add_parser("check-config", help="print the effective settings and their origin")
+    s.set_defaults(func=cmd_check_config)
+    s = sub.add_parser("settings", help="print the settings table (Markdown)")
+    s.set_defaults(func=cmd_settings)
+    s = sub.add_parser("install-service", help="install and enable the systemd service")
+    s.add_argument("--dest", default="/etc/systemd/system")
+    s.add_argument("--user", help="account the service runs as (default: the invoking user)")
+    s.add_argument("--no-enable", action="store_true", help="only write the unit file")
+    s.set_defaults(func=cmd_install_service)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        args = parser.parse_args((argv or []) + ["serve"])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

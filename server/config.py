@@ -1,0 +1,225 @@
+"""CloudFilm settings: one table, read from a TOML file, overridden by the environment.
+
+Every setting is a row of SETTINGS (name, default, type, help). The file is
+conf/cloudfilm.toml unless CLOUDFILM_CONFIG names another; every setting can be
+overridden by the environment variable CLOUDFILM_<NAME> (upper case).
+An unknown key or a value of the wrong type stops start-up with a message that
+names it (ConfigError).
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = ROOT / "conf" / "cloudfilm.toml"
+
+
+class ConfigError(Exception):
+    """A configuration problem that must stop start-up."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    type: type
+    help: str
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "127.0.0.1", str,
+            "Address the HTTP server listens on. Until staff login exists only loopback "
+            "addresses are accepted."),
+    Setting("port", 8080, int, "HTTP port.", minimum=1, maximum=65535),
+    Setting("public_url", "", str,
+            "Base URL people use to reach the server (printed at start-up, used in share "
+            "links). Empty: http://HOST:PORT."),
+    Setting("database_url", "sqlite:///var/cloudfilm.db", str,
+            "Database: sqlite:///relative/or/absolute.db or mysql://user:pass@host:3306/db "
+            "(MySQL or MariaDB, utf8mb4)."),
+    Setting("data_dir", "var/data", str,
+            "Folder holding the original DICOM files, report PDFs and quarantined files. "
+            "Relative paths are relative to the project folder."),
+    Setting("secret_key_file", "var/secret.key", str,
+            "File holding the server's secret key (created with mode 0600 on first start). "
+            "Keep it out of the repository and back it up: it keys the national-ID hashes."),
+    Setting("charset_fallback", "GB18030", str,
+            "Character set used for DICOM text when a file has no Specific Character Set "
+            "(0008,0005) but carries non-ASCII bytes (GB18030 also reads GBK).",
+            choices=("GB18030", "GBK", "ISO_IR 192", "ISO_IR 100")),
+    Setting("demo_data", True, bool, "Load the demo exams on the first start."),
+    Setting("demo_ct_slices", 220, int, "Slices per demo CT exam (512x512 each).",
+            minimum=8, maximum=1000),
+    Setting("max_import_file_mb", 2048, int,
+            "Largest single DICOM file (or ZIP entry) accepted by an import, in MiB.",
+            minimum=1, maximum=65536),
+    Setting("render_threads", 4, int, "Threads decoding and rendering images.",
+            minimum=1, maximum=64),
+    Setting("processes", 1, int,
+            "Server processes sharing the port (SO_REUSEPORT). 0 means one per CPU core.",
+            minimum=0, maximum=64),
+    Setting("decoded_cache_mb", 1024, int, "Byte budget of the decoded-pixel cache (MiB).",
+            minimum=16, maximum=262144),
+    Setting("volume_cache_mb", 1024, int, "Byte budget of the MPR volume cache (MiB).",
+            minimum=16, maximum=262144),
+    Setting("jpeg_cache_mb", 256, int, "Byte budget of the encoded-image cache (MiB).",
+            minimum=0, maximum=65536),
+    Setting("default_jpeg_quality", 85, int, "JPEG quality when a request names none.",
+            minimum=1, maximum=100),
+    Setting("predecode_after_import", True, bool,
+            "Decode compressed series in the background after they are stored, so the first "
+            "view does not wait for JPEG 2000 decoding."),
+    Setting("log_level", "INFO", str, "Logging level.",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+)
+
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _coerce(setting: Setting, value: Any, origin: str) -> Any:
+    def fail(why: str) -> ConfigError:
+        return ConfigError(f"setting '{setting.name}' from {origin}: {why} (got {value!r}). "
+                           f"{setting.help}")
+
+    if setting.type is bool:
+        if isinstance(value, bool):
+            out = value
+        elif isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+            out = True
+        elif isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+            out = False
+        else:
+            raise fail("expected true or false")
+    elif setting.type is int:
+        if isinstance(value, bool):
+            raise fail("expected a whole number")
+        if isinstance(value, int):
+            out = value
+        elif isinstance(value, str):
+            try:
+                out = int(value.strip())
+            except ValueError:
+                raise fail("expected a whole number") from None
+        else:
+            raise fail("expected a whole number")
+    elif setting.type is str:
+        if not isinstance(value, str):
+            raise fail("expected text")
+        out = value
+    else:  # pragma: no cover - table is static
+        raise fail("unsupported setting type")
+    if setting.choices and out not in setting.choices:
+        raise fail("expected one of " + ", ".join(map(str, setting.choices)))
+    if setting.minimum is not None and out < setting.minimum:
+        raise fail(f"must be at least {setting.minimum}")
+    if setting.maximum is not None and out > setting.maximum:
+        raise fail(f"must be at most {setting.maximum}")
+    return out
+
+
+class Config:
+    """The resolved settings; attribute access by setting name."""
+
+    def __init__(self, values: dict[str, Any], origins: dict[str, str]):
+        self._values = values
+        self.origins = origins
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def path(self, name: str) -> Path:
+        """A path setting resolved against the project folder."""
+        p = Path(self._values[name])
+        return p if p.is_absolute() else ROOT / p
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+def load_config(path: str | os.PathLike | None = None,
+                env: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Read the settings. Raises ConfigError naming any unknown key or bad value."""
+    env = dict(os.environ if env is None else env)
+    if path is None:
+        path = env.get("CLOUDFILM_CONFIG") or DEFAULT_CONFIG_FILE
+    path = Path(path)
+    file_values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            with open(path, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    elif "CLOUDFILM_CONFIG" in env:
+        raise ConfigError(f"CLOUDFILM_CONFIG names {path}, which does not exist")
+
+    values = {s.name: s.default for s in SETTINGS}
+    origins = {s.name: "default" for s in SETTINGS}
+    for key, value in file_values.items():
+        if key not in SETTINGS_BY_NAME:
+            raise ConfigError(f"{path}: unknown setting '{key}'. Known settings: "
+                              + ", ".join(sorted(SETTINGS_BY_NAME)))
+        values[key] = _coerce(SETTINGS_BY_NAME[key], value, str(path))
+        origins[key] = str(path)
+    reserved = {"CLOUDFILM_CONFIG", "CLOUDFILM_ADMIN_PASSWORD", "CLOUDFILM_TEST_DATABASE_URL"}
+    for key, value in env.items():
+        if not key.startswith("CLOUDFILM_") or key in reserved:
+            continue
+        name = key[len("CLOUDFILM_"):].lower()
+        if name not in SETTINGS_BY_NAME:
+            raise ConfigError(f"environment variable {key}: unknown setting '{name}'. Known "
+                              "settings: " + ", ".join(sorted(SETTINGS_BY_NAME)))
+        values[name] = _coerce(SETTINGS_BY_NAME[name], value, f"environment {key}")
+        origins[name] = f"environment {key}"
+    for name, value in (overrides or {}).items():
+        if name not in SETTINGS_BY_NAME:
+            raise ConfigError(f"unknown setting '{name}'")
+        values[name] = _coerce(SETTINGS_BY_NAME[name], value, "command line")
+        origins[name] = "command line"
+    _check(values)
+    return Config(values, origins)
+
+
+def _check(values: dict[str, Any]) -> None:
+    url = values["database_url"]
+    if not (url.startswith("sqlite:///") or url.startswith("mysql://")):
+        raise ConfigError(f"setting 'database_url': expected sqlite:///PATH or "
+                          f"mysql://user:pass@host:port/db (got {url.split('@')[-1]!r})")
+    host = values["host"]
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ConfigError(f"setting 'host': {host!r} is not a loopback address. Until staff "
+                          "login is available CloudFilm only listens on 127.0.0.1 / ::1; put "
+                          "a reverse proxy in front of it to reach it from the network.")
+
+
+def settings_markdown() -> str:
+    """The settings table as Markdown (README and tests use it)."""
+    lines = ["| name | default | type | help |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        lines.append(f"| `{s.name}` | `{s.default!r}` | {s.type.__name__} | {s.help} |")
+    return "\n".join(lines)

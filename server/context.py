@@ -1,0 +1,86 @@
+"""Start-up: settings → secret key → database → migrations → storage → catalog.
+
+`open_context(config)` is the one place that wires the pieces together; the HTTP app, the
+CLI commands and the tests all go through it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models import db as dbmod
+from models.catalog import Catalog
+from models.migrations import migrate
+from models.storage import Storage
+
+from .config import ROOT, Config
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+def load_secret_key(path: Path) -> bytes:
+    """Read the server's 32-byte secret key, creating it (mode 0600) on first start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        key = secrets.token_bytes(32)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key.hex().encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)          # never replace a key another process just made
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise SystemExit(f"{path}: not a hex secret key; restore it from your backup") from None
+    if len(key) < 32:
+        raise SystemExit(f"{path}: secret key too short (need 32 bytes)")
+    return key
+
+
+@dataclass
+class AppContext:
+    config: Config
+    storage: Storage
+    catalog: Catalog
+    secret_key: bytes
+    executor: ThreadPoolExecutor = field(default=None)   # render/decode pool
+    db_executor: ThreadPoolExecutor = field(default=None)
+    version: str = VERSION
+
+    def close(self) -> None:
+        for ex in (self.executor, self.db_executor):
+            if ex is not None:
+                ex.shutdown(wait=False, cancel_futures=True)
+        if not dbmod.database.is_closed():
+            dbmod.database.close()
+
+
+def open_context(config: Config, *, migrate_db: bool = True) -> AppContext:
+    key = load_secret_key(config.path("secret_key_file"))
+    dbmod.connect(config.database_url, root=ROOT)
+    if migrate_db:
+        ran = migrate()
+        if ran:
+            log.info("database migrated: %s", ", ".join(ran))
+    storage = Storage(config.path("data_dir"))
+    storage.ensure()
+    storage.clean_stale_temp_files()
+    catalog = Catalog(storage, key)
+    return AppContext(
+        config=config, storage=storage, catalog=catalog, secret_key=key,
+        executor=ThreadPoolExecutor(config.render_threads, thread_name_prefix="render"),
+        db_executor=ThreadPoolExecutor(4, thread_name_prefix="db"))

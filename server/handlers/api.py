@@ -1,0 +1,55 @@
+"""Health and study catalogue API."""
+from __future__ import annotations
+
+import logging
+
+from models import db as dbmod
+from models.storage import valid_uid
+
+from .base import ApiError, BaseHandler
+
+log = logging.getLogger(__name__)
+
+
+class HealthHandler(BaseHandler):
+    async def get(self) -> None:
+        def check():
+            out = {"version": self.ctx.version}
+            try:
+                dbmod.ping()
+                out["database"] = "ok"
+            except Exception as exc:  # noqa: BLE001
+                log.warning("health: database unreachable: %s", type(exc).__name__)
+                out["database"] = "unreachable"
+            out["storage"] = "ok" if self.ctx.storage.writable() else "not writable"
+            return out
+        out = await self.in_db(check)
+        ok = out["database"] == "ok" and out["storage"] == "ok"
+        out["ok"] = ok
+        self.write_json(out, status=200 if ok else 503, personal=False)
+
+
+class StudiesHandler(BaseHandler):
+    async def get(self) -> None:
+        args = dict(
+            patient_id=self.str_arg("patient_id", 64),
+            accession=self.str_arg("accession", 64),
+            name=self.str_arg("name", 64),
+            date_from=self.str_arg("date_from", 10),
+            date_to=self.str_arg("date_to", 10),
+            category=self.str_arg("category", 16),
+            page=self.int_arg("page", 1, 1, 100000),
+            per_page=self.int_arg("per_page", 50, 1, 500),
+        )
+        result = await self.in_db(self.ctx.catalog.find_studies, **args)
+        result["ok"] = True
+        self.write_json(result)
+
+
+class StudyHandler(BaseHandler):
+    async def get(self, study_uid: str) -> None:
+        if not valid_uid(study_uid):
+            raise ApiError(400, "the study UID is not a valid DICOM UID")
+        result = await self.in_db(self.ctx.catalog.get_study, study_uid)
+        result["ok"] = True
+        self.write_json(result)

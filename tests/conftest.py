@@ -1,0 +1,154 @@
+"""Shared fixtures: a fresh database (SQLite, or MariaDB with CLOUDFILM_TEST_DB=mysql),
+a storage folder, the real DICOM corpus of pydicom-data, and a live server on port 0."""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / "var" / "numba-cache"))
+
+MYSQL_BASE = os.environ.get("CLOUDFILM_TEST_MYSQL", "mysql://root:@127.0.0.1:3306")
+
+
+def corpus_dir() -> Path:
+    """pydicom-data's real DICOM files (about 70, many modalities and encodings)."""
+    import data_store
+    return Path(data_store.__file__).parent / "data"
+
+
+def corpus_files() -> list[Path]:
+    return sorted(corpus_dir().glob("*.dcm"))
+
+
+def test_backend() -> str:
+    return os.environ.get("CLOUDFILM_TEST_DB", "sqlite")
+
+
+test_backend.__test__ = False  # not a test
+
+
+def _mysql_reachable() -> str | None:
+    import pymysql
+    from urllib.parse import urlparse
+    p = urlparse(MYSQL_BASE)
+    try:
+        conn = pymysql.connect(host=p.hostname, port=p.port or 3306, user=p.username or "root",
+                               password=p.password or "", connect_timeout=3)
+        conn.close()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    """A fresh, empty database for one test; dropped afterwards."""
+    if test_backend() != "mysql":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    problem = _mysql_reachable()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"MariaDB at {MYSQL_BASE} unreachable in CI: {problem}")
+        pytest.skip(f"MariaDB unreachable: {problem}")
+    name = f"cloudfilm_test_{secrets.token_hex(4)}"
+    yield f"{MYSQL_BASE}/{name}"
+    import pymysql
+    from urllib.parse import urlparse
+    p = urlparse(MYSQL_BASE)
+    conn = pymysql.connect(host=p.hostname, port=p.port or 3306, user=p.username or "root",
+                           password=p.password or "")
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+@pytest.fixture
+def config(tmp_path, database_url):
+    from server.config import load_config
+    return load_config(path=tmp_path / "none.toml", env={}, overrides={
+        "database_url": database_url,
+        "data_dir": str(tmp_path / "data"),
+        "secret_key_file": str(tmp_path / "secret.key"),
+        "demo_data": False,
+        "render_threads": 2,
+    })
+
+
+@pytest.fixture
+def ctx(config):
+    from server.context import open_context
+    c = open_context(config)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def catalog(ctx):
+    return ctx.catalog
+
+
+class LiveServer:
+    def __init__(self, ctx):
+        import asyncio
+
+        import tornado.httpserver
+        import tornado.netutil
+
+        from server.app import make_app
+        self.ctx = ctx
+        sock = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        self.port = sock[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        ready = threading.Event()
+
+        def run():
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            server = tornado.httpserver.HTTPServer(make_app(ctx))
+            server.add_sockets(sock)
+            self.server = server
+            ready.set()
+            self.loop.run_forever()
+            server.stop()
+            self.loop.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def get(self, path, headers=None, timeout=30):
+        import urllib.error
+        import urllib.request
+        req = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def json(self, path, headers=None):
+        import json
+        status, hdrs, body = self.get(path, headers)
+        return status, json.loads(body)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def live(ctx):
+    s = LiveServer(ctx)
+    yield s
+    s.stop()
