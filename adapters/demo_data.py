@@ -792,7 +792,8 @@ def _he_slide(rng: np.random.Generator, rows: int = 3072, cols: int = 4096) -> n
     n_cells = 26000
     cy = rng.integers(0, rows, n_cells)
     cx = rng.integers(0, cols, n_cells)
-    keep = tissue[cy, cx]
+    lumen = np.all(np.asarray(pic)[cy, cx] == (246, 238, 244), axis=1)
+    keep = tissue[cy, cx] & ~lumen  # no cells floating in gland lumens
     shades = rng.integers(50, 95, n_cells)
     for y, x, c in zip(cy[keep], cx[keep], shades[keep]):
         rad = 3 + (c % 3)
