@@ -371,6 +371,13 @@ def _scale_to_u8(arr: np.ndarray, bits: int) -> np.ndarray:
 def _palette_to_rgb(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     from pydicom.pixels import apply_color_lut
 
+    if ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian:
+        # pydicom 3.0.2 reads OW palette data of big endian files as little endian
+        # (OBXXXX1A_expb.dcm renders almost black); hand it little endian words.
+        for c in ("Red", "Green", "Blue"):
+            kw = f"{c}PaletteColorLookupTableData"
+            if kw in ds and isinstance(ds[kw].value, (bytes, bytearray)) and len(ds[kw].value) % 2 == 0:
+                ds[kw].value = np.frombuffer(ds[kw].value, ">u2").astype("<u2").tobytes()
     try:
         rgb = apply_color_lut(arr, ds)
     except Exception as exc:
