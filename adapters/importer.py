@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 from models.catalog import ALREADY_PRESENT, CONFLICT, REJECTED, STORED, Catalog
 from models.schema import Exam
 
+from .fast_copy import make_fast_copies, needs_fast_copy
 from .dicom_meta import ENCAPSULATED_PDF, MEDIA_STORAGE_DIRECTORY, DicomRejected, extract_meta
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class ImportSummary:
     reports: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)   # (name, reason)
     study_uids: set[str] = field(default_factory=set)
+    fast_copies: int = 0
 
     @property
     def total(self) -> int:
@@ -52,8 +54,11 @@ class Item:
 
 class Importer:
     def __init__(self, catalog: Catalog, *, charset_fallback: str = "GB18030",
-                 max_file_bytes: int = 2 << 30, source: str = "import"):
+                 max_file_bytes: int = 2 << 30, source: str = "import",
+                 fast_copies: bool = True):
         self.catalog = catalog
+        self.fast_copies = fast_copies
+        self._pending_copies: list[tuple[Path, Path]] = []
         self.charset_fallback = charset_fallback
         self.max_file_bytes = max_file_bytes
         self.source = source
@@ -199,6 +204,13 @@ class Importer:
         if result.outcome == STORED:
             summary.imported += 1
             summary.study_uids.add(result.study_uid)
+            if self.fast_copies and needs_fast_copy(meta["transfer_syntax"]):
+                st = self.catalog.storage
+                self._pending_copies.append((
+                    st.abspath(st.instance_relpath(meta["study_uid"], meta["series_uid"],
+                                                   meta["sop_uid"])),
+                    st.abspath(st.fast_copy_relpath(meta["study_uid"], meta["series_uid"],
+                                                    meta["sop_uid"]))))
         elif result.outcome == ALREADY_PRESENT:
             summary.already_present += 1
         else:
@@ -235,6 +247,9 @@ class Importer:
                 bar.step()
         if bar:
             bar.done()
+        if self._pending_copies:
+            pairs, self._pending_copies = self._pending_copies, []
+            summary.fast_copies = make_fast_copies(pairs)
         return summary
 
 

@@ -6,6 +6,7 @@ checked against the DICOM UID grammar first, so no received value can steer a pa
 
 Layout under data_dir:
     dicom/<study uid>/<series uid>/<sop instance uid>.dcm
+    derived/<study uid>/<series uid>/<sop instance uid>.dcm   (fast-decoding copies)
     reports/<study uid>/<sha256>.pdf
     quarantine/<yyyymmdd>/<sha256>.bin
 """
@@ -74,6 +75,11 @@ class Storage:
                 raise StorageError(f"{label} {uid[:80]!r} is not a valid DICOM UID "
                                    "(digits and dots, at most 64 characters)")
         return f"dicom/{study_uid}/{series_uid}/{sop_uid}.dcm"
+
+    def fast_copy_relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """A native-syntax copy of a compressed original, for fast decoding (derived data:
+        it can be deleted at any time and is made again)."""
+        return "derived/" + self.instance_relpath(study_uid, series_uid, sop_uid)[len("dicom/"):]
 
     def report_relpath(self, study_uid: str, sha256: str) -> str:
         if not valid_uid(study_uid):

@@ -29,6 +29,7 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("numba").setLevel(logging.WARNING)
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 
 def _config(args):

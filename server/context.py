@@ -59,6 +59,7 @@ class AppContext:
     secret_key: bytes
     executor: ThreadPoolExecutor = field(default=None)   # render/decode pool
     db_executor: ThreadPoolExecutor = field(default=None)
+    renders: object = field(default=None)                 # server.render_service.RenderService
     version: str = VERSION
 
     def close(self) -> None:
@@ -80,7 +81,9 @@ def open_context(config: Config, *, migrate_db: bool = True) -> AppContext:
     storage.ensure()
     storage.clean_stale_temp_files()
     catalog = Catalog(storage, key)
+    executor = ThreadPoolExecutor(config.render_threads, thread_name_prefix="render")
+    from .render_service import RenderService
     return AppContext(
-        config=config, storage=storage, catalog=catalog, secret_key=key,
-        executor=ThreadPoolExecutor(config.render_threads, thread_name_prefix="render"),
-        db_executor=ThreadPoolExecutor(4, thread_name_prefix="db"))
+        config=config, storage=storage, catalog=catalog, secret_key=key, executor=executor,
+        db_executor=ThreadPoolExecutor(4, thread_name_prefix="db"),
+        renders=RenderService(config, storage, executor))

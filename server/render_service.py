@@ -1,0 +1,168 @@
+"""Glue between HTTP and render/: instance lookup, caches, the render thread pool.
+
+Decoded pixels, volumes and encoded images each live in a byte-budgeted LRU (conf:
+decoded_cache_mb, volume_cache_mb, jpeg_cache_mb). Decoding and rendering run in the render
+pool (conf: render_threads); the numba kernels release the GIL.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.catalog import NotFound
+from models.db import database
+from models.schema import Exam, Instance, Series
+from render.cache import ByteLRU
+
+log = logging.getLogger(__name__)
+
+LOOKUP_TTL_S = 5.0
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    exam_id: int
+    path: Path              # the original file
+    fast_path: Path         # a native-syntax copy for compressed originals (may not exist)
+    sha256: str
+    frames: int
+    rows: int
+    columns: int
+    transfer_syntax: str
+    images_enabled: bool
+
+    def pixel_path(self) -> Path:
+        return self.fast_path if self.fast_path.exists() else self.path
+
+
+class _TTLCache:
+    def __init__(self, max_items: int, ttl: float):
+        self._d: dict = {}
+        self._lock = threading.Lock()
+        self.max_items, self.ttl = max_items, ttl
+
+    def get(self, key):
+        hit = self._d.get(key)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        return None
+
+    def put(self, key, value):
+        with self._lock:
+            if len(self._d) >= self.max_items:
+                self._d.clear()
+            self._d[key] = (time.monotonic() + self.ttl, value)
+
+
+class RenderService:
+    def __init__(self, config, storage, executor):
+        self.config = config
+        self.storage = storage
+        self.executor = executor
+        self.decoded = ByteLRU(config.decoded_cache_mb << 20)
+        self.volumes = ByteLRU(config.volume_cache_mb << 20)
+        self.encoded = ByteLRU(config.jpeg_cache_mb << 20)
+        self._instances = _TTLCache(200_000, LOOKUP_TTL_S)
+        self._series = _TTLCache(20_000, LOOKUP_TTL_S)
+
+    # lookups (database, cached for a few seconds) ------------------------------------------
+    def fast_copy_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.storage.abspath(self.storage.fast_copy_relpath(study_uid, series_uid,
+                                                                   sop_uid))
+
+    def _ref(self, inst: Instance, series: Series, exam: Exam) -> InstanceRef:
+        return InstanceRef(
+            study_uid=exam.study_uid, series_uid=series.series_uid, sop_uid=inst.sop_uid,
+            exam_id=exam.id, path=self.storage.abspath(inst.file_path),
+            fast_path=self.fast_copy_path(exam.study_uid, series.series_uid, inst.sop_uid),
+            sha256=inst.sha256, frames=inst.frames, rows=inst.rows, columns=inst.columns,
+            transfer_syntax=inst.transfer_syntax, images_enabled=bool(exam.images_enabled))
+
+    def cached_instance(self, study_uid, series_uid, sop_uid) -> InstanceRef | None:
+        return self._instances.get((study_uid, series_uid, sop_uid))
+
+    def lookup_instance(self, study_uid, series_uid, sop_uid) -> InstanceRef:
+        """Database lookup (run it off the event loop). Raises NotFound."""
+        key = (study_uid, series_uid, sop_uid)
+        ref = self._instances.get(key)
+        if ref is not None:
+            return ref
+        with database.connection_context():
+            row = (Instance.select(Instance, Series, Exam).join(Series).join(Exam)
+                   .where((Instance.sop_uid == sop_uid) & (Series.series_uid == series_uid)
+                          & (Exam.study_uid == study_uid)).first())
+        if row is None:
+            raise NotFound("no such instance in this series and study")
+        ref = self._ref(row, row.series, row.series.exam)
+        self._instances.put(key, ref)
+        return ref
+
+    def lookup_series(self, study_uid, series_uid) -> list[InstanceRef]:
+        """All instances of a series, in instance-number order. Raises NotFound."""
+        key = (study_uid, series_uid)
+        refs = self._series.get(key)
+        if refs is not None:
+            return refs
+        with database.connection_context():
+            rows = list(Instance.select(Instance, Series, Exam).join(Series).join(Exam)
+                        .where((Series.series_uid == series_uid)
+                               & (Exam.study_uid == study_uid))
+                        .order_by(Instance.instance_number, Instance.id))
+        if not rows:
+            raise NotFound("no such series in this study")
+        refs = [self._ref(r, r.series, r.series.exam) for r in rows]
+        self._series.put(key, refs)
+        for r in refs:
+            self._instances.put((r.study_uid, r.series_uid, r.sop_uid), r)
+        return refs
+
+    def lookup_study_series(self, study_uid) -> list[str]:
+        with database.connection_context():
+            rows = list(Series.select(Series.series_uid).join(Exam)
+                        .where(Exam.study_uid == study_uid)
+                        .order_by(Series.series_number, Series.id))
+        if not rows:
+            raise NotFound("no exam with this Study Instance UID, or it has no images")
+        return [r.series_uid for r in rows]
+
+    # pixels --------------------------------------------------------------------------------
+    def image(self, ref: InstanceRef):
+        from render.decode import load_image
+        return self.decoded.get_or_load(ref.sop_uid,
+                                        lambda: load_image(ref.pixel_path()))
+
+    def render(self, ref: InstanceRef, frame: int, *, window=None, viewport=None,
+               quality: int = 85, fmt: str = "jpeg", rotate: int = 0, flip_h: bool = False,
+               flip_v: bool = False, invert: bool = False) -> bytes:
+        """Render one frame to JPEG/PNG bytes (blocking: call it in the render pool)."""
+        from render.encode import encode_jpeg, encode_png
+        from render.pipeline import render_frame
+        img = self.image(ref)
+        arr = render_frame(img, frame, window=window, viewport=viewport, rotate=rotate,
+                           flip_h=flip_h, flip_v=flip_v, invert=invert)
+        return encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+
+    async def run(self, fn, *args, **kwargs):
+        import asyncio
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def stats(self) -> dict:
+        return {"decoded": self.decoded.stats(), "volumes": self.volumes.stats(),
+                "encoded": self.encoded.stats()}
+
+
+def etag_for(ref_sha: str, *parts) -> str:
+    h = hashlib.sha1(ref_sha.encode())
+    for p in parts:
+        h.update(b"|")
+        h.update(repr(p).encode())
+    return '"' + h.hexdigest()[:32] + '"'

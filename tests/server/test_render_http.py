@@ -1,0 +1,186 @@
+"""DICOMweb rendered resources over a real socket, on real and generated DICOM."""
+import io
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adapters.importer import Importer
+from tests.conftest import corpus_dir
+from tests.dicom_factory import ct_dataset, to_bytes
+
+pytestmark = pytest.mark.db
+
+STUDY, SERIES = "1.2.826.0.1.3680043.10.1373.9.1", "1.2.826.0.1.3680043.10.1373.9.2"
+
+
+def sop(i):
+    return f"1.2.826.0.1.3680043.10.1373.9.3.{i}"
+
+
+def frame_url(i=0, n=1, query=""):
+    return (f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{sop(i)}/frames/{n}/rendered"
+            + (f"?{query}" if query else ""))
+
+
+@pytest.fixture
+def series(catalog, tmp_path):
+    for i in range(4):
+        ds = ct_dataset(study_uid=STUDY, series_uid=SERIES, sop_uid=sop(i), z=float(i),
+                        size=64)
+        arr = np.full((64, 64), 1024 + 40, np.int16)       # 40 HU everywhere ...
+        arr[:, :32] = 0                                      # ... -1024 HU on the left
+        ds.PixelData = arr.tobytes()
+        (tmp_path / f"{i}.dcm").write_bytes(to_bytes(ds))
+    Importer(catalog).run([tmp_path])
+
+
+def decode(body):
+    return np.asarray(Image.open(io.BytesIO(body)))
+
+
+def test_frame_renders_with_window(live, series):
+    status, hdrs, body = live.get(frame_url(query="window=40,400,linear&quality=95"))
+    assert status == 200 and hdrs["Content-Type"] == "image/jpeg"
+    assert "private" in hdrs["Cache-Control"] and hdrs["ETag"]
+    img = decode(body)
+    assert img.shape == (64, 64)
+    assert abs(int(img[32, 48]) - 128) <= 3        # 40 HU at centre 40 -> mid grey
+    assert img[32, 8] <= 3                          # air -> black
+
+
+def test_png_and_viewport(live, series):
+    status, hdrs, body = live.get(frame_url(query="viewport=32,32&window=40,400"),
+                                  headers={"Accept": "image/png"})
+    assert status == 200 and hdrs["Content-Type"] == "image/png"
+    img = decode(body)
+    assert img.shape == (32, 32)
+    assert img[16, 24] in (127, 128) and img[16, 4] == 0
+
+
+def test_etag_gives_304(live, series):
+    _, hdrs, _ = live.get(frame_url(query="window=40,400"))
+    status, _, body = live.get(frame_url(query="window=40,400"),
+                               headers={"If-None-Match": hdrs["ETag"]})
+    assert status == 304 and body == b""
+    _, hdrs2, _ = live.get(frame_url(query="window=50,400"))
+    assert hdrs2["ETag"] != hdrs["ETag"]
+
+
+def test_thumbnails(live, series):
+    for url in (f"/dicomweb/studies/{STUDY}/series/{SERIES}/thumbnail",
+                f"/dicomweb/studies/{STUDY}/thumbnail",
+                f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{sop(1)}/thumbnail"):
+        status, hdrs, body = live.get(url)
+        assert status == 200, url
+        assert max(decode(body).shape[:2]) <= 128
+
+
+@pytest.mark.parametrize("url,status,needle", [
+    (frame_url(n=2), 404, "frame 2 does not exist"),
+    (frame_url(n=0), 400, "frame"),
+    (frame_url(query="window=abc"), 400, "window"),
+    (frame_url(query="window=40,0"), 400, "width"),
+    (frame_url(query="viewport=0,0"), 400, "viewport"),
+    (frame_url(query="viewport=99999,99999"), 400, "maximum"),
+    (frame_url(query="viewport=-5,10"), 400, "viewport"),
+    (frame_url(query="viewport=nan,10"), 400, "viewport"),
+    (frame_url(query="quality=0"), 400, "quality"),
+    (frame_url(query="quality=high"), 400, "quality"),
+    (frame_url(query="rotate=45"), 400, "rotate"),
+    (frame_url(query="flip=x"), 400, "flip"),
+    (frame_url(query="invert=maybe"), 400, "invert"),
+    (frame_url(query="window=" + "1" * 200), 400, "too long"),
+    (f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/1.2.3.4/frames/1/rendered", 404,
+     "no such instance"),
+    (f"/dicomweb/studies/1.2.3/series/{SERIES}/instances/{sop(0)}/frames/1/rendered", 404,
+     "no such instance"),
+    (f"/dicomweb/studies/{STUDY}/series/1.2.3/thumbnail", 404, "no such series"),
+    (f"/dicomweb/studies/1.2..3/thumbnail", 400, "UID"),
+])
+def test_bad_render_requests(live, series, url, status, needle):
+    got, hdrs, raw = live.get(url)
+    assert got == status, raw
+    body = json.loads(raw)
+    assert body["ok"] is False and needle in body["error"]
+
+
+def test_not_acceptable(live, series):
+    status, _, raw = live.get(frame_url(), headers={"Accept": "application/dicom"})
+    assert status == 406
+
+
+def test_corrupt_compressed_pixel_data_is_422_and_server_keeps_serving(live, catalog,
+                                                                        tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+    ds = ct_dataset(study_uid="1.2.77.1", series_uid="1.2.77.2", sop_uid="1.2.77.3", size=64)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00garbage" * 40])
+    ds["PixelData"].VR = "OB"
+    (tmp_path / "bad.dcm").write_bytes(to_bytes(ds))
+    s = Importer(catalog).run([tmp_path / "bad.dcm"])
+    assert s.imported == 1
+    status, _, raw = live.get("/dicomweb/studies/1.2.77.1/series/1.2.77.2/instances/1.2.77.3"
+                              "/frames/1/rendered")
+    assert status == 422, raw
+    assert json.loads(raw)["status"] == 422
+    assert live.get("/healthz")[0] == 200
+
+
+def test_corpus_images_render_over_http(live, catalog):
+    Importer(catalog).run([corpus_dir()])
+    _, body = live.json("/api/studies?per_page=500")
+    n = 0
+    for e in body["studies"]:
+        _, d = live.json(f"/api/studies/{e['study_uid']}")
+        for se in d["series"]:
+            for inst in se["instances"]:
+                url = (f"/dicomweb/studies/{e['study_uid']}/series/{se['series_uid']}/"
+                       f"instances/{inst['sop_uid']}/frames/{inst['frames']}/rendered"
+                       "?viewport=200,200")
+                status, hdrs, raw = live.get(url)
+                assert status == 200, (inst["transfer_syntax"], raw[:200])
+                assert max(decode(raw).shape[:2]) <= 200
+                n += 1
+    assert n >= 30
+
+
+def test_healthz_answers_while_renders_run(live, catalog):
+    Importer(catalog).run([corpus_dir() / "RG1_UNCR.dcm", corpus_dir() / "CT_small.dcm"]
+                          if (corpus_dir() / "CT_small.dcm").exists()
+                          else [corpus_dir() / "RG1_UNCR.dcm"])
+    _, body = live.json("/api/studies")
+    e = body["studies"][0]
+    _, d = live.json(f"/api/studies/{e['study_uid']}")
+    se = d["series"][0]
+    inst = se["instances"][0]
+    base = (f"/dicomweb/studies/{e['study_uid']}/series/{se['series_uid']}/instances/"
+            f"{inst['sop_uid']}/frames/1/rendered")
+    stop = time.monotonic() + 3
+    errors = []
+
+    def hammer(k):
+        i = 0
+        while time.monotonic() < stop:
+            i += 1
+            st, _, _ = live.get(f"{base}?viewport={300 + k * 50 + i},{300 + i}&quality=90")
+            if st != 200:
+                errors.append(st)
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(8)]
+    [t.start() for t in threads]
+    time.sleep(0.5)
+    lat = []
+    while time.monotonic() < stop - 0.2:
+        t0 = time.perf_counter()
+        assert live.get("/healthz")[0] == 200
+        lat.append(time.perf_counter() - t0)
+        time.sleep(0.05)
+    [t.join() for t in threads]
+    assert not errors
+    lat.sort()
+    # Loose on purpose (the benchmark measures it): the loop must not be blocked by renders.
+    assert lat[len(lat) // 2] < 0.25, lat
