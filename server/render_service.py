@@ -62,7 +62,9 @@ class _TTLCache:
             self._d[key] = (time.monotonic() + self.ttl, value)
 
 
-class RenderService:
+class FrameRenderer:
+    """Lookups, caches and 2D frame rendering."""
+
     def __init__(self, config, storage, executor):
         self.config = config
         self.storage = storage
@@ -166,3 +168,90 @@ def etag_for(ref_sha: str, *parts) -> str:
         h.update(b"|")
         h.update(repr(p).encode())
     return '"' + h.hexdigest()[:32] + '"'
+
+
+def _jsonable(v):
+    import numpy as np
+    if isinstance(v, np.ndarray):
+        return [round(float(x), 4) for x in v.tolist()]
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return round(float(v), 4)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def geometry_json(geo) -> dict:
+    import dataclasses
+    return {f.name: _jsonable(getattr(geo, f.name)) for f in dataclasses.fields(geo)}
+
+
+class RenderService(FrameRenderer):
+    """Adds series volumes (MPR, 3D MIP), tiles and image facts."""
+
+    def volume(self, refs: list[InstanceRef]):
+        """The series as a volume, built once from its decoded slices (cached)."""
+        from render.volume import build_volume
+        key = ("volume", refs[0].study_uid, refs[0].series_uid, len(refs))
+        return self.volumes.get_or_load(key, lambda: build_volume([self.image(r)
+                                                                   for r in refs]))
+
+    def mpr(self, refs, plane, *, position=None, index=None, window=None, viewport=None,
+            slab_mm=0.0, slab_mode="mip", yaw=0.0, pitch=0.0, quality=85, fmt="jpeg",
+            invert=False) -> bytes:
+        from render.encode import encode_jpeg, encode_png
+        from render.volume import mpr_plane
+        vol = self.volume(refs)
+        arr = mpr_plane(vol, plane, position, index=index, window=window, viewport=viewport,
+                        slab_mm=slab_mm, slab_mode=slab_mode, yaw=yaw, pitch=pitch,
+                        invert=invert)
+        return encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+
+    def mpr_geometry(self, refs, plane, *, position=None, index=None, yaw=0.0, pitch=0.0,
+                     viewport=None) -> dict:
+        from render.volume import plane_geometry
+        vol = self.volume(refs)
+        g = plane_geometry(vol, plane, position, index=index, yaw=yaw, pitch=pitch,
+                           viewport=viewport)
+        out = geometry_json(g)
+        out["volume"] = self.volume_info_of(vol)
+        return out
+
+    def volume_info_of(self, vol) -> dict:
+        return {"shape": list(vol.shape), "spacing": _jsonable(vol.spacing),
+                "origin": _jsonable(vol.origin), "row_dir": _jsonable(vol.row_dir),
+                "col_dir": _jsonable(vol.col_dir), "normal": _jsonable(vol.normal),
+                "default_window": [vol.default_window.center, vol.default_window.width],
+                "irregular": bool(vol.irregular)}
+
+    def mip(self, refs, *, yaw=0.0, pitch=0.0, size=256, window=None, mode="mip",
+            quality=85, fmt="jpeg", invert=False) -> bytes:
+        from render.encode import encode_jpeg, encode_png
+        from render.volume import mip_projection
+        vol = self.volume(refs)
+        arr = mip_projection(vol, yaw, pitch, size, window=window, mode=mode, invert=invert)
+        return encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+
+    def tile(self, ref, frame, level, tx, ty, *, tile_size=256, window=None, quality=85,
+             fmt="jpeg", invert=False) -> bytes:
+        from render.encode import encode_jpeg, encode_png
+        from render.tiles import tile
+        arr = tile(self.image(ref), frame, level, tx, ty, tile_size, window=window,
+                   invert=invert)
+        return encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+
+    def pyramid(self, ref, tile_size=256) -> dict:
+        from render.tiles import pyramid_info
+        return pyramid_info(self.image(ref), tile_size)
+
+    def image_info(self, ref) -> dict:
+        img = self.image(ref)
+        w = img.window(0) or img.default_window
+        return {"frames": img.frames, "rows": img.rows, "columns": img.cols,
+                "is_color": bool(img.is_color), "photometric": img.photometric,
+                "pixel_spacing": _jsonable(img.pixel_spacing) if img.pixel_spacing else None,
+                "window": [w.center, w.width, w.function] if w else None,
+                "fps": img.fps, "modality": img.modality}
+

@@ -13,6 +13,7 @@ Responses carry an ETag and Cache-Control: private (patient data: never a shared
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 from models.storage import valid_uid
@@ -146,6 +147,153 @@ class StudyThumbnailHandler(RenderedHandler):
         await self.send_render(ref, ref.frames // 2, params)
 
 
+def _float_arg(handler, name, default, lo, hi):
+    raw = handler.get_query_argument(name, None)
+    if raw in (None, ""):
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter '{name}' must be a number") from None
+    if not (lo <= v <= hi):       # also refuses NaN
+        raise ApiError(400, f"query parameter '{name}' must be between {lo:g} and {hi:g}")
+    return v
+
+
+class SeriesRenderHandler(RenderedHandler):
+    """Base for renders of a whole series (MPR planes, 3D projections)."""
+
+    async def series_refs(self, study, series):
+        self.check_uids(study, series)
+        refs = await self.in_db(self.renders.lookup_series, study, series)
+        self.check_access(refs[0])
+        return refs
+
+    def plane_args(self) -> dict:
+        pos = self.get_query_argument("position", None)
+        position = None
+        if pos:
+            parts = pos.split(",")
+            try:
+                nums = [float(p) for p in parts]
+            except ValueError:
+                raise ApiError(400, "position must be mm along the plane's axis, or x,y,z in "
+                                    "patient space (mm)") from None
+            if len(nums) not in (1, 3) or any(n != n or abs(n) > 1e5 for n in nums):
+                raise ApiError(400, "position must be one number or three (x,y,z)")
+            position = nums[0] if len(nums) == 1 else tuple(nums)
+        index = self.get_query_argument("index", None)
+        if index not in (None, ""):
+            index = self.int_arg("index", 0, 0, 100000)
+        else:
+            index = None
+        return dict(position=position, index=index,
+                    yaw=_float_arg(self, "yaw", 0.0, -360, 360),
+                    pitch=_float_arg(self, "pitch", 0.0, -360, 360))
+
+    async def send_series_render(self, refs, key, fn, params) -> None:
+        etag = etag_for("|".join(r.sha256 for r in refs[:3]) + str(len(refs)), key)
+        self.set_header("ETag", etag)
+        self.set_header("Cache-Control", "private, max-age=3600")
+        if etag in self.request.headers.get("If-None-Match", ""):
+            self.set_status(304)
+            self.finish()
+            return
+        body = self.renders.encoded.get(key)
+        if body is None:
+            body = await self.renders.run(fn, refs, **params)
+            self.renders.encoded.put(key, body)
+        self.set_header("Content-Type", "image/png" if params.get("fmt") == "png"
+                        else "image/jpeg")
+        self.finish(body)
+
+
+class MprHandler(SeriesRenderHandler):
+    async def get(self, study, series, plane) -> None:
+        p = self.render_params()
+        params = dict(self.plane_args(), window=p["window"], viewport=p["viewport"],
+                      quality=p["quality"], fmt=p["fmt"], invert=p["invert"],
+                      slab_mm=_float_arg(self, "slab", 0.0, 0, 1000),
+                      slab_mode=(self.get_query_argument("mode", "mip") or "mip")[:8])
+        refs = await self.series_refs(study, series)
+        key = ("mpr", series, plane, tuple(sorted(params.items())))
+        await self.send_series_render(refs, key, functools.partial(self.renders.mpr,
+                                                                   plane=plane), params)
+
+
+class MprGeometryHandler(SeriesRenderHandler):
+    async def get(self, study, series, plane) -> None:
+        args = self.plane_args()
+        viewport = self.get_query_argument("viewport", None) or None
+        refs = await self.series_refs(study, series)
+        out = await self.renders.run(self.renders.mpr_geometry, refs, plane,
+                                     viewport=viewport, **args)
+        out["ok"] = True
+        self.write_json(out)
+
+
+class MipHandler(SeriesRenderHandler):
+    async def get(self, study, series) -> None:
+        p = self.render_params()
+        params = dict(yaw=_float_arg(self, "yaw", 0.0, -360, 360),
+                      pitch=_float_arg(self, "pitch", 0.0, -360, 360),
+                      size=self.int_arg("size", 256, 16, 2048),
+                      mode=(self.get_query_argument("mode", "mip") or "mip")[:8],
+                      window=p["window"], quality=p["quality"], fmt=p["fmt"],
+                      invert=p["invert"])
+        refs = await self.series_refs(study, series)
+        key = ("mip", series, tuple(sorted(params.items())))
+        await self.send_series_render(refs, key, self.renders.mip, params)
+
+
+class VolumeInfoHandler(SeriesRenderHandler):
+    async def get(self, study, series) -> None:
+        refs = await self.series_refs(study, series)
+        vol = await self.renders.run(self.renders.volume, refs)
+        out = self.renders.volume_info_of(vol)
+        out["ok"] = True
+        self.write_json(out)
+
+
+class TileHandler(RenderedHandler):
+    async def get(self, study, series, sop, frame, level, tx, ty) -> None:
+        self.check_uids(study, series, sop)
+        p = self.render_params()
+        tile_size = self.int_arg("tile_size", 256, 64, 1024)
+        ref = await self.instance(study, series, sop)
+        n = int(frame)
+        if not 1 <= n <= ref.frames:
+            raise ApiError(404, f"frame {n} does not exist: this instance has {ref.frames}")
+        params = dict(tile_size=tile_size, window=p["window"], quality=p["quality"],
+                      fmt=p["fmt"], invert=p["invert"])
+        key = ("tile", sop, n, int(level), int(tx), int(ty), tuple(sorted(params.items())))
+        etag = etag_for(ref.sha256, key)
+        self.set_header("ETag", etag)
+        self.set_header("Cache-Control", "private, max-age=3600")
+        if etag in self.request.headers.get("If-None-Match", ""):
+            self.set_status(304)
+            self.finish()
+            return
+        body = self.renders.encoded.get(key)
+        if body is None:
+            body = await self.renders.run(self.renders.tile, ref, n - 1, int(level), int(tx),
+                                          int(ty), **params)
+            self.renders.encoded.put(key, body)
+        self.set_header("Content-Type", "image/png" if p["fmt"] == "png" else "image/jpeg")
+        self.finish(body)
+
+
+class ImageInfoHandler(RenderedHandler):
+    async def get(self, study, series, sop) -> None:
+        self.check_uids(study, series, sop)
+        tile_size = self.int_arg("tile_size", 256, 64, 1024)
+        ref = await self.instance(study, series, sop)
+        info = await self.renders.run(self.renders.image_info, ref)
+        info["pyramid"] = await self.renders.run(self.renders.pyramid, ref, tile_size)
+        info["ok"] = True
+        self.write_json(info)
+
+
 def render_routes(ctx) -> list:
     d = {"ctx": ctx}
     inst = rf"{BASE}/series/{UID}/instances/{UID}"
@@ -155,4 +303,12 @@ def render_routes(ctx) -> list:
         (rf"{inst}/thumbnail", InstanceRenderedHandler, {"ctx": ctx, "kind": "thumbnail"}),
         (rf"{BASE}/series/{UID}/thumbnail", SeriesThumbnailHandler, d),
         (rf"{BASE}/thumbnail", StudyThumbnailHandler, d),
+        (rf"{inst}/frames/([0-9]{{1,7}})/tiles/([0-9]{{1,2}})/([0-9]{{1,5}})/([0-9]{{1,5}})",
+         TileHandler, d),
+        (rf"/api/render/studies/{UID}/series/{UID}/instances/{UID}/info", ImageInfoHandler, d),
+        (rf"/api/render/studies/{UID}/series/{UID}/mpr/([a-z]{{1,16}})", MprHandler, d),
+        (rf"/api/render/studies/{UID}/series/{UID}/mpr/([a-z]{{1,16}})/geometry",
+         MprGeometryHandler, d),
+        (rf"/api/render/studies/{UID}/series/{UID}/mip", MipHandler, d),
+        (rf"/api/render/studies/{UID}/series/{UID}/volume", VolumeInfoHandler, d),
     ]

@@ -1,0 +1,104 @@
+"""MPR planes, 3D MIP, tiles and image facts over HTTP on a generated CT series."""
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adapters.importer import Importer
+from tests.dicom_factory import ct_dataset, to_bytes
+
+pytestmark = pytest.mark.db
+
+STUDY, SERIES = "1.2.55.1", "1.2.55.2"
+N, SIZE, DZ = 20, 32, 2.5      # 20 slices of 32x32 at 0.7 mm pixels, 2.5 mm apart
+
+
+@pytest.fixture
+def volume_series(catalog, tmp_path):
+    for k in range(N):
+        ds = ct_dataset(study_uid=STUDY, series_uid=SERIES, sop_uid=f"1.2.55.3.{k}",
+                        size=SIZE, z=k * DZ)
+        ds.InstanceNumber = k + 1
+        arr = np.zeros((SIZE, SIZE), np.int16)            # -1024 HU
+        arr[:, SIZE // 2:] = 1024 + 1000                  # bone on the right half
+        if k >= N // 2:
+            arr[:SIZE // 2, :] = 1024 + 40                # soft tissue, upper half, top slices
+        ds.PixelData = arr.tobytes()
+        (tmp_path / f"{k}.dcm").write_bytes(to_bytes(ds))
+    s = Importer(catalog).run([tmp_path])
+    assert s.imported == N
+
+
+def img(body):
+    return np.asarray(Image.open(io.BytesIO(body)))
+
+
+def base(path=""):
+    return f"/api/render/studies/{STUDY}/series/{SERIES}{path}"
+
+
+def test_axial_coronal_sagittal_have_physical_aspect(live, volume_series):
+    st, _, body = live.get(base("/mpr/axial?index=3&window=40,400"))
+    assert st == 200 and img(body).shape == (SIZE, SIZE)
+    st, _, body = live.get(base("/mpr/coronal?window=40,400&quality=95"))
+    assert st == 200
+    h, w = img(body).shape
+    # 20 slices x 2.5 mm = 50 mm tall, 32 x 0.7 mm = 22.4 mm wide
+    assert abs(h / w - (N * DZ) / (SIZE * 0.7)) < 0.1
+    st, _, body = live.get(base("/mpr/sagittal?window=40,400"))
+    assert st == 200
+
+
+def test_geometry_and_volume_info(live, volume_series):
+    st, g = live.json(base("/mpr/coronal/geometry?index=5"))
+    assert st == 200 and g["plane"] == "coronal" and g["index"] == 5
+    assert g["volume"]["shape"] == [N, SIZE, SIZE]
+    assert abs(g["volume"]["spacing"][0] - DZ) < 1e-6
+    st, v = live.json(base("/volume"))
+    assert st == 200 and v["shape"] == [N, SIZE, SIZE]
+
+
+def test_mip_rotates(live, volume_series):
+    st, _, a = live.get(base("/mip?size=64&window=40,400"))
+    st2, _, b = live.get(base("/mip?size=64&yaw=90&window=40,400"))
+    assert st == st2 == 200
+    assert img(a).shape == img(b).shape and not np.array_equal(img(a), img(b))
+
+
+def test_tiles_and_info(live, volume_series):
+    inst = f"/series/{SERIES}/instances/1.2.55.3.0"
+    st, info = live.json(f"/api/render/studies/{STUDY}{inst}/info?tile_size=64")
+    assert st == 200 and info["rows"] == SIZE and info["pyramid"]["levels"][0]["tiles_x"] == 1
+    st, _, body = live.get(f"/dicomweb/studies/{STUDY}{inst}/frames/1/tiles/0/0/0?tile_size=64")
+    assert st == 200 and img(body).shape == (SIZE, SIZE)
+    st, _, raw = live.get(f"/dicomweb/studies/{STUDY}{inst}/frames/1/tiles/0/5/5?tile_size=64")
+    assert st == 404 and "outside" in json.loads(raw)["error"]
+
+
+@pytest.mark.parametrize("path,status,needle", [
+    ("/mpr/diagonal", 400, "plane"),
+    ("/mpr/axial?index=999", 404, "index"),
+    ("/mpr/axial?position=abc", 400, "position"),
+    ("/mpr/axial?position=1,2", 400, "position"),
+    ("/mpr/oblique?yaw=nan", 400, "yaw"),
+    ("/mpr/axial?slab=-4", 400, "slab"),
+    ("/mpr/axial?slab=5&mode=median", 400, "mode"),
+    ("/mip?size=5", 400, "size"),
+    ("/mip?mode=max", 400, "mode"),
+])
+def test_bad_mpr_requests(live, volume_series, path, status, needle):
+    st, _, raw = live.get(base(path))
+    assert st == status, raw
+    assert needle in json.loads(raw)["error"]
+
+
+def test_series_that_is_not_a_volume_is_422(live, catalog, tmp_path):
+    for k, size in enumerate([32, 32, 48]):
+        ds = ct_dataset(study_uid="1.2.56.1", series_uid="1.2.56.2", sop_uid=f"1.2.56.3.{k}",
+                        size=size, z=k * 2.0)
+        (tmp_path / f"{k}.dcm").write_bytes(to_bytes(ds))
+    Importer(catalog).run([tmp_path])
+    st, _, raw = live.get("/api/render/studies/1.2.56.1/series/1.2.56.2/mpr/coronal")
+    assert st == 422 and "mixed image sizes" in json.loads(raw)["error"]
