@@ -1,6 +1,8 @@
 """The Tornado application: one route table, one settings object, built in one place."""
 from __future__ import annotations
 
+import importlib
+
 import tornado.web
 
 from .config import ROOT
@@ -11,6 +13,13 @@ from .handlers.base import NotFoundHandler
 UID = r"([0-9][0-9.]{0,63})"
 
 
+# Each module of server/handlers/ named here contributes `routes(ctx) -> list`; a feature
+# adds its own module instead of editing one shared table. Order matters only for
+# overlapping patterns (none so far).
+ROUTE_MODULES = ("render", "report", "pages", "auth", "staff", "shares", "patient",
+                 "download", "integration", "wechat", "admin")
+
+
 def make_routes(ctx: AppContext) -> list:
     d = {"ctx": ctx}
     routes = [
@@ -18,12 +27,14 @@ def make_routes(ctx: AppContext) -> list:
         (r"/api/studies", StudiesHandler, d),
         (rf"/api/studies/{UID}", StudyHandler, d),
     ]
-    try:
-        from .handlers.render import render_routes
-    except ImportError:
-        pass
-    else:
-        routes += render_routes(ctx)
+    for name in ROUTE_MODULES:
+        try:
+            mod = importlib.import_module(f"{__package__}.handlers.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.handlers.{name}":
+                raise
+            continue
+        routes += mod.routes(ctx)
     return routes
 
 

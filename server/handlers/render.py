@@ -294,7 +294,7 @@ class ImageInfoHandler(RenderedHandler):
         self.write_json(info)
 
 
-def render_routes(ctx) -> list:
+def routes(ctx) -> list:
     d = {"ctx": ctx}
     inst = rf"{BASE}/series/{UID}/instances/{UID}"
     return [
