@@ -1,0 +1,1 @@
+"""Benchmarks that print and save figures side by side with peers (see bench/README.md)."""
