@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ from .config import ROOT, ConfigError, load_config, settings_markdown
 log = logging.getLogger("cloudfilm")
 
 DEMO_MARKER = "demo-loaded"
+# Modules of server/ with `async start_background(ctx, primary: bool)`, started by serve.
+BACKGROUND_MODULES = ("integration", "wechat_service", "maintenance")
 
 
 def _setup_logging(level: str) -> None:
@@ -143,6 +146,17 @@ def serve_forever(config, args) -> int:
         sockets = tornado.netutil.bind_sockets(config.port, config.host,
                                                reuse_port=nproc > 1)
         server.add_sockets(sockets)
+        # Background services (DICOM/HL7 listeners, outbox worker, …) run in one process
+        # only: the first worker, or the only process.
+        primary = nproc == 1 or tornado.process.task_id() == 0
+        for name in BACKGROUND_MODULES:
+            try:
+                mod = importlib.import_module(f"server.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"server.{name}":
+                    raise
+                continue
+            await mod.start_background(ctx, primary=primary)
         await asyncio.Event().wait()
 
     try:
