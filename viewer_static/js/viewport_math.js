@@ -1,0 +1,155 @@
+// Pure viewport geometry: which source region of the image is visible, where an image of a
+// region sits on screen, and how zoom / pan / rotation change the view. No DOM here.
+//
+// A view is {zoom, cx, cy, rot, flipH, flipV}: zoom relative to "fit", (cx, cy) the image
+// point (source pixels) at the centre of the viewport, rot in degrees (0/90/180/270).
+// `img` is {cols, rows, aspect} where aspect = row spacing / column spacing (physical height
+// of one pixel relative to its width). W, H: viewport size in CSS pixels.
+
+export const MIN_ZOOM = 0.25;
+export const MAX_ZOOM = 32;
+
+export function initialView(img) {
+  return { zoom: 1, cx: img.cols / 2, cy: img.rows / 2, rot: 0, flipH: false, flipV: false };
+}
+
+/** The viewport in the image's own orientation (width and height swap at 90/270). */
+export function unrotatedSize(W, H, rot) {
+  return rot % 180 === 0 ? { w: W, h: H } : { w: H, h: W };
+}
+
+/** CSS pixels per source column at zoom 1 (the whole image fits). */
+export function fitScale(img, W, H, rot = 0) {
+  const u = unrotatedSize(W, H, rot);
+  const a = img.aspect || 1;
+  return Math.min(u.w / img.cols, u.h / (img.rows * a));
+}
+
+/** The visible source region (may extend past the image) and the current scale. */
+export function visibleRegion(view, img, W, H) {
+  const u = unrotatedSize(W, H, view.rot);
+  const scale = fitScale(img, W, H, view.rot) * view.zoom;
+  const a = img.aspect || 1;
+  const sw = u.w / scale;
+  const sh = u.h / (scale * a);
+  return { sx: view.cx - sw / 2, sy: view.cy - sh / 2, sw, sh, scale, uw: u.w, uh: u.h };
+}
+
+/**
+ * What to ask the server for: the visible region clipped to the image, at device-pixel size.
+ * Returns null when no part of the image is visible.
+ */
+export function renderRequest(view, img, W, H, dpr = 1, maxSide = 2048) {
+  const r = visibleRegion(view, img, W, H);
+  const a = img.aspect || 1;
+  const x0 = Math.max(0, Math.floor(r.sx));
+  const y0 = Math.max(0, Math.floor(r.sy));
+  const x1 = Math.min(img.cols, Math.ceil(r.sx + r.sw));
+  const y1 = Math.min(img.rows, Math.ceil(r.sy + r.sh));
+  if (x1 <= x0 || y1 <= y0) return null;
+  const sw = x1 - x0;
+  const sh = y1 - y0;
+  let vw = sw * r.scale * dpr;
+  let vh = sh * a * r.scale * dpr;
+  const k = Math.min(1, maxSide / Math.max(vw, vh));
+  vw = Math.max(1, Math.round(vw * k));
+  vh = Math.max(1, Math.round(vh * k));
+  const whole = x0 === 0 && y0 === 0 && sw === img.cols && sh === img.rows;
+  return { sx: x0, sy: y0, sw, sh, vw, vh, whole };
+}
+
+/** The DICOMweb viewport parameter for a request. */
+export function viewportParam(req) {
+  if (req.whole) return `${req.vw},${req.vh}`;
+  return `${req.vw},${req.vh},${req.sx},${req.sy},${req.sw},${req.sh}`;
+}
+
+/**
+ * Where an image of source region `reg` ({sx,sy,sw,sh}) sits inside the unrotated stage
+ * (CSS px, origin top-left of the stage), for the current view.
+ */
+export function placement(reg, view, img, W, H) {
+  const r = visibleRegion(view, img, W, H);
+  const a = img.aspect || 1;
+  return {
+    left: (reg.sx - r.sx) * r.scale,
+    top: (reg.sy - r.sy) * r.scale * a,
+    width: reg.sw * r.scale,
+    height: reg.sh * r.scale * a,
+  };
+}
+
+function rotateVec(x, y, deg) {
+  const t = (deg * Math.PI) / 180;
+  const c = Math.round(Math.cos(t));
+  const s = Math.round(Math.sin(t));
+  return { x: c * x - s * y, y: s * x + c * y };
+}
+
+/** Screen delta (CSS px) → stage delta (undo rotation then flip). */
+export function screenToStageDelta(dx, dy, view) {
+  const v = rotateVec(dx, dy, -view.rot);
+  return { x: view.flipH ? -v.x : v.x, y: view.flipV ? -v.y : v.y };
+}
+
+/** Stage delta → screen delta (flip then rotate), the CSS transform's order. */
+export function stageToScreenDelta(x, y, view) {
+  return rotateVec(view.flipH ? -x : x, view.flipV ? -y : y, view.rot);
+}
+
+/** A point on screen (CSS px from the viewport's top-left) → source pixel coordinates. */
+export function screenToImage(px, py, view, img, W, H) {
+  const r = visibleRegion(view, img, W, H);
+  const a = img.aspect || 1;
+  const d = screenToStageDelta(px - W / 2, py - H / 2, view);
+  return { x: view.cx + d.x / r.scale, y: view.cy + d.y / (r.scale * a) };
+}
+
+/** Source pixel coordinates → screen point (CSS px). */
+export function imageToScreen(x, y, view, img, W, H) {
+  const r = visibleRegion(view, img, W, H);
+  const a = img.aspect || 1;
+  const d = stageToScreenDelta((x - view.cx) * r.scale, (y - view.cy) * r.scale * a, view);
+  return { x: W / 2 + d.x, y: H / 2 + d.y };
+}
+
+export function clampZoom(z) {
+  return Math.min(MAX_ZOOM, Math.max(MIN_ZOOM, z));
+}
+
+/** Zoom by `factor` keeping the image point under screen point (px, py) where it is. */
+export function zoomAt(view, factor, px, py, img, W, H) {
+  const p = screenToImage(px, py, view, img, W, H);
+  const zoom = clampZoom(view.zoom * factor);
+  const next = { ...view, zoom };
+  const q = screenToImage(px, py, next, img, W, H);
+  next.cx = view.cx + (p.x - q.x);
+  next.cy = view.cy + (p.y - q.y);
+  return next;
+}
+
+/** Move the image with the finger: a screen drag of (dx, dy) CSS px. */
+export function panBy(view, dx, dy, img, W, H) {
+  const r = visibleRegion(view, img, W, H);
+  const a = img.aspect || 1;
+  const d = screenToStageDelta(dx, dy, view);
+  return { ...view, cx: view.cx - d.x / r.scale, cy: view.cy - d.y / (r.scale * a) };
+}
+
+export function rotateView(view, deg = 90) {
+  return { ...view, rot: (((view.rot + deg) % 360) + 360) % 360 };
+}
+
+/** The view with the same zoom and relative position, for another image (linked pan/zoom). */
+export function transferView(view, fromImg, toImg) {
+  return {
+    ...view,
+    cx: (view.cx / fromImg.cols) * toImg.cols,
+    cy: (view.cy / fromImg.rows) * toImg.rows,
+  };
+}
+
+/** A stable key of what a render shows (used for cache keys). */
+export function requestKey(req) {
+  return `${req.vw}x${req.vh}@${req.sx},${req.sy},${req.sw},${req.sh}`;
+}
