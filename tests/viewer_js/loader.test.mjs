@@ -1,0 +1,63 @@
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { FrameLoader } from '../../viewer_static/js/loader.js';
+
+function fakeNet() {
+  const pending = [];
+  const fetchBlob = (url, signal) => new Promise((resolve, reject) => {
+    const p = { url, resolve, reject, aborted: false };
+    signal.addEventListener('abort', () => { p.aborted = true; const e = new Error('aborted'); e.name = 'AbortError'; reject(e); });
+    pending.push(p);
+  });
+  return { pending, fetchBlob };
+}
+const tick = () => new Promise((r) => setImmediate(r));
+const tasks = (keys) => keys.map((k) => ({ key: k, url: `/u/${k}`, kind: 'preview', index: 0 }));
+
+test('concurrency limit and priority order', async () => {
+  const net = fakeNet();
+  const l = new FrameLoader({ fetchBlob: net.fetchBlob, concurrency: 2, setTimer: () => 0 });
+  l.want(tasks(['a', 'b', 'c', 'd']));
+  assert.deepEqual(net.pending.map((p) => p.url), ['/u/a', '/u/b']);
+  net.pending[0].resolve({ size: 10 });
+  await tick();
+  assert.deepEqual(net.pending.map((p) => p.url), ['/u/a', '/u/b', '/u/c']);
+  assert.ok(l.has('a'));
+  assert.equal(l.bytes, 10);
+});
+
+test('stale requests are aborted when the wish list changes', async () => {
+  const net = fakeNet();
+  const l = new FrameLoader({ fetchBlob: net.fetchBlob, concurrency: 1, setTimer: () => 0 });
+  l.want(tasks(['x1', 'x2', 'x3', 'x4']));
+  const first = net.pending[0];
+  l.want(tasks(['y1', 'y2', 'y3', 'y4']));
+  await tick();
+  assert.ok(first.aborted);
+  assert.equal(net.pending.at(-1).url, '/u/y1');
+});
+
+test('network failure: retried later, resumed when back online; 404 is permanent', async () => {
+  const net = fakeNet();
+  let timer = null;
+  const errors = [];
+  const l = new FrameLoader({ fetchBlob: net.fetchBlob, concurrency: 1, setTimer: (fn) => { timer = fn; return 1; }, onError: (t, e) => errors.push(e) });
+  l.want(tasks(['a', 'b']));
+  net.pending[0].reject(new TypeError('Failed to fetch'));
+  await tick();
+  assert.equal(l.networkFailures, 1);
+  assert.ok(l.failure('a').network);
+  assert.ok(timer, 'a retry is scheduled');
+  assert.equal(net.pending.at(-1).url, '/u/b');
+  net.pending.at(-1).resolve({ size: 1 });
+  await tick();
+  l.resume();
+  assert.equal(net.pending.at(-1).url, '/u/a');
+  const e404 = Object.assign(new Error('nope'), { status: 404 });
+  net.pending.at(-1).reject(e404);
+  await tick();
+  assert.ok(l.failure('a').permanent);
+  l.retry('a');
+  assert.equal(net.pending.filter((p) => p.url === '/u/a').length, 3);
+  assert.ok(l.has('b'));
+});
