@@ -31,6 +31,42 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, base64.b64decode(digest))
 
 
+class PasswordPolicyError(ValueError):
+    pass
+
+
+def check_password_strength(password: str, *, min_length: int = 8, min_classes: int = 3,
+                            username: str = "") -> None:
+    """At least min_length characters of min_classes kinds (lower, upper, digit, other)."""
+    if len(password) < min_length:
+        raise PasswordPolicyError(f"密码至少 {min_length} 位 / the password needs at least "
+                                  f"{min_length} characters")
+    if len(password) > 256:
+        raise PasswordPolicyError("密码过长 / the password is too long")
+    classes = sum([any(c.islower() for c in password), any(c.isupper() for c in password),
+                   any(c.isdigit() for c in password),
+                   any(not c.isalnum() for c in password)])
+    if classes < min_classes:
+        raise PasswordPolicyError(f"密码须包含大写字母、小写字母、数字、符号中的至少 {min_classes} 类 / "
+                                  f"use at least {min_classes} of: lower case, upper case, "
+                                  "digits, symbols")
+    if username and username.lower() in password.lower():
+        raise PasswordPolicyError("密码不能包含用户名 / the password must not contain the "
+                                  "user name")
+
+
+def create_user(username: str, password: str, roles: list[str], *, display_name: str = "",
+                must_change_password: bool = True) -> StaffUser:
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{2,32}", username or ""):
+        raise ValueError("用户名须为 2-32 位字母、数字、_ . - / the user name must be 2-32 "
+                         "letters, digits, _ . or -")
+    check_password_strength(password, username=username)
+    return StaffUser.create(username=username, display_name=display_name[:64] or username,
+                            password_hash=hash_password(password), roles=",".join(roles),
+                            must_change_password=must_change_password)
+
+
 def ensure_first_admin(password: str | None) -> str | None:
     """Create the 'admin' system administrator if no staff account exists yet.
 
@@ -41,7 +77,8 @@ def ensure_first_admin(password: str | None) -> str | None:
         return None
     generated = None
     if not password:
-        generated = password = secrets.token_urlsafe(12)
+        # Four classes for certain, so the policy accepts it.
+        generated = password = "Cf-" + secrets.token_urlsafe(12) + "a9"
     StaffUser.create(username="admin", display_name="系统管理员",
                      password_hash=hash_password(password), roles="sysadmin",
                      must_change_password=True)

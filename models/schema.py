@@ -153,6 +153,12 @@ class AuditEvent(BaseModel):
     prev_hmac = pw.CharField(max_length=64, default="")
     hmac = pw.CharField(max_length=64, default="")
 
+    def save(self, *args, **kwargs):
+        raise PermissionError("audit rows are append-only: use models.audit.Auditor.record")
+
+    def delete_instance(self, *args, **kwargs):
+        raise PermissionError("audit rows are never deleted")
+
 
 class DownloadLog(BaseModel):
     time = pw.DateTimeField(default=utcnow, index=True)
@@ -213,3 +219,50 @@ class StaffUser(BaseModel):
 
 
 ALL_MODELS.append(StaffUser)
+
+
+class Session(BaseModel):
+    """A server-side session: staff login, verified patient, or share visitor.
+    Only the SHA-256 of the session ID is stored."""
+    token_hash = pw.CharField(max_length=64, unique=True)
+    kind = pw.CharField(max_length=16)                            # staff / patient / share
+    staff_user = pw.ForeignKeyField(StaffUser, null=True, backref="sessions",
+                                    on_delete="CASCADE")
+    patient = pw.ForeignKeyField(Patient, null=True, backref="sessions", on_delete="CASCADE")
+    share = pw.ForeignKeyField(Share, null=True, backref="sessions", on_delete="CASCADE")
+    csrf_token = pw.CharField(max_length=64)
+    created_at = pw.DateTimeField(default=utcnow)
+    last_seen_at = pw.DateTimeField(default=utcnow)
+    idle_timeout_s = pw.IntegerField(default=1800)
+    expires_at = pw.DateTimeField()                               # absolute lifetime
+    verified_at = pw.DateTimeField(null=True)                     # last identity check
+    ended_at = pw.DateTimeField(null=True)
+    ip = pw.CharField(max_length=64, default="")
+    user_agent = pw.CharField(max_length=255, default="")
+
+
+class ApiToken(BaseModel):
+    staff_user = pw.ForeignKeyField(StaffUser, backref="api_tokens", on_delete="CASCADE")
+    token_hash = pw.CharField(max_length=64, unique=True)
+    name = pw.CharField(max_length=64, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField()
+    revoked_at = pw.DateTimeField(null=True)
+    last_used_at = pw.DateTimeField(null=True)
+
+
+class RuntimeSetting(BaseModel):
+    """Settings changed at run time by an administrator; they override conf defaults."""
+    key = pw.CharField(max_length=64, unique=True)
+    value = pw.TextField()                                        # JSON
+    updated_at = pw.DateTimeField(default=utcnow)
+    updated_by = pw.CharField(max_length=64, default="")
+
+
+class AuditHead(BaseModel):
+    """One row: the newest audit record's id and HMAC, locked while appending."""
+    last_id = pw.IntegerField(default=0)
+    last_hmac = pw.CharField(max_length=64, default="")
+
+
+ALL_MODELS.extend([Session, ApiToken, RuntimeSetting, AuditHead])

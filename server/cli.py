@@ -222,6 +222,59 @@ def cmd_settings(args) -> int:
     return 0
 
 
+def cmd_user_add(args) -> int:
+    config = _config(args)
+    _setup_logging("WARNING")
+    ctx = _open(config)
+    import getpass
+
+    from models.accounts import PasswordPolicyError, create_user
+    from server.policy import ADMIN_ROLES, ROLES
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        print(f"unknown role {', '.join(bad) or '(none)'}; roles: {', '.join(ROLES)}",
+              file=sys.stderr)
+        return 2
+    if len(set(roles) & ADMIN_ROLES) > 1:
+        print("一个账号不能同时拥有两个管理员角色 / no account may hold two admin roles",
+              file=sys.stderr)
+        return 2
+    password = os.environ.get("CLOUDFILM_NEW_USER_PASSWORD") or getpass.getpass("password: ")
+    try:
+        create_user(args.username, password, roles, must_change_password=not args.no_change)
+    except (PasswordPolicyError, ValueError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    ctx.auditor.record("user.create", actor_kind="cli", actor_id=os.environ.get("USER", ""),
+                       object_type="staff_user", object_id=args.username,
+                       detail="roles=" + ",".join(roles))
+    print(f"created {args.username} ({', '.join(roles)})")
+    ctx.close()
+    return 0
+
+
+def cmd_token(args) -> int:
+    config = _config(args)
+    _setup_logging("WARNING")
+    ctx = _open(config)
+    from models.schema import StaffUser
+    from models.sessions import create_api_token
+    user = StaffUser.get_or_none(StaffUser.username == args.username)
+    if user is None or not user.active:
+        print(f"no active staff account named {args.username!r}", file=sys.stderr)
+        return 2
+    token = create_api_token(user, name=args.name, days=args.days)
+    ctx.auditor.record("token.create", actor_kind="cli", actor_id=os.environ.get("USER", ""),
+                       object_type="staff_user", object_id=args.username,
+                       detail=f"days={args.days}")
+    print(token)
+    print(f"(shown once; valid {args.days} days; send it as 'Authorization: Bearer …')",
+          file=sys.stderr)
+    ctx.close()
+    return 0
+
+
 SERVICE_TEMPLATE = ROOT / "conf" / "systemd" / "cloudfilm.service"
 
 
@@ -280,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_check_config)
     s = sub.add_parser("settings", help="print the settings table (Markdown)")
     s.set_defaults(func=cmd_settings)
+    s = sub.add_parser("user-add", help="create a staff account (password from "
+                                       "CLOUDFILM_NEW_USER_PASSWORD or prompted)")
+    s.add_argument("username")
+    s.add_argument("--roles", required=True,
+                   help="comma-separated: frontdesk, doctor, sysadmin, secadmin, auditadmin")
+    s.add_argument("--no-change", action="store_true",
+                   help="do not force a password change at first sign-in")
+    s.set_defaults(func=cmd_user_add)
+    s = sub.add_parser("token", help="print a new API token for a staff account (shown once)")
+    s.add_argument("username")
+    s.add_argument("--name", default="cli")
+    s.add_argument("--days", type=int, default=90)
+    s.set_defaults(func=cmd_token)
     s = sub.add_parser("install-service", help="install and enable the systemd service")
     s.add_argument("--dest", default="/etc/systemd/system")
     s.add_argument("--user", help="account the service runs as (default: the invoking user)")

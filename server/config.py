@@ -79,9 +79,66 @@ SETTINGS: tuple[Setting, ...] = (
             "view does not wait for JPEG 2000 decoding."),
     Setting("log_level", "INFO", str, "Logging level.",
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    # integration
+    Setting('dicom_scp_enabled', False, bool,
+            'Run the DICOM listener (C-ECHO, C-STORE for every storage SOP class, any transfer syntax).'),
+    Setting('dicom_ae_title', 'CLOUDFILM', str,
+            "AE title of CloudFilm's DICOM listener (also the C-MOVE destination named to the PACS)."),
+    Setting('dicom_bind', '127.0.0.1', str,
+            'Address the DICOM listener binds (0.0.0.0 to take images from the hospital network).'),
+    Setting('dicom_port', 11112, int,
+            'Port of the DICOM listener.', minimum=1, maximum=65535),
+    Setting('dicom_allowed_aets', '', str,
+            'Calling AE titles allowed to associate, comma-separated. Empty: any calling AE title (logged at start-up).'),
+    Setting('dicom_max_associations', 8, int,
+            'DICOM associations served at the same time.', minimum=1, maximum=64),
+    Setting('pacs_ae_title', '', str,
+            "AE title of the hospital PACS queried for a patient's history (C-FIND) and retrieved from on demand. Empty: no PACS."),
+    Setting('pacs_host', '', str,
+            'Host name or address of the hospital PACS.'),
+    Setting('pacs_port', 104, int,
+            'DICOM port of the hospital PACS.', minimum=1, maximum=65535),
+    Setting('pacs_retrieve', 'move', str,
+            'How exams are fetched from the PACS: move (C-MOVE to our listener; the PACS must know our AE title) or get (C-GET on the same association).', choices=("move", "get")),
+    Setting('hl7_enabled', False, bool,
+            'Run the HL7 v2 MLLP listener (ADT, ORM/OMI, ORU with PDF).'),
+    Setting('hl7_bind', '127.0.0.1', str,
+            'Address the HL7 MLLP listener binds (0.0.0.0 for the hospital network).'),
+    Setting('hl7_port', 2575, int,
+            'Port of the HL7 MLLP listener.', minimum=1, maximum=65535),
+    Setting('hl7_charset_fallback', 'GB18030', str,
+            'Character set of HL7 messages whose MSH-18 is empty (GB18030 also reads GBK).', choices=("GB18030", "GBK", "UTF-8", "ISO-8859-1")),
+    Setting('hl7_id_number_field', 'PID-19', str,
+            'HL7 field holding the national ID number (PID-19, or PID-3 for the repetition typed ID, or PID-n.c).'),
+    Setting('hl7_phone_field', 'PID-13', str,
+            "HL7 field holding the patient's mobile phone number (PID-13 or PID-14, optionally .c for a component)."),
+    Setting('hl7_accession_field', 'OBR-18', str,
+            'HL7 field holding the accession number in ORM/ORU (falls back to OBR-3, ORC-3, IPC-1).'),
+    Setting('hl7_receivers', '', str,
+            "Outbound HL7 receivers for 'film published' notices, comma-separated host:port. Empty: none."),
+    Setting('outbox_enabled', True, bool,
+            'Run the outbox worker that delivers outbound messages until acknowledged.'),
+    Setting('outbox_max_attempts', 10, int,
+            'Delivery attempts before an outbound message goes to the dead-letter list.', minimum=1, maximum=1000),
+    Setting('outbox_backoff_s', 5, int,
+            'First retry delay of the outbox in seconds; it doubles on every failed attempt.', minimum=1, maximum=86400),
+    Setting('outbox_backoff_max_s', 3600, int,
+            'Longest delay between two delivery attempts, in seconds.', minimum=1, maximum=604800),
+    Setting('import_api_clients_file', '', str,
+            'TOML file outside the repository listing import API clients and their keys ([clients] ris = "secret"). Empty: import API off.'),
+    Setting('import_api_max_skew_s', 300, int,
+            "Largest difference between an import API request's timestamp and the server clock, in seconds.", minimum=10, maximum=86400),
+    Setting('watch_dir', '', str,
+            'Folder watched for DICOM files, report PDFs and JPEG/PNG/TIFF pictures (with .json sidecars). Empty: off.'),
+    Setting('watch_interval_s', 2, int,
+            'Seconds between two scans of the watched folder.', minimum=1, maximum=3600),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+# Environment variables of ours that are not settings (secrets for one command, tests).
+RESERVED_ENV = {"CLOUDFILM_CONFIG", "CLOUDFILM_ADMIN_PASSWORD", "CLOUDFILM_NEW_USER_PASSWORD",
+                "CLOUDFILM_TEST_DB", "CLOUDFILM_TEST_MYSQL"}
 
 
 def _coerce(setting: Setting, value: Any, origin: str) -> Any:
@@ -182,7 +239,7 @@ def load_config(path: str | os.PathLike | None = None,
                               + ", ".join(sorted(SETTINGS_BY_NAME)))
         values[key] = _coerce(SETTINGS_BY_NAME[key], value, str(path))
         origins[key] = str(path)
-    reserved = {"CLOUDFILM_CONFIG", "CLOUDFILM_ADMIN_PASSWORD", "CLOUDFILM_TEST_DATABASE_URL"}
+    reserved = RESERVED_ENV
     for key, value in env.items():
         if not key.startswith("CLOUDFILM_") or key in reserved:
             continue

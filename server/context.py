@@ -60,6 +60,9 @@ class AppContext:
     executor: ThreadPoolExecutor = field(default=None)   # render/decode pool
     db_executor: ThreadPoolExecutor = field(default=None)
     renders: object = field(default=None)                 # server.render_service.RenderService
+    principals: object = field(default=None)              # server.auth.PrincipalResolver
+    auditor: object = field(default=None)                 # models.audit.Auditor
+    views: object = field(default=None)                   # server.views.ViewAudit
     version: str = VERSION
 
     def close(self) -> None:
@@ -82,8 +85,15 @@ def open_context(config: Config, *, migrate_db: bool = True) -> AppContext:
     storage.clean_stale_temp_files()
     catalog = Catalog(storage, key)
     executor = ThreadPoolExecutor(config.render_threads, thread_name_prefix="render")
+    from models.audit import Auditor
+
+    from .auth import PrincipalResolver
+    from .views import ViewAudit
     from .render_service import RenderService
+    db_executor = ThreadPoolExecutor(4, thread_name_prefix="db")
+    auditor = Auditor(key)
     return AppContext(
         config=config, storage=storage, catalog=catalog, secret_key=key, executor=executor,
-        db_executor=ThreadPoolExecutor(4, thread_name_prefix="db"),
-        renders=RenderService(config, storage, executor))
+        db_executor=db_executor, renders=RenderService(config, storage, executor),
+        principals=PrincipalResolver(), auditor=auditor,
+        views=ViewAudit(auditor, db_executor))

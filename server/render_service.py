@@ -21,7 +21,7 @@ from render.cache import ByteLRU
 
 log = logging.getLogger(__name__)
 
-LOOKUP_TTL_S = 5.0
+LOOKUP_TTL_S = 1.0    # image switch and access changes apply within a second
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class InstanceRef:
     series_uid: str
     sop_uid: str
     exam_id: int
+    patient_db_id: int
     path: Path              # the original file
     fast_path: Path         # a native-syntax copy for compressed originals (may not exist)
     sha256: str
@@ -83,7 +84,8 @@ class FrameRenderer:
     def _ref(self, inst: Instance, series: Series, exam: Exam) -> InstanceRef:
         return InstanceRef(
             study_uid=exam.study_uid, series_uid=series.series_uid, sop_uid=inst.sop_uid,
-            exam_id=exam.id, path=self.storage.abspath(inst.file_path),
+            exam_id=exam.id, patient_db_id=exam.patient_id,
+            path=self.storage.abspath(inst.file_path),
             fast_path=self.fast_copy_path(exam.study_uid, series.series_uid, inst.sop_uid),
             sha256=inst.sha256, frames=inst.frames, rows=inst.rows, columns=inst.columns,
             transfer_syntax=inst.transfer_syntax, images_enabled=bool(exam.images_enabled))

@@ -127,19 +127,43 @@ class LiveServer:
         self.thread.start()
         ready.wait(10)
 
-    def get(self, path, headers=None, timeout=30):
+    token: str | None = None      # staff API token sent by default (see the live fixture)
+
+    def request(self, method, path, body=None, headers=None, auth=True, timeout=30):
+        import json as _json
         import urllib.error
         import urllib.request
-        req = urllib.request.Request(self.url + path, headers=headers or {})
+        headers = dict(headers or {})
+        if auth and self.token and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else _json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        req = urllib.request.Request(self.url + path, data=data, headers=headers,
+                                     method=method)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.headers, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.headers, e.read()
 
-    def json(self, path, headers=None):
+    def get(self, path, headers=None, timeout=30, auth=True):
+        import urllib.error
+        import urllib.request
+        headers = dict(headers or {})
+        if auth and self.token and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    def json(self, path, headers=None, auth=True):
         import json
-        status, hdrs, body = self.get(path, headers)
+        status, hdrs, body = self.get(path, headers, auth=auth)
         return status, json.loads(body)
 
     def stop(self):
@@ -147,8 +171,24 @@ class LiveServer:
         self.thread.join(10)
 
 
+def make_staff(username="doctor1", roles=("doctor",), password="Doctor-Pass-1",
+               must_change=False):
+    from models.accounts import create_user
+    return create_user(username, password, list(roles), must_change_password=must_change)
+
+
+def staff_token(username="doctor1", roles=("doctor",)):
+    """A staff account with these roles and an API token for it."""
+    from models.schema import StaffUser
+    from models.sessions import create_api_token
+    user = StaffUser.get_or_none(StaffUser.username == username) or make_staff(username, roles)
+    return create_api_token(user, name="test")
+
+
 @pytest.fixture
 def live(ctx):
+    """A live server; requests carry a doctor's API token unless auth=False."""
     s = LiveServer(ctx)
+    s.token = staff_token()
     yield s
     s.stop()

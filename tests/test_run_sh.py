@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -41,9 +42,18 @@ def wait_healthy(port, proc, timeout):
     return None
 
 
-def get_json(port, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+def get_json(port, path, token):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
+
+
+def cli(env, *args):
+    r = subprocess.run([str(ROOT / "run.sh"), *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
 
 
 def stop(proc):
@@ -69,7 +79,17 @@ def test_first_and_second_start(tmp_path):
         try:
             took = wait_healthy(port, proc, 240)
             assert took is not None, log1.read_text()
-            studies = get_json(port, "/api/studies")["studies"]
+            # anonymous: no patient data
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10)
+                raise AssertionError("anonymous request was served")
+            except urllib.error.HTTPError as e:
+                assert e.code == 401
+            cli(dict(env, CLOUDFILM_NEW_USER_PASSWORD="Reader-Pass-9"), "user-add", "doc",
+                "--roles", "doctor")
+            token = cli(env, "token", "doc").strip()
+            assert token.startswith("cft_")
+            studies = get_json(port, "/api/studies", token)["studies"]
             assert {s["category"] for s in studies} == {"radiology", "ultrasound", "endoscopy",
                                                         "pathology"}
             ct = [s for s in studies if s["modality"] == "CT"]
@@ -95,7 +115,7 @@ def test_first_and_second_start(tmp_path):
         try:
             took = wait_healthy(port, proc, 60)
             assert took is not None and took < 20, log2.read_text()
-            assert len(get_json(port, "/api/studies")["studies"]) == len(studies)
+            assert len(get_json(port, "/api/studies", token)["studies"]) == len(studies)
         finally:
             stop(proc)
     out2 = log2.read_text()

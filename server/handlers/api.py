@@ -6,7 +6,21 @@ import logging
 from models import db as dbmod
 from models.storage import valid_uid
 
+from .. import policy
 from .base import ApiError, BaseHandler
+
+
+def mask_name(name: str) -> str:
+    if not name:
+        return ""
+    return name[0] + "*" * max(1, len(name) - 1)
+
+
+def mask_patient(p: dict) -> dict:
+    pid = p.get("patient_id") or ""
+    return dict(p, name=mask_name(p.get("name") or ""),
+                patient_id=(pid[:2] + "*" * max(0, len(pid) - 4) + pid[-2:]) if len(pid) > 4
+                else "*" * len(pid))
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +45,7 @@ class HealthHandler(BaseHandler):
 
 class StudiesHandler(BaseHandler):
     async def get(self) -> None:
+        self.require("exam.search")
         args = dict(
             patient_id=self.str_arg("patient_id", 64),
             accession=self.str_arg("accession", 64),
@@ -50,6 +65,17 @@ class StudyHandler(BaseHandler):
     async def get(self, study_uid: str) -> None:
         if not valid_uid(study_uid):
             raise ApiError(400, "the study UID is not a valid DICOM UID")
-        result = await self.in_db(self.ctx.catalog.get_study, study_uid)
+
+        def load():
+            exam = self.ctx.catalog.exam_by_uid(study_uid)
+            policy.check_exam(self.principal, exam_id=exam.id, patient_db_id=exam.patient_id,
+                              images_enabled=exam.images_enabled, need="report")
+            return self.ctx.catalog.get_study(study_uid), exam
+        result, exam = await self.in_db(load)
+        self.ctx.views.seen(self, "exam.view", "exam", exam.accession_number or exam.id)
+        if self.principal.masks_personal_data():
+            result["patient"] = mask_patient(result["patient"])
+            if not result["images_enabled"]:
+                result["series"] = []
         result["ok"] = True
         self.write_json(result)

@@ -1,6 +1,7 @@
 """Base handler: one JSON error shape, one mapping from error types to HTTP status."""
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from http import HTTPStatus
@@ -9,6 +10,10 @@ from typing import Any
 import tornado.web
 
 from models.catalog import CatalogError
+
+from .. import policy
+from ..auth import COOKIE
+from ..policy import Principal
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
         return exc.status_code, exc.message
     if isinstance(exc, CatalogError):
         return exc.status, str(exc)
+    if isinstance(exc, policy.AccessError):
+        return exc.status, str(exc)
     try:
         from render.errors import RenderError
     except ImportError:  # render/ not present yet
@@ -53,9 +60,77 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
 class BaseHandler(tornado.web.RequestHandler):
+    principal: Principal | None = None
+    credential: str | None = None
+
     def initialize(self, ctx) -> None:
         self.ctx = ctx
+
+    async def prepare(self) -> None:
+        """Resolve who is asking (cookie session or staff API token) and check CSRF."""
+        auth = self.request.headers.get("Authorization", "")
+        bearer = auth.startswith("Bearer ")
+        credential = auth[7:].strip() if bearer else (self.get_cookie(COOKIE) or "")
+        self.credential = credential or None
+        if credential:
+            resolver = self.ctx.principals
+            hit, principal = resolver.cached(credential)
+            if not hit:
+                principal = await self.in_db(resolver.resolve, credential, bearer)
+            self.principal = principal
+            if bearer and principal is None:
+                raise ApiError(401, "API 令牌无效或已过期 / the API token is invalid, revoked "
+                                    "or expired")
+        if self.request.method in UNSAFE_METHODS:
+            self.check_csrf(bearer)
+
+    def check_csrf(self, bearer: bool) -> None:
+        if bearer:
+            return                     # tokens are not sent by browsers on their own
+        origin = self.request.headers.get("Origin")
+        if origin and origin != "null":
+            from urllib.parse import urlparse
+            if urlparse(origin).netloc != self.request.host:
+                raise ApiError(403, "跨站请求被拒绝 / cross-site request refused")
+        if self.principal is not None and self.principal.csrf_token:
+            sent = self.request.headers.get("X-CSRF-Token", "")
+            if not hmac.compare_digest(sent.encode(), self.principal.csrf_token.encode()):
+                raise ApiError(403, "页面已过期，请刷新后重试 / the form is stale (CSRF token "
+                                    "missing or wrong); reload the page and try again")
+        else:
+            # Without a session: only JSON bodies (a cross-site form cannot send them
+            # without a CORS preflight, which we never grant).
+            ctype = self.request.headers.get("Content-Type", "")
+            if self.request.body and not ctype.startswith("application/json"):
+                raise ApiError(415, "请求须为 JSON / send the request body as application/json")
+
+    # access --------------------------------------------------------------------------------
+    def require(self, permission: str) -> Principal:
+        return policy.require(self.principal, permission)
+
+    def require_principal(self) -> Principal:
+        if self.principal is None:
+            raise policy.Unauthenticated("请先登录或验证身份 / please sign in or verify your "
+                                         "identity")
+        return self.principal
+
+    def client_ip(self) -> str:
+        return self.request.remote_ip or ""
+
+    def json_body(self, max_bytes: int = 1 << 20) -> dict:
+        if len(self.request.body) > max_bytes:
+            raise ApiError(413, "请求内容过大 / request body too large")
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "请求内容不是有效的 JSON / the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "请求内容应为 JSON 对象 / the body must be a JSON object")
+        return data
 
     def set_default_headers(self) -> None:
         for k, v in SECURITY_HEADERS.items():

@@ -18,6 +18,7 @@ import logging
 
 from models.storage import valid_uid
 
+from .. import policy
 from ..render_service import etag_for
 from .base import ApiError, BaseHandler
 
@@ -80,8 +81,9 @@ class RenderedHandler(BaseHandler):
         return ref
 
     def check_access(self, ref) -> None:
-        """Until staff login exists, rendering is served on loopback only (bind address)."""
-        return None
+        policy.check_exam(self.principal, exam_id=ref.exam_id, patient_db_id=ref.patient_db_id,
+                          images_enabled=ref.images_enabled, need="images")
+        self.ctx.views.seen(self, "series.view", "series", ref.series_uid)
 
     async def send_render(self, ref, frame_index: int, params: dict) -> None:
         if not 0 <= frame_index < max(ref.frames, 1):

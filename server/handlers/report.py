@@ -8,6 +8,7 @@ from adapters.pdf_pages import PdfError, page_count, render_page
 from models.schema import Report
 from models.storage import valid_uid
 
+from .. import policy
 from .base import ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ class ReportBase(BaseHandler):
         """(pdf bytes, sha256, exam) — run in the db pool."""
         exam = self.ctx.catalog.exam_by_uid(study_uid)
         self.check_access(exam)
+        self.ctx.views.seen(self, "report.view", "exam", exam.accession_number or exam.id)
         report = Report.get_or_none(Report.exam == exam)
         if report is None or not report.pdf_path:
             raise ApiError(404, "报告尚未发布 / this exam has no report PDF yet")
@@ -27,8 +29,8 @@ class ReportBase(BaseHandler):
         return data, report.pdf_sha256, exam
 
     def check_access(self, exam) -> None:
-        """Until staff login exists the server is reachable on loopback only."""
-        return None
+        policy.check_exam(self.principal, exam_id=exam.id, patient_db_id=exam.patient_id,
+                          images_enabled=exam.images_enabled, need="report")
 
     async def pdf(self, study_uid):
         if not valid_uid(study_uid):

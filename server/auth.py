@@ -1,0 +1,91 @@
+"""Who is asking: the session cookie (staff, patient, share visitor) or a staff API token.
+
+Resolution hits the database at most once a second per credential (an in-process cache
+keyed by the credential's hash); revoking a share, a session or a token therefore takes
+effect within a second, and share expiry is checked exactly on every request.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+from models.db import database
+from models.schema import Session, Share, StaffUser
+from models.sessions import load_api_token, load_session
+
+from .policy import Principal
+
+COOKIE = "cf_session"
+CACHE_TTL_S = 1.0
+
+
+def _roles(user: StaffUser) -> frozenset:
+    return frozenset(r for r in (user.roles or "").split(",") if r)
+
+
+def principal_from_session(s: Session) -> Principal | None:
+    if s.kind == "staff":
+        u = StaffUser.get_or_none(StaffUser.id == s.staff_user_id)
+        if u is None or not u.active:
+            return None
+        return Principal("staff", u.username, _roles(u), session_id=s.id,
+                         csrf_token=s.csrf_token, staff_user_id=u.id,
+                         must_change_password=bool(u.must_change_password),
+                         verified_at=s.verified_at)
+    if s.kind == "patient":
+        return Principal("patient", str(s.patient_id), session_id=s.id,
+                         csrf_token=s.csrf_token, patient_db_id=s.patient_id,
+                         verified_at=s.verified_at)
+    if s.kind == "share":
+        sh = Share.get_or_none(Share.id == s.share_id)
+        if sh is None or sh.revoked_at is not None:
+            return None
+        return Principal("share", str(sh.id), session_id=s.id, csrf_token=s.csrf_token,
+                         share_id=sh.id, share_exam_id=sh.exam_id,
+                         share_include_images=bool(sh.include_images),
+                         share_allow_download=bool(sh.allow_download),
+                         share_expires_at=sh.expires_at, verified_at=s.verified_at)
+    return None
+
+
+class PrincipalResolver:
+    def __init__(self):
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, credential: str) -> tuple[bool, Principal | None]:
+        key = hashlib.sha256(credential.encode()).hexdigest()
+        hit = self._cache.get(key)
+        if hit and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
+    def resolve(self, credential: str, bearer: bool) -> Principal | None:
+        """Database lookup (blocking: run it in the db pool)."""
+        with database.connection_context():
+            if bearer:
+                t = load_api_token(credential)
+                p = None
+                if t is not None:
+                    u = t.staff_user
+                    p = Principal("staff", u.username, _roles(u), via_token=True,
+                                  staff_user_id=u.id)
+            else:
+                s = load_session(credential)
+                p = principal_from_session(s) if s is not None else None
+        key = hashlib.sha256(credential.encode()).hexdigest()
+        with self._lock:
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            self._cache[key] = (time.monotonic() + CACHE_TTL_S, p)
+        return p
+
+    def forget(self, credential: str) -> None:
+        key = hashlib.sha256(credential.encode()).hexdigest()
+        with self._lock:
+            self._cache.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()

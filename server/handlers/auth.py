@@ -1,0 +1,183 @@
+"""Staff sign-in, sign-out, who-am-I and password change.
+
+A new session ID is issued at every sign-in (no fixation); the old one from the same browser
+is ended. Five failures lock the account for 30 minutes and raise an audit event.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from models.accounts import (PasswordPolicyError, check_password_strength, hash_password,
+                             verify_password)
+from models.db import write_transaction
+from models.schema import StaffUser, utcnow
+from models.sessions import create_session, end_session, load_session
+
+from ..auth import COOKIE
+from .base import ApiError, BaseHandler
+
+log = logging.getLogger(__name__)
+
+MAX_FAILURES = 5
+LOCK_MINUTES = 30
+# An unknown user name costs the same scrypt work as a known one (no user enumeration).
+_DUMMY_HASH = hash_password("timing-equaliser-Aa1!")
+
+
+def set_session_cookie(handler: BaseHandler, token: str, max_age_s: int) -> None:
+    handler.set_cookie(COOKIE, token, path="/", httponly=True, samesite="Lax",
+                       secure=handler.request.protocol == "https",
+                       expires_days=None, max_age=max_age_s)
+
+
+def clear_session_cookie(handler: BaseHandler) -> None:
+    handler.clear_cookie(COOKIE, path="/")
+
+
+class LoginHandler(BaseHandler):
+    async def post(self) -> None:
+        body = self.json_body(8192)
+        username = str(body.get("username") or "").strip()[:64]
+        password = str(body.get("password") or "")
+        if not username or not password:
+            raise ApiError(400, "请输入用户名和密码 / enter your user name and password")
+        ip, ua = self.client_ip(), self.request.headers.get("User-Agent", "")[:255]
+        old = self.credential
+
+        def attempt():
+            user = StaffUser.get_or_none(StaffUser.username == username)
+            now = utcnow()
+            if user is None or not user.active:
+                verify_password(password, _DUMMY_HASH)
+                self.ctx.auditor.record("login", actor_kind="staff", actor_id=username, ip=ip,
+                                        outcome="fail", detail="unknown or disabled user")
+                return None, "bad"
+            if user.locked_until and user.locked_until > now:
+                verify_password(password, _DUMMY_HASH)
+                self.ctx.auditor.record("login", actor_kind="staff", actor_id=username, ip=ip,
+                                        outcome="refused", detail="account locked")
+                return None, "locked"
+            if not verify_password(password, user.password_hash):
+                with write_transaction():
+                    failures = user.failed_logins + 1
+                    locked = failures >= MAX_FAILURES
+                    StaffUser.update(
+                        failed_logins=0 if locked else failures,
+                        locked_until=now + dt.timedelta(minutes=LOCK_MINUTES) if locked
+                        else None).where(StaffUser.id == user.id).execute()
+                    self.ctx.auditor.record("login", actor_kind="staff", actor_id=username,
+                                            ip=ip, outcome="fail", detail="wrong password")
+                    if locked:
+                        self.ctx.auditor.record("account.locked", actor_kind="system",
+                                                ip=ip, object_type="staff_user",
+                                                object_id=username, outcome="ok",
+                                                detail=f"{MAX_FAILURES} failed sign-ins")
+                return None, "locked" if locked else "bad"
+            with write_transaction():
+                if old:
+                    s = load_session(old)
+                    if s is not None:
+                        end_session(s)
+                StaffUser.update(failed_logins=0, locked_until=None).where(
+                    StaffUser.id == user.id).execute()
+                new = create_session("staff", staff_user=user, idle_timeout_s=30 * 60,
+                                     lifetime_s=12 * 3600, ip=ip, user_agent=ua, verified=True)
+                self.ctx.auditor.record("login", actor_kind="staff", actor_id=username, ip=ip,
+                                        outcome="ok")
+            return (user, new), "ok"
+
+        result, outcome = await self.in_db(attempt)
+        if old:
+            self.ctx.principals.forget(old)
+        if outcome == "locked":
+            raise ApiError(423, f"连续 {MAX_FAILURES} 次密码错误，账号已锁定 {LOCK_MINUTES} 分钟 / "
+                                f"too many failed sign-ins: the account is locked for "
+                                f"{LOCK_MINUTES} minutes")
+        if outcome != "ok":
+            raise ApiError(401, "用户名或密码错误 / wrong user name or password")
+        user, new = result
+        set_session_cookie(self, new.token, 12 * 3600)
+        self.write_json({"ok": True, "csrf_token": new.session.csrf_token,
+                         "user": user_json(user)})
+
+
+def user_json(user: StaffUser) -> dict:
+    return {"username": user.username, "display_name": user.display_name,
+            "roles": [r for r in user.roles.split(",") if r],
+            "must_change_password": bool(user.must_change_password)}
+
+
+class LogoutHandler(BaseHandler):
+    async def post(self) -> None:
+        p = self.principal
+        cred = self.credential
+
+        def out():
+            if cred:
+                s = load_session(cred)
+                if s is not None:
+                    with write_transaction():
+                        end_session(s)
+                        if p is not None:
+                            kind, subject = p.audit_actor()
+                            self.ctx.auditor.record("logout", actor_kind=kind,
+                                                    actor_id=subject, ip=self.client_ip())
+        await self.in_db(out)
+        if cred:
+            self.ctx.principals.forget(cred)
+        clear_session_cookie(self)
+        self.write_json({"ok": True})
+
+
+class MeHandler(BaseHandler):
+    async def get(self) -> None:
+        p = self.principal
+        if p is None:
+            raise ApiError(401, "未登录 / not signed in")
+        out = {"ok": True, "kind": p.kind, "csrf_token": p.csrf_token}
+        if p.kind == "staff":
+            u = await self.in_db(StaffUser.get_by_id, p.staff_user_id)
+            out["user"] = user_json(u)
+        self.write_json(out)
+
+
+class PasswordHandler(BaseHandler):
+    async def post(self) -> None:
+        p = self.principal
+        if p is None or p.kind != "staff" or p.via_token:
+            raise ApiError(401, "请先登录 / please sign in")
+        body = self.json_body(8192)
+        old_pw = str(body.get("old_password") or "")
+        new_pw = str(body.get("new_password") or "")
+
+        def change():
+            user = StaffUser.get_by_id(p.staff_user_id)
+            if not verify_password(old_pw, user.password_hash):
+                raise ApiError(400, "原密码错误 / the current password is wrong")
+            if old_pw == new_pw:
+                raise ApiError(400, "新密码不能与原密码相同 / choose a new password")
+            try:
+                check_password_strength(new_pw, username=user.username)
+            except PasswordPolicyError as exc:
+                raise ApiError(400, str(exc)) from None
+            with write_transaction():
+                StaffUser.update(password_hash=hash_password(new_pw), must_change_password=False,
+                                 password_changed_at=utcnow()).where(
+                    StaffUser.id == user.id).execute()
+                self.ctx.auditor.record("password.change", actor_kind="staff",
+                                        actor_id=user.username, ip=self.client_ip())
+        await self.in_db(change)
+        if self.credential:
+            self.ctx.principals.forget(self.credential)
+        self.write_json({"ok": True})
+
+
+def routes(ctx) -> list:
+    d = {"ctx": ctx}
+    return [
+        (r"/api/auth/login", LoginHandler, d),
+        (r"/api/auth/logout", LogoutHandler, d),
+        (r"/api/auth/me", MeHandler, d),
+        (r"/api/auth/password", PasswordHandler, d),
+    ]

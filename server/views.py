@@ -1,0 +1,42 @@
+"""Audit of views, aggregated: one record per session and object, not one per frame."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from models.db import database
+
+log = logging.getLogger(__name__)
+
+
+class ViewAudit:
+    def __init__(self, auditor, db_executor):
+        self.auditor = auditor
+        self.db_executor = db_executor
+        self._seen: set = set()
+        self._lock = threading.Lock()
+
+    def seen(self, handler, action: str, object_type: str, object_id) -> None:
+        p = handler.principal
+        if p is None:
+            return
+        key = (p.kind, p.subject, p.session_id, action, str(object_id))
+        with self._lock:
+            if key in self._seen:
+                return
+            if len(self._seen) > 200_000:
+                self._seen.clear()
+            self._seen.add(key)
+        kind, subject = p.audit_actor()
+        ip = handler.request.remote_ip or ""
+
+        def write():
+            try:
+                with database.connection_context():
+                    self.auditor.record(action, actor_kind=kind, actor_id=subject, ip=ip,
+                                        object_type=object_type, object_id=str(object_id))
+            except Exception:  # noqa: BLE001 - a view is already served; log loudly
+                log.exception("audit write for a view failed")
+                with self._lock:
+                    self._seen.discard(key)
+        self.db_executor.submit(write)

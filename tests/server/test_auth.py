@@ -1,0 +1,151 @@
+"""Staff sign-in, sessions, CSRF, lockout, least privilege and the audit chain."""
+import pytest
+import requests
+
+from models.audit import drop_append_only_triggers
+from models.db import database
+from models.schema import AuditEvent, StaffUser
+from tests.conftest import make_staff, staff_token
+from tests.dicom_factory import ct_bytes
+
+pytestmark = pytest.mark.db
+
+
+def login(live, username, password):
+    s = requests.Session()
+    r = s.post(live.url + "/api/auth/login", json={"username": username, "password": password},
+               timeout=30)
+    return s, r
+
+
+def test_anonymous_gets_401_everywhere(live, catalog, tmp_path):
+    from adapters.importer import Importer
+    (tmp_path / "a.dcm").write_bytes(ct_bytes(study_uid="1.2.70.1", series_uid="1.2.70.2",
+                                              sop_uid="1.2.70.3"))
+    Importer(catalog).run([tmp_path])
+    for path in ("/api/studies", "/api/studies/1.2.70.1",
+                 "/dicomweb/studies/1.2.70.1/series/1.2.70.2/instances/1.2.70.3/frames/1/"
+                 "rendered", "/dicomweb/studies/1.2.70.1/thumbnail",
+                 "/api/render/studies/1.2.70.1/series/1.2.70.2/mip",
+                 "/api/studies/1.2.70.1/report.pdf"):
+        st, _, body = live.get(path, auth=False)
+        assert st == 401, (path, body)
+    assert live.get("/healthz", auth=False)[0] == 200
+
+
+def test_admin_roles_do_not_see_patient_data(live, catalog):
+    for role in ("sysadmin", "secadmin", "auditadmin"):
+        tok = staff_token(f"u_{role}", (role,))
+        st, _, _ = live.get("/api/studies", headers={"Authorization": f"Bearer {tok}"})
+        assert st == 403, role
+    tok = staff_token("desk1", ("frontdesk",))
+    assert live.get("/api/studies", headers={"Authorization": f"Bearer {tok}"})[0] == 200
+
+
+def test_bad_token(live):
+    st, _, body = live.get("/api/studies", headers={"Authorization": "Bearer cft_nonsense"})
+    assert st == 401 and b"token" in body
+
+
+def test_login_session_csrf_logout(live):
+    make_staff("doc2", ("doctor",), "Good-Pass-2")
+    s, r = login(live, "doc2", "Good-Pass-2")
+    assert r.status_code == 200, r.text
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    csrf = r.json()["csrf_token"]
+    assert s.get(live.url + "/api/studies").status_code == 200
+    me = s.get(live.url + "/api/auth/me").json()
+    assert me["user"]["roles"] == ["doctor"]
+    # a state-changing request without the CSRF token is refused
+    r = s.post(live.url + "/api/auth/logout")
+    assert r.status_code == 403 and "CSRF" in r.json()["error"]
+    # a cross-site Origin is refused even with the token
+    r = s.post(live.url + "/api/auth/logout", headers={"X-CSRF-Token": csrf,
+                                                       "Origin": "http://evil.example"})
+    assert r.status_code == 403
+    old = s.cookies.get("cf_session")
+    r = s.post(live.url + "/api/auth/logout", headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200
+    # the old session ID no longer works, even if replayed
+    r = requests.get(live.url + "/api/studies", cookies={"cf_session": old}, timeout=30)
+    assert r.status_code == 401
+
+
+def test_new_session_id_at_login(live):
+    make_staff("doc3", ("doctor",), "Good-Pass-3")
+    s, r1 = login(live, "doc3", "Good-Pass-3")
+    first = s.cookies.get("cf_session")
+    r2 = s.post(live.url + "/api/auth/login", json={"username": "doc3",
+                                                    "password": "Good-Pass-3"},
+                headers={"X-CSRF-Token": r1.json()["csrf_token"]})
+    assert r2.status_code == 200
+    assert s.cookies.get("cf_session") != first
+    r = requests.get(live.url + "/api/studies", cookies={"cf_session": first}, timeout=30)
+    assert r.status_code == 401
+
+
+def test_wrong_password_lockout_and_audit(live, ctx):
+    make_staff("doc4", ("doctor",), "Good-Pass-4")
+    for i in range(4):
+        _, r = login(live, "doc4", "wrong")
+        assert r.status_code == 401
+        assert "wrong user name or password" in r.json()["error"]
+    _, r = login(live, "doc4", "wrong")
+    assert r.status_code == 423
+    _, r = login(live, "doc4", "Good-Pass-4")        # locked even with the right password
+    assert r.status_code == 423
+    _, r = login(live, "nobody", "x")
+    assert r.status_code == 401                       # same answer for unknown users
+    actions = [(e.action, e.outcome) for e in AuditEvent.select().order_by(AuditEvent.id)]
+    assert ("account.locked", "ok") in actions
+    assert actions.count(("login", "fail")) >= 5
+    assert ctx.auditor.verify().ok
+
+
+def test_must_change_password_first(live):
+    make_staff("doc5", ("doctor",), "Initial-Pass-5", must_change=True)
+    s, r = login(live, "doc5", "Initial-Pass-5")
+    assert r.json()["user"]["must_change_password"]
+    csrf = r.json()["csrf_token"]
+    r = s.get(live.url + "/api/studies")
+    assert r.status_code == 403 and "change your password" in r.json()["error"]
+    for bad, needle in (("short", "8"), ("alllowercase", "at least 3"),
+                        ("Initial-Pass-5", "new password")):
+        r = s.post(live.url + "/api/auth/password", json={"old_password": "Initial-Pass-5",
+                                                          "new_password": bad},
+                   headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 400 and needle in r.json()["error"], (bad, r.text)
+    r = s.post(live.url + "/api/auth/password", json={"old_password": "Initial-Pass-5",
+                                                      "new_password": "Brand-New-55"},
+               headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200
+    assert s.get(live.url + "/api/studies").status_code == 200
+
+
+def test_login_needs_json(live):
+    r = requests.post(live.url + "/api/auth/login", data="username=a&password=b",
+                      headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+    assert r.status_code == 415
+
+
+def test_audit_chain_detects_edits_and_deletions(ctx):
+    for i in range(5):
+        ctx.auditor.record("test.event", actor_kind="system", object_id=str(i))
+    assert ctx.auditor.verify().ok and ctx.auditor.verify().checked == 5
+    # the application cannot edit or delete rows ...
+    ev = AuditEvent.get(AuditEvent.id == 3)
+    with pytest.raises(PermissionError):
+        ev.save()
+    with pytest.raises(Exception):
+        database.execute_sql("UPDATE audit_event SET detail='x' WHERE id=3")
+    # ... but someone with the database's own tools can: verification names the row
+    drop_append_only_triggers()
+    database.execute_sql("UPDATE audit_event SET object_id='99' WHERE id=3")
+    r = ctx.auditor.verify()
+    assert not r.ok and r.record_id == 3 and "edited" in r.problem
+    database.execute_sql("UPDATE audit_event SET object_id='2' WHERE id=3")
+    assert ctx.auditor.verify().ok
+    database.execute_sql("DELETE FROM audit_event WHERE id=4")
+    r = ctx.auditor.verify()
+    assert not r.ok and r.record_id == 4 and "missing" in r.problem
