@@ -17,7 +17,7 @@ UID = r"([0-9][0-9.]{0,63})"
 # adds its own module instead of editing one shared table. Order matters only for
 # overlapping patterns (none so far).
 ROUTE_MODULES = ("render", "report", "pages", "auth", "staff", "shares", "patient",
-                 "download", "integration", "wechat", "admin")
+                 "download", "integration", "wechat", "admin", "security", "openapi")
 
 
 def make_routes(ctx: AppContext) -> list:
