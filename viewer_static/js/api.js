@@ -76,4 +76,5 @@ export const api = {
   reportPages: (s) => getJSON(urls.reportPages(s)),
   info: (s, se, i) => getJSON(urls.info(s, se, i)),
   mprGeometry: (s, se, plane, p) => getJSON(urls.mprGeometry(s, se, plane, p)),
+  getVolume: (s, se) => getJSON(urls.volume(s, se)),
 };
