@@ -1,0 +1,413 @@
+"""DICOM networking with pynetdicom: our SCP (C-ECHO, C-STORE of every storage SOP class in
+any transfer syntax) and the SCU side towards the hospital PACS (C-FIND of a patient's
+exams, C-MOVE or C-GET of one study with progress).
+
+A C-STORE is answered Success only after the file is durable and indexed (Catalog.
+store_instance); any failure answers a failure status with the reason in Error Comment and
+keeps the file in quarantine. A crashing handler never kills the association or the server.
+Logs name UIDs and AE titles, never patient data.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from pydicom.dataset import Dataset
+from pynetdicom import (AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts,
+                        build_role, evt)
+from pynetdicom.sop_class import (EncapsulatedPDFStorage,
+                                  StudyRootQueryRetrieveInformationModelFind,
+                                  StudyRootQueryRetrieveInformationModelGet,
+                                  StudyRootQueryRetrieveInformationModelMove, Verification)
+
+from models.catalog import ALREADY_PRESENT, STORED, Catalog
+from models.db import database
+from models.integration import (note_event, retrieve_job_update)
+from models.schema import Exam
+
+from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta, person_name_text
+from .fast_copy import make_fast_copy, needs_fast_copy
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0xC001
+DUPLICATE_CONFLICT = 0xC002
+
+
+def _failure(status: int, reason: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = reason[:64]
+    return ds
+
+
+class InstanceSink:
+    """Stores received instances (SCP and C-GET share it). Thread-safe."""
+
+    def __init__(self, catalog: Catalog, *, charset_fallback: str = "GB18030",
+                 fast_copies: bool = True, on_stored: Callable[[dict], None] | None = None):
+        self.catalog = catalog
+        self.charset_fallback = charset_fallback
+        self.fast_copies = fast_copies
+        self.on_stored = on_stored
+        self._lock = threading.Lock()
+        self.stored = self.failed = 0
+        self._copy_pool = None
+
+    def store(self, data: bytes, origin: str) -> int | Dataset:
+        try:
+            meta, ds = extract_meta(data, charset_fallback=self.charset_fallback)
+        except DicomRejected as exc:
+            self.catalog.quarantine(data, str(exc), "dicom", origin)
+            log.info("C-STORE from %s rejected: %s", origin, exc)
+            return self._fail(CANNOT_UNDERSTAND, str(exc))
+        try:
+            result = self.catalog.store_instance(meta, data, source="dicom", origin=origin)
+        except OSError as exc:
+            log.error("C-STORE of %s: cannot write: %s", meta.get("sop_uid"), exc)
+            return self._fail(OUT_OF_RESOURCES, f"cannot write the file: {exc.strerror}")
+        if result.outcome not in (STORED, ALREADY_PRESENT):
+            log.info("C-STORE of %s: %s (%s)", result.sop_uid, result.outcome, result.reason)
+            code = DUPLICATE_CONFLICT if result.outcome == "conflict" else CANNOT_UNDERSTAND
+            return self._fail(code, result.reason)
+        if meta["sop_class_uid"] == ENCAPSULATED_PDF:
+            self._pdf_report(meta, ds)
+        elif result.outcome == STORED and self.fast_copies and needs_fast_copy(
+                meta["transfer_syntax"]):
+            self._fast_copy(meta)
+        with self._lock:
+            self.stored += 1
+        if self.on_stored:
+            try:
+                self.on_stored(meta)
+            except Exception:  # noqa: BLE001
+                log.exception("on_stored callback failed")
+        return SUCCESS
+
+    def _fail(self, code: int, reason: str) -> Dataset:
+        with self._lock:
+            self.failed += 1
+        return _failure(code, reason)
+
+    def _pdf_report(self, meta: dict, ds: Dataset) -> None:
+        """An Encapsulated PDF object becomes the exam's PDF report (the DICOM object is
+        kept as well)."""
+        pdf = bytes(ds.get("EncapsulatedDocument", b"") or b"").rstrip(b"\x00")
+        exam = Exam.get_or_none(Exam.study_uid == meta["study_uid"])
+        if exam is None or not pdf.startswith(b"%PDF-"):
+            return
+        try:
+            old = exam.reports.first()
+            self.catalog.store_report(
+                exam, pdf=pdf, findings=old.findings if old else "",
+                impression=old.impression if old else "", author=old.author if old else "",
+                reviewer=old.reviewer if old else "",
+                signed_at=old.signed_at if old else None,
+                status=old.status if old else "final")
+        except Exception as exc:  # noqa: BLE001 - the instance itself is stored
+            log.info("encapsulated PDF %s not filed as report: %s", meta["sop_uid"], exc)
+
+    def _fast_copy(self, meta: dict) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        st = self.catalog.storage
+        src = st.abspath(st.instance_relpath(meta["study_uid"], meta["series_uid"],
+                                             meta["sop_uid"]))
+        dst = st.abspath(st.fast_copy_relpath(meta["study_uid"], meta["series_uid"],
+                                              meta["sop_uid"]))
+        with self._lock:
+            if self._copy_pool is None:
+                self._copy_pool = ThreadPoolExecutor(1, thread_name_prefix="fastcopy")
+        self._copy_pool.submit(make_fast_copy, src, dst)
+
+
+def _peer(event) -> str:
+    r = event.assoc.requestor
+    return f"{r.ae_title}@{r.address}:{r.port}"
+
+
+class DicomScp:
+    def __init__(self, catalog: Catalog, *, ae_title: str = "CLOUDFILM",
+                 host: str = "127.0.0.1", port: int = 11112,
+                 allowed_aets: list[str] | None = None, max_associations: int = 8,
+                 charset_fallback: str = "GB18030", fast_copies: bool = True,
+                 on_stored: Callable[[dict], None] | None = None):
+        self.sink = InstanceSink(catalog, charset_fallback=charset_fallback,
+                                 fast_copies=fast_copies, on_stored=on_stored)
+        self.ae_title, self.host, self.port = ae_title, host, port
+        self.allowed = [a.strip() for a in (allowed_aets or []) if a.strip()]
+        self.max_associations = max_associations
+        self.server = None
+        self.associations = 0
+        self.last_peer = ""
+
+    def start(self) -> "DicomScp":
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_associations = self.max_associations
+        ae.maximum_pdu_size = 0          # no limit: fewer, larger PDUs
+        ae.network_timeout = 60
+        ae.dimse_timeout = 60
+        ae.acse_timeout = 30
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        if self.allowed:
+            ae.require_calling_aet = self.allowed
+        else:
+            log.warning("DICOM listener accepts any calling AE title (set dicom_allowed_aets)")
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
+                    (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_ABORTED, self._on_aborted),
+                    (evt.EVT_ESTABLISHED, self._on_established),
+                    (evt.EVT_RELEASED, self._on_end), (evt.EVT_CONN_CLOSE, self._on_end)]
+        self.ae = ae
+        self.server = ae.start_server((self.host, self.port), block=False,
+                                      evt_handlers=handlers)
+        self.port = self.server.server_address[1]
+        log.info("DICOM listener %s on %s:%d", self.ae_title, self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    # handlers --------------------------------------------------------------------------
+    def _on_store(self, event) -> int | Dataset:
+        origin = _peer(event)
+        try:
+            data = event.encoded_dataset()
+        except Exception as exc:  # noqa: BLE001 - a dataset we cannot even re-encode
+            self.sink.catalog.quarantine(None, f"unreadable C-STORE dataset: {exc}", "dicom",
+                                         origin)
+            return _failure(CANNOT_UNDERSTAND, f"unreadable dataset: {exc}")
+        try:
+            return self.sink.store(data, origin)
+        except Exception as exc:  # noqa: BLE001 - never kill the association
+            log.exception("C-STORE handler failed")
+            try:
+                self.sink.catalog.quarantine(data, f"internal error: {type(exc).__name__}: "
+                                             f"{exc}", "dicom", origin)
+            except Exception:  # noqa: BLE001
+                pass
+            return _failure(PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
+
+    def _on_echo(self, event) -> int:
+        return SUCCESS
+
+    def _on_established(self, event) -> None:
+        self.associations += 1
+        self.last_peer = _peer(event)
+
+    def _on_rejected(self, event) -> None:
+        peer = _peer(event)
+        log.warning("DICOM association from %s rejected (calling AE title not allowed or "
+                    "nothing acceptable proposed)", peer)
+        note_event("dicom", peer, "rejected", "association rejected: calling AE title not in "
+                   "dicom_allowed_aets or no acceptable presentation context")
+        self._close_db()
+
+    def _on_aborted(self, event) -> None:
+        peer = _peer(event)
+        log.info("DICOM association from %s aborted", peer)
+        note_event("dicom", peer, "error", "association aborted (peer disconnected or "
+                   "network error); instances acknowledged before it are stored")
+        self._close_db()
+
+    def _on_end(self, event) -> None:
+        self._close_db()
+
+    @staticmethod
+    def _close_db() -> None:
+        try:
+            if not database.is_closed():
+                database.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# SCU towards the PACS ---------------------------------------------------------------------
+@dataclass
+class PacsNode:
+    ae_title: str
+    host: str
+    port: int
+    our_ae_title: str = "CLOUDFILM"
+
+    @classmethod
+    def from_config(cls, c) -> "PacsNode | None":
+        if not (c.pacs_ae_title and c.pacs_host):
+            return None
+        return cls(c.pacs_ae_title, c.pacs_host, c.pacs_port, c.dicom_ae_title)
+
+
+class PacsError(Exception):
+    """The PACS could not be reached or refused; the message says which."""
+
+
+def _associate(ae: AE, node: PacsNode, **kw):
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, **kw)
+    if not assoc.is_established:
+        raise PacsError(f"PACS {node.ae_title}@{node.host}:{node.port} refused the "
+                        "association or cannot be reached")
+    return assoc
+
+
+def _dt(s) -> object:
+    from .dicom_meta import _date
+    return _date(s)
+
+
+def find_patient_studies(node: PacsNode, patient_id: str,
+                         charset_fallback: str = "GB18030") -> tuple[dict, list[dict]]:
+    """C-FIND (Study Root, STUDY level) of one patient's exams in the PACS. Returns
+    (patient fields, studies)."""
+    ae = AE(ae_title=node.our_ae_title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.SpecificCharacterSet = "ISO_IR 192"
+    q.PatientID = patient_id
+    for kw in ("PatientName", "PatientSex", "PatientBirthDate", "StudyInstanceUID",
+               "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy",
+               "StudyDescription", "NumberOfStudyRelatedInstances",
+               "NumberOfStudyRelatedSeries"):
+        setattr(q, kw, "")
+    assoc = _associate(ae, node)
+    studies, patient = [], {"patient_id": patient_id}
+    try:
+        for status, ident in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
+            if status is None or "Status" not in status:
+                raise PacsError("the PACS stopped answering the query (timeout or abort)")
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01) and ident is not None:
+                if "SpecificCharacterSet" not in ident:
+                    ident.SpecificCharacterSet = charset_fallback
+                try:
+                    ident.decode()
+                except Exception:  # noqa: BLE001
+                    pass
+                if ident.get("PatientID", patient_id) != patient_id:
+                    continue
+                patient.setdefault("name", person_name_text(ident.get("PatientName")))
+                patient.setdefault("sex", str(ident.get("PatientSex", "") or "")[:1])
+                patient.setdefault("birth_date", _dt(ident.get("PatientBirthDate")))
+                mods = ident.get("ModalitiesInStudy", "")
+                mods = "\\".join(mods) if isinstance(mods, (list, tuple)) or \
+                    hasattr(mods, "__iter__") and not isinstance(mods, str) else str(mods)
+                studies.append({
+                    "study_uid": str(ident.get("StudyInstanceUID", "")),
+                    "accession": str(ident.get("AccessionNumber", "") or ""),
+                    "study_date": _dt(ident.get("StudyDate")),
+                    "modality": mods,
+                    "description": str(ident.get("StudyDescription", "") or ""),
+                    "num_instances": int(ident.get("NumberOfStudyRelatedInstances") or 0),
+                    "num_series": int(ident.get("NumberOfStudyRelatedSeries") or 0),
+                })
+            elif code != 0x0000:
+                raise PacsError(f"C-FIND failed with status 0x{code:04X}")
+    finally:
+        assoc.release()
+    return patient, studies
+
+
+def retrieve_study(node: PacsNode, study_uid: str, *, method: str = "move",
+                   sink: InstanceSink | None = None) -> dict:
+    """Fetch one study: C-MOVE to our listener (the PACS must know our AE title) or C-GET
+    on this association (received instances go to sink). Progress is written to the
+    study's RetrieveJob as the PACS reports it."""
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = study_uid
+    ae = AE(ae_title=node.our_ae_title)
+    if method == "get":
+        if sink is None:
+            raise ValueError("C-GET needs an InstanceSink")
+        model = StudyRootQueryRetrieveInformationModelGet
+        ae.add_requested_context(model)
+        contexts = [cx for cx in AllStoragePresentationContexts
+                    if cx.abstract_syntax in GET_SOP_CLASSES]
+        roles = []
+        for cx in contexts:
+            ae.add_requested_context(cx.abstract_syntax, GET_TRANSFER_SYNTAXES)
+            roles.append(build_role(cx.abstract_syntax, scp_role=True))
+
+        def on_store(event):
+            return sink.store(event.encoded_dataset(), f"{node.ae_title} C-GET")
+        assoc = _associate(ae, node, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        responses = assoc.send_c_get(q, model)
+    else:
+        model = StudyRootQueryRetrieveInformationModelMove
+        ae.add_requested_context(model)
+        assoc = _associate(ae, node)
+        responses = assoc.send_c_move(q, node.our_ae_title, model)
+    retrieve_job_update(study_uid, status="running")
+    last = {"completed": 0, "failed": 0, "warning": 0, "remaining": 0}
+    try:
+        for status, _ident in responses:
+            if status is None or "Status" not in status:
+                raise PacsError("the PACS stopped answering the retrieve (timeout or abort)")
+            code = int(status.Status)
+            for key, kw in (("completed", "NumberOfCompletedSuboperations"),
+                            ("failed", "NumberOfFailedSuboperations"),
+                            ("warning", "NumberOfWarningSuboperations"),
+                            ("remaining", "NumberOfRemainingSuboperations")):
+                if kw in status and status.get(kw) is not None:
+                    last[key] = int(status.get(kw))
+            total = last["completed"] + last["failed"] + last["warning"] + last["remaining"]
+            retrieve_job_update(study_uid, expected=total,
+                                completed=last["completed"] + last["warning"],
+                                failed=last["failed"])
+            if code in (0xFF00, 0xFF01):
+                continue
+            if code == 0x0000 or code == 0xB000:
+                break
+            raise PacsError(f"retrieve failed with status 0x{code:04X}"
+                            + (f" ({status.get('ErrorComment')})"
+                               if status.get("ErrorComment") else ""))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if last["failed"] and not last["completed"]:
+        raise PacsError(f"the PACS could not send any of {last['failed']} instances (does "
+                        f"it know the AE title {node.our_ae_title} and our address?)")
+    return last
+
+
+GET_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.6.1",
+    "1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.12.1",
+    "1.2.840.10008.5.1.4.1.1.77.1.1", "1.2.840.10008.5.1.4.1.1.77.1.2",
+    "1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.6",
+    "1.2.840.10008.5.1.4.1.1.20", "1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.481.1",
+    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22",
+    "1.2.840.10008.5.1.4.1.1.88.33", EncapsulatedPDFStorage,
+}
+GET_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2",
+                         "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90",
+                         "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.50",
+                         "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"]
+
+
+def echo(host: str, port: int, called: str, calling: str = "CLOUDFILM") -> int:
+    """C-ECHO; returns the status (0 = success). Used by the status view and tests."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=called)
+    if not assoc.is_established:
+        raise PacsError(f"{called}@{host}:{port} refused the association")
+    try:
+        st = assoc.send_c_echo()
+        return int(st.Status) if st and "Status" in st else -1
+    finally:
+        assoc.release()
+
+
+__all__ = ["DicomScp", "InstanceSink", "PacsNode", "PacsError", "find_patient_studies",
+           "retrieve_study", "echo"]

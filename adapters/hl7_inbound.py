@@ -1,0 +1,318 @@
+"""Apply inbound HL7 v2 messages: ADT (patients, merge), ORM/OMI (orders), ORU (reports with
+a PDF). One entry point, `Hl7Inbound.handle(raw_bytes) -> HandleResult`, which decodes,
+applies exactly once (by MSH-10) and returns the ACK bytes to send back after the commit.
+
+Field mapping: docs/hl7-mapping.md. Never logs names, ID numbers or phone numbers.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+from dataclasses import dataclass, field
+
+from models.catalog import Catalog
+from models.integration import (IntegrationError, ReportFields, Unsupported, apply_inbound,
+                                file_report, find_exam, merge_patients, record_failure,
+                                upsert_order, upsert_patient, write_report_pdf)
+
+from .hl7_codec import (CJK_RE, Hl7Error, Message, build_ack, decode_message, encode,
+                        fallback_control_id, parse_date, parse_ts, person_name)
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "hl7"
+ADT_UPDATE = {"A01", "A04", "A05", "A08", "A28", "A31"}
+FIELD_RE = re.compile(r"^(PID)-(\d{1,2})(?:\.(\d{1,2}))?$")
+ACC_RE = re.compile(r"^(OBR|ORC|IPC)-(\d{1,2})(?:\.(\d{1,2}))?$")
+ID_TYPES = {"ID", "NNCHN", "NI", "SS", "CZ"}
+IMPRESSION_KEYS = ("19005-8", "IMP", "IMPRESSION", "诊断", "印象", "结论", "CONCLUSION")
+RESULT_STATUS = {"P": "preliminary", "R": "preliminary", "I": "preliminary",
+                 "S": "preliminary", "A": "preliminary", "F": "final", "C": "corrected",
+                 "": "final"}
+
+
+@dataclass
+class Hl7Settings:
+    id_number_field: str = "PID-19"
+    phone_field: str = "PID-13"
+    accession_field: str = "OBR-18"
+    charset_fallback: str = "GB18030"
+    receivers: list[str] = field(default_factory=list)
+    app: str = "CLOUDFILM"
+
+    @classmethod
+    def from_config(cls, c) -> "Hl7Settings":
+        return cls(id_number_field=c.hl7_id_number_field, phone_field=c.hl7_phone_field,
+                   accession_field=c.hl7_accession_field,
+                   charset_fallback=c.hl7_charset_fallback,
+                   receivers=[r.strip() for r in c.hl7_receivers.split(",") if r.strip()],
+                   app=c.dicom_ae_title or "CLOUDFILM")
+
+    def check(self) -> None:
+        for name, value, rx in (("hl7_id_number_field", self.id_number_field, FIELD_RE),
+                                ("hl7_phone_field", self.phone_field, FIELD_RE),
+                                ("hl7_accession_field", self.accession_field, ACC_RE)):
+            if not rx.match(value):
+                raise ValueError(f"setting {name}: {value!r} is not a field such as PID-19, "
+                                 "PID-13.1 or OBR-18")
+
+
+@dataclass
+class HandleResult:
+    outcome: str          # applied / duplicate / error / rejected
+    ack: bytes
+    control_id: str
+    message_type: str
+    reason: str = ""
+
+
+class Hl7Inbound:
+    def __init__(self, catalog: Catalog, settings: Hl7Settings | None = None):
+        self.catalog = catalog
+        self.s = settings or Hl7Settings()
+        self.s.check()
+
+    # entry point -----------------------------------------------------------------------
+    def handle(self, raw: bytes, *, frame_error: str = "") -> HandleResult:
+        """Decode and apply one message; never raises for bad content."""
+        msg = None
+        charset = ""
+        try:
+            dec = decode_message(raw, self.s.charset_fallback)
+            charset = dec.charset_name
+            msg = Message(dec.text)
+            if frame_error:
+                raise Hl7Error(frame_error)
+            if not msg.control_id:
+                raise Hl7Error("MSH-10 (message control ID) is empty")
+        except Hl7Error as exc:
+            if msg is None:
+                try:   # header only, to echo MSH-10 in the ACK
+                    msg = Message(raw.decode("latin-1"))
+                except Hl7Error:
+                    msg = None
+            return self._unreadable(raw, msg, str(exc), charset)
+        text = dec.text
+        ctrl, mtype = msg.control_id, msg.message_type
+
+        def ack(outcome: str, note: str) -> str:
+            code = {"applied": "AA", "error": "AE", "rejected": "AR"}[outcome]
+            return build_ack(msg, code, note, app=self.s.app, charset=charset)
+
+        res = apply_inbound(CHANNEL, ctrl, mtype, text, lambda: self._apply(msg), ack)
+        if res.outcome in ("error", "rejected"):
+            log.info("HL7 %s %s: %s (%s)", mtype, ctrl, res.outcome, res.reason[:200])
+        return HandleResult(res.outcome, encode(res.ack, charset, dec.codec), ctrl, mtype,
+                            res.reason)
+
+    def _unreadable(self, raw: bytes, msg: Message | None, reason: str,
+                    charset: str) -> HandleResult:
+        ctrl = (msg.control_id if msg is not None else "") or fallback_control_id(raw)
+        mtype = msg.message_type if msg is not None else ""
+        text = build_ack(msg, "AE", reason, app=self.s.app, charset=charset)
+        record_failure(CHANNEL, ctrl, mtype, raw.decode("utf-8", errors="replace"), "error",
+                       reason, text)
+        log.info("HL7 message %s not readable: %s", ctrl, reason[:200])
+        return HandleResult("error", encode(text, charset), ctrl, mtype, reason)
+
+    # dispatch --------------------------------------------------------------------------
+    def _apply(self, msg: Message) -> str:
+        t, trig = msg.get("MSH", 9, 1).upper(), msg.get("MSH", 9, 2).upper()
+        if t == "ADT" and trig in ADT_UPDATE:
+            p = upsert_patient(self.catalog, self.patient_fields(msg))
+            return f"patient {p.patient_id} updated"
+        if t == "ADT" and trig == "A40":
+            mrg = msg.first("MRG")
+            if mrg is None:
+                raise IntegrationError("ADT^A40 without an MRG segment")
+            old = msg.get(mrg, 1)
+            p = merge_patients(self.catalog, self.patient_fields(msg), old)
+            return f"patient {old} merged into {p.patient_id}"
+        if (t, trig) in (("ORM", "O01"), ("OMI", "O23"), ("OMG", "O19")):
+            return self._order(msg)
+        if (t, trig) == ("ORU", "R01"):
+            return self._result(msg)
+        raise Unsupported(f"message type {msg.message_type or '(empty MSH-9)'} is not "
+                          "supported: send ADT^A01/A04/A08/A40, ORM^O01, OMI^O23 or ORU^R01")
+
+    # patients --------------------------------------------------------------------------
+    def patient_fields(self, msg: Message) -> dict:
+        pid = msg.first("PID")
+        if pid is None:
+            raise IntegrationError("PID segment missing")
+        reps = msg.reps(pid, 3)
+        patient_id = ""
+        for i, _ in enumerate(reps):
+            if msg.get(pid, 3, 5, i).upper() not in ID_TYPES:
+                patient_id = msg.get(pid, 3, 1, i)
+                break
+        if not patient_id:
+            patient_id = msg.get(pid, 2) or (msg.get(pid, 3, 1, 0) if reps else "")
+        if not patient_id:
+            raise IntegrationError("PID-3 (patient identifier list) is empty")
+        f = {"patient_id": patient_id, "name": person_name(msg, pid, 5),
+             "sex": {"M": "M", "F": "F", "O": "O"}.get(msg.get(pid, 8).upper()[:1], ""),
+             "birth_date": None}
+        bd = msg.get(pid, 7)
+        if bd:
+            f["birth_date"] = parse_date(bd)
+            if f["birth_date"] is None:
+                raise IntegrationError(f"PID-7 birth date {bd[:20]!r} is not a date "
+                                       "(YYYYMMDD)")
+        f["id_number"] = self._id_number(msg, pid)
+        f["phone"] = self._phone(msg, pid)
+        return f
+
+    def _id_number(self, msg: Message, pid) -> str:
+        m = FIELD_RE.match(self.s.id_number_field)
+        n, c = int(m.group(2)), int(m.group(3) or 1)
+        if n == 3:
+            for i, _ in enumerate(msg.reps(pid, 3)):
+                if msg.get(pid, 3, 5, i).upper() in ID_TYPES:
+                    return msg.get(pid, 3, 1, i)
+            return ""
+        return msg.get(pid, n, c)
+
+    def _phone(self, msg: Message, pid) -> str:
+        m = FIELD_RE.match(self.s.phone_field)
+        n = int(m.group(2))
+        if m.group(3):
+            v = msg.get(pid, n, int(m.group(3)))
+        else:
+            v = (msg.get(pid, n, 1) or msg.get(pid, n, 12)
+                 or msg.get(pid, n, 6) + msg.get(pid, n, 7))
+        v = re.sub(r"[\s\-()]", "", v)
+        if v and not re.fullmatch(r"\+?[0-9]{5,20}", v):
+            raise IntegrationError(f"{self.s.phone_field} is not a phone number")
+        return v
+
+    # orders ----------------------------------------------------------------------------
+    def accession(self, msg: Message) -> str:
+        m = ACC_RE.match(self.s.accession_field)
+        first = msg.get(m.group(1), int(m.group(2)), int(m.group(3) or 1))
+        return (first or msg.get("OBR", 18) or msg.get("OBR", 3) or msg.get("ORC", 3)
+                or msg.get("IPC", 1) or msg.get("OBR", 2) or msg.get("ORC", 2))
+
+    def study_uid(self, msg: Message) -> str:
+        uid = msg.get("ZDS", 1) or msg.get("IPC", 3)
+        if uid and not re.fullmatch(r"[0-9][0-9.]{0,63}", uid):
+            raise IntegrationError(f"Study Instance UID {uid[:70]!r} (ZDS-1 / IPC-3) is not a "
+                                   "DICOM UID")
+        return uid
+
+    def _order_fields(self, msg: Message) -> dict:
+        obr = msg.first("OBR")
+        modality = (msg.get("IPC", 5) or msg.get(obr, 24) or msg.get(obr, 4, 1)[:2]
+                    if obr or msg.first("IPC") else "")
+        when = (msg.get("TQ1", 7) or msg.get("ORC", 7, 4) or msg.get(obr, 36)
+                or msg.get(obr, 7) or msg.get(obr, 6))
+        return {"accession": self.accession(msg), "study_uid": self.study_uid(msg),
+                "modality": re.sub(r"[^A-Za-z]", "", modality or "")[:16],
+                "description": msg.get(obr, 4, 2) or msg.get(obr, 4, 1),
+                "exam_date": parse_date(when) if when else None,
+                "referring_physician": " ".join(p for p in (msg.get(obr, 16, 2),
+                                                            msg.get(obr, 16, 3)) if p)}
+
+    def _order(self, msg: Message) -> str:
+        if msg.first("ORC") is None and msg.first("OBR") is None:
+            raise IntegrationError("order without ORC and OBR segments")
+        ctl = msg.get("ORC", 1).upper()
+        st = msg.get("ORC", 5).upper()
+        if ctl in ("CA", "OC", "DC", "CR", "OD") or st in ("CA", "DC"):
+            status = "cancelled"
+        elif st == "SC" or ctl == "SC" and not st:
+            status = "scheduled"
+        elif st in ("IP", "CM", "A"):
+            status = "examined"
+        elif ctl in ("NW", "") or st in ("", "HD"):
+            status = "ordered"
+        elif ctl == "XO":
+            status = None
+        else:
+            raise Unsupported(f"order control {ctl!r} / status {st!r} is not supported")
+        o = self._order_fields(msg)
+        o["status"] = status
+        exam = upsert_order(self.catalog, self.patient_fields(msg), o, source="hl7")
+        return f"order {exam.accession_number}: {exam.status}"
+
+    # results ---------------------------------------------------------------------------
+    def _result(self, msg: Message) -> str:
+        obr = msg.first("OBR")
+        if obr is None:
+            raise IntegrationError("ORU^R01 without an OBR segment")
+        status_code = msg.get(obr, 25).upper()
+        if status_code == "X":
+            raise IntegrationError("OBR-25 'X' (result cannot be obtained) carries no report")
+        if status_code not in RESULT_STATUS:
+            raise IntegrationError(f"OBR-25 result status {status_code!r} is not one of "
+                                   "P, F, C")
+        accession, study_uid = self.accession(msg), self.study_uid(msg)
+        findings, impression, pdf = [], [], None
+        for obx in msg.all("OBX"):
+            vtype = msg.get(obx, 2).upper()
+            ident = " ".join(msg.get(obx, 3, i) for i in (1, 2)).upper()
+            if vtype == "ED":
+                pdf = self._pdf(msg, obx)
+                continue
+            if vtype in ("RP",):
+                continue
+            if vtype not in ("TX", "FT", "ST", "CE", "CWE", ""):
+                raise IntegrationError(f"OBX-2 value type {vtype!r} is not supported for "
+                                       "report text (TX, FT, ST, ED)")
+            value = "\n".join(msg.unescape(r) for r in msg.reps(obx, 5))
+            if vtype in ("CE", "CWE"):
+                value = msg.get(obx, 5, 2) or msg.get(obx, 5, 1)
+            target = impression if any(k in ident for k in IMPRESSION_KEYS) else findings
+            target.append(value.strip())
+        exam = find_exam(accession, study_uid)
+        if exam is None:
+            if msg.first("PID") is None:
+                raise IntegrationError(f"no exam with accession number {accession!r} and no "
+                                       "PID segment to create it")
+            exam = upsert_order(self.catalog, self.patient_fields(msg),
+                                {**self._order_fields(msg), "status": "examined"},
+                                source="hl7")
+        elif msg.first("PID") is not None:
+            upsert_patient(self.catalog, self.patient_fields(msg))
+        signer, reviewer = _interpreter(msg, obr, 32), _interpreter(msg, obr, 33)
+        signed = parse_ts(msg.get(obr, 22)) or parse_ts(
+            msg.get(msg.all("OBX")[0], 14) if msg.all("OBX") else "")
+        pdf_file = write_report_pdf(self.catalog, exam, pdf) if pdf else None
+        r = ReportFields(findings="\n".join(findings), impression="\n".join(impression),
+                         author=signer, reviewer=reviewer,
+                         signed_at=signed, status=RESULT_STATUS[status_code])
+        file_report(self.catalog, exam, r, pdf_file=pdf_file, receivers=self.s.receivers)
+        return f"report {exam.accession_number or exam.study_uid}: {r.status}" + (
+            " with PDF" if pdf else "")
+
+    def _pdf(self, msg: Message, obx) -> bytes:  # noqa: C901
+        # OBX-5 (ED): source application ^ type ^ subtype ^ encoding ^ data
+        typ = msg.get(obx, 5, 2).upper()
+        sub = msg.get(obx, 5, 3).upper()
+        enc = msg.get(obx, 5, 4).upper()
+        data = msg.component_raw(obx, 5, 5)
+        if typ not in ("APPLICATION", "AP") or sub != "PDF":
+            raise IntegrationError(f"OBX-5 encapsulated data of type {typ}/{sub}: only "
+                                   "Application/PDF is accepted")
+        if enc not in ("BASE64", "B64"):
+            raise IntegrationError(f"OBX-5 encoding {enc!r}: only Base64 is accepted")
+        try:
+            pdf = base64.b64decode(re.sub(r"\s+", "", data), validate=True)
+        except (binascii.Error, ValueError):
+            raise IntegrationError("OBX-5 PDF data is not valid base64") from None
+        if not pdf.startswith(b"%PDF-"):
+            raise IntegrationError("OBX-5 data decodes to something that is not a PDF "
+                                   "(no %PDF- header)")
+        return pdf
+
+
+
+def _interpreter(msg: Message, obr, n: int) -> str:
+    """OBR-32/33 (NDL): the first component is CNN: ID & family & given."""
+    parts = [msg.unescape(p).strip() for p in msg.component_raw(obr, n, 1).split(msg.ss)]
+    names = [p for p in parts[1:3] if p]
+    if not names:
+        return parts[0] if parts else ""
+    return ("" if any(CJK_RE.search(p) for p in names) else " ").join(names)

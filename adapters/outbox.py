@@ -1,0 +1,161 @@
+"""The outbox worker: delivers every queued outbound message at least once.
+
+Rows are written by the service verbs (models/integration.py) in the same transaction as
+the change that causes them. The worker picks due rows, hands each to the sender of its
+channel, marks it sent only after the peer acknowledged it, and otherwise schedules the next
+attempt with exponential backoff; after `max_attempts` the row is 'dead' and shown to admins,
+who can resend it. Rows survive restarts (they are in the database); a receiver may see a
+message twice after a crash, never zero times, and can de-duplicate by the idempotency key
+(sent as MSH-10 for HL7).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from models.integration import outbox_due, outbox_mark_failed, outbox_mark_sent
+
+from .hl7_codec import escape, hl7_timestamp
+from .hl7_mllp import DeliveryError, send_message
+
+log = logging.getLogger(__name__)
+
+Sender = Callable[[str, str, str], Awaitable[None]]   # (destination, payload, key)
+SENDERS: dict[str, Sender] = {}
+
+
+def register_sender(channel: str, sender: Sender) -> None:
+    """Other modules (SMS, WeChat) register how their channel is delivered."""
+    SENDERS[channel] = sender
+
+
+def film_published_hl7(payload: dict, key: str, app: str = "CLOUDFILM") -> bytes:
+    """ORU^R01 telling the RIS/HIS that an exam's cloud film and report are published.
+    MSH-10 is derived from the idempotency key, so a receiver sees the same control ID on a
+    repeated delivery."""
+    ctrl = "CF" + key.split(":")[1] + "-" + key.split(":")[2][:12] if key.count(":") >= 2 \
+        else key[:20]
+    segs = [
+        f"MSH|^~\\&|{escape(app)}|{escape(app)}|||{hl7_timestamp()}||ORU^R01^ORU_R01|"
+        f"{escape(ctrl)}|P|2.5||||||UNICODE UTF-8",
+        f"PID|1||{escape(payload.get('patient_id', ''))}",
+        f"OBR|1||{escape(payload.get('accession', ''))}|CLOUDFILM^Cloud film published|||"
+        f"||||||||||||{escape(payload.get('accession', ''))}|||||||"
+        f"{'C' if payload.get('report_status') == 'corrected' else 'F'}",
+        f"OBX|1|ST|STUDYUID^Study Instance UID||{escape(payload.get('study_uid', ''))}"
+        f"||||||F",
+    ]
+    if payload.get("url"):
+        segs.append(f"OBX|2|RP|URL^Cloud film||{escape(payload['url'])}||||||F")
+    return ("\r".join(segs) + "\r").encode("utf-8")
+
+
+async def send_hl7(destination: str, payload: str, key: str) -> None:
+    host, _, port = destination.rpartition(":")
+    if not host or not port.isdigit():
+        raise DeliveryError(f"destination {destination!r} is not host:port")
+    data = json.loads(payload)
+    if data.get("kind") == "film_published":
+        msg = film_published_hl7(data, key)
+    elif data.get("kind") == "raw_hl7":
+        msg = data["message"].encode("utf-8")
+    else:
+        raise DeliveryError(f"unknown HL7 payload kind {data.get('kind')!r}")
+    await send_message(host, int(port), msg)
+
+
+register_sender("hl7", send_hl7)
+
+
+@dataclass
+class OutboxSettings:
+    max_attempts: int = 10
+    backoff_s: int = 5
+    backoff_max_s: int = 3600
+    poll_s: float = 1.0
+    concurrency: int = 4
+
+    @classmethod
+    def from_config(cls, c) -> "OutboxSettings":
+        return cls(c.outbox_max_attempts, c.outbox_backoff_s, c.outbox_backoff_max_s)
+
+
+class OutboxWorker:
+    def __init__(self, settings: OutboxSettings, executor=None):
+        self.s = settings
+        self.executor = executor
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.delivered = 0
+        self.failed = 0
+
+    def start(self) -> "OutboxWorker":
+        self._task = asyncio.get_running_loop().create_task(self.run())
+        return self
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def poke(self) -> None:
+        """Look at the queue now (after a change queued something)."""
+        self._wake.set()
+
+    async def _db(self, fn, *args, **kw):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kw))
+
+    async def run(self) -> None:
+        while True:
+            try:
+                n = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the worker never dies
+                log.exception("outbox pass failed")
+                n = 0
+            if n:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.s.poll_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def run_once(self) -> int:
+        rows = await self._db(outbox_due, 50)
+        sem = asyncio.Semaphore(self.s.concurrency)
+
+        async def one(row):
+            async with sem:
+                await self.deliver(row)
+        await asyncio.gather(*(one(r) for r in rows))
+        return len(rows)
+
+    async def deliver(self, row) -> bool:
+        sender = SENDERS.get(row.channel)
+        try:
+            if sender is None:
+                raise DeliveryError(f"no sender for channel {row.channel!r}")
+            await sender(row.destination, row.payload, row.idempotency_key)
+        except Exception as exc:  # noqa: BLE001 - any failure is retried later
+            why = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+            status = await self._db(outbox_mark_failed, row.id, why,
+                                    max_attempts=self.s.max_attempts,
+                                    backoff_s=self.s.backoff_s,
+                                    backoff_max_s=self.s.backoff_max_s)
+            self.failed += 1
+            log.info("outbox %d (%s to %s) attempt %d failed%s: %s", row.id, row.channel,
+                     row.destination, row.attempts + 1,
+                     ", now dead" if status == "dead" else "", why[:200])
+            return False
+        await self._db(outbox_mark_sent, row.id)
+        self.delivered += 1
+        return True

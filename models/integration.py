@@ -1,0 +1,518 @@
+"""Service verbs for data that arrives from other systems (HL7, the import API, the PACS):
+upsert a patient, place or change an order, merge two patients, file a report, record an
+inbound message exactly once, queue an outbound message, follow a retrieve from the PACS.
+
+Every verb owns its transaction; an outbound message is written in the same transaction as
+the change that causes it. Nothing here logs names, ID numbers or phone numbers.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import peewee as pw
+
+from .catalog import Catalog, CatalogError, NotFound, category_for_modality
+from .db import write_transaction
+from .schema import (BaseModel, Exam, InboundMessage, Outbox, Patient, Report, utcnow)
+from .storage import sha256_bytes
+
+log = logging.getLogger(__name__)
+
+STATUS_RANK = {"ordered": 0, "scheduled": 1, "examined": 2, "reported": 3}
+RETRIES = 5
+
+
+class IntegrationEvent(BaseModel):
+    """Something a peer did that an admin may want to see: an association refused, a frame
+    that could not be read, a retrieve that failed. No patient data in `detail`."""
+    time = pw.DateTimeField(default=utcnow, index=True)
+    channel = pw.CharField(max_length=32, index=True)      # dicom / hl7 / api / folder / pacs
+    peer = pw.CharField(max_length=128, default="")
+    outcome = pw.CharField(max_length=16, default="ok")    # ok / error / rejected
+    detail = pw.TextField(default="")
+
+
+class RetrieveJob(BaseModel):
+    """A study being fetched from the PACS on demand, with its progress."""
+    study_uid = pw.CharField(max_length=64, unique=True)
+    status = pw.CharField(max_length=16, default="pending")  # pending/running/done/failed
+    expected = pw.IntegerField(default=0)
+    completed = pw.IntegerField(default=0)
+    failed = pw.IntegerField(default=0)
+    error = pw.TextField(default="")
+    started_at = pw.DateTimeField(default=utcnow)
+    finished_at = pw.DateTimeField(null=True)
+
+
+INTEGRATION_MODELS = [IntegrationEvent, RetrieveJob]
+
+
+class IntegrationError(CatalogError):
+    """Content that cannot be applied; the message says what is wrong (HL7 answers AE)."""
+
+
+class Unsupported(IntegrationError):
+    """A message type or action we do not handle (HL7 answers AR)."""
+
+
+def _retrying(fn: Callable[[], Any]) -> Any:
+    for attempt in range(RETRIES):
+        try:
+            return fn()
+        except pw.OperationalError as exc:
+            if not exc.args or exc.args[0] not in (1213, 1205) or attempt == RETRIES - 1:
+                raise
+        time.sleep(0.01 * (attempt + 1))
+
+
+def note_event(channel: str, peer: str, outcome: str, detail: str) -> None:
+    try:
+        IntegrationEvent.create(channel=channel, peer=peer[:128], outcome=outcome,
+                                detail=detail[:2000])
+    except Exception:  # noqa: BLE001 - the event log must never break the caller
+        log.exception("could not record an integration event")
+
+
+# patients ---------------------------------------------------------------------------------
+def upsert_patient(catalog: Catalog, f: dict) -> Patient:
+    """Create or update a patient from the HIS (the source of truth for demographics).
+    Call inside a transaction. Keys: patient_id (required), name, sex, birth_date, phone,
+    id_number; a key that is absent leaves the stored value alone."""
+    pid = (f.get("patient_id") or "").strip()
+    if not pid:
+        raise IntegrationError("patient ID missing (PID-3)")
+    if len(pid) > 64:
+        raise IntegrationError("patient ID longer than 64 characters")
+    patient = Patient.get_or_none(Patient.patient_id == pid)
+    if patient is None:
+        patient = Patient(patient_id=pid)
+    if patient.merged_into_id:
+        patient = Patient.get_by_id(patient.merged_into_id)
+    if f.get("name"):
+        patient.name = f["name"][:128]
+    if f.get("sex"):
+        patient.sex = f["sex"][:1].upper()
+    if f.get("birth_date"):
+        patient.birth_date = f["birth_date"]
+    if f.get("phone"):
+        patient.phone = f["phone"][:32]
+    if f.get("id_number"):
+        catalog.set_patient_id_number(patient, f["id_number"])
+    patient.updated_at = utcnow()
+    patient.save()
+    return patient
+
+
+def merge_patients(catalog: Catalog, surviving: dict, old_patient_id: str) -> Patient:
+    """ADT^A40: move every exam of old_patient_id to the surviving patient; the old record
+    stays, pointing at the survivor (merged_into), so nothing is lost. Call inside a
+    transaction."""
+    target = upsert_patient(catalog, surviving)
+    old = Patient.get_or_none(Patient.patient_id == (old_patient_id or "").strip())
+    if not old_patient_id:
+        raise IntegrationError("merge without the prior patient ID (MRG-1)")
+    if old is None or old.id == target.id:
+        return target
+    Exam.update(patient=target, updated_at=utcnow()).where(Exam.patient == old).execute()
+    for p in (Patient.select().where(Patient.merged_into == old)):
+        p.merged_into = target
+        p.save()
+    old.merged_into = target
+    old.updated_at = utcnow()
+    old.save()
+    # fill the survivor's blanks from the old record
+    for attr in ("phone", "id_number_hash", "id_number_masked", "birth_date"):
+        if getattr(target, attr) in (None, "") and getattr(old, attr) not in (None, ""):
+            setattr(target, attr, getattr(old, attr))
+    if target.is_dirty():
+        target.save()
+    return target
+
+
+# orders -----------------------------------------------------------------------------------
+def find_exam(accession: str | None, study_uid: str | None) -> Exam | None:
+    exam = None
+    if study_uid:
+        exam = Exam.get_or_none(Exam.study_uid == study_uid)
+    if exam is None and accession:
+        exam = (Exam.select().where(Exam.accession_number == accession)
+                .order_by(Exam.id.desc()).first())
+    return exam
+
+
+def upsert_order(catalog: Catalog, patient_fields: dict, o: dict, *, source: str) -> Exam:
+    """Place or update an order. o: accession (required), study_uid, modality, description,
+    exam_date, status (ordered/scheduled/examined/cancelled), referring_physician.
+    Status only moves forward (ordered → scheduled → examined), except cancellation.
+    Call inside a transaction."""
+    accession = (o.get("accession") or "").strip()
+    if not accession:
+        raise IntegrationError("accession number missing (OBR-18 / OBR-3 / ORC-3 / IPC-1)")
+    if len(accession) > 64:
+        raise IntegrationError("accession number longer than 64 characters")
+    patient = upsert_patient(catalog, patient_fields)
+    exam = find_exam(accession, o.get("study_uid"))
+    modality = (o.get("modality") or "").upper()[:16]
+    if exam is None:
+        exam = Exam(patient=patient, accession_number=accession, status="ordered",
+                    source=source, modality=modality,
+                    category=o.get("category") or category_for_modality(modality))
+        if o.get("study_uid"):
+            exam.study_uid = o["study_uid"][:64]
+    elif exam.patient_id != patient.id:
+        exam.patient = patient
+    if modality and not exam.modality:
+        exam.modality = modality
+        exam.category = o.get("category") or category_for_modality(modality)
+    if o.get("description"):
+        exam.description = o["description"][:255]
+    if o.get("exam_date"):
+        exam.exam_date = o["exam_date"]
+    if o.get("referring_physician"):
+        exam.referring_physician = o["referring_physician"][:128]
+    if o.get("study_uid") and not exam.study_uid:
+        exam.study_uid = o["study_uid"][:64]
+    status = o.get("status")
+    if status:
+        _change_status(exam, status)
+    exam.updated_at = utcnow()
+    exam.save()
+    return exam
+
+
+def _change_status(exam: Exam, status: str) -> None:
+    if status == "cancelled":
+        if exam.num_instances:
+            raise IntegrationError("the exam already has images; it cannot be cancelled")
+        exam.status = "cancelled"
+        return
+    if status not in STATUS_RANK:
+        raise IntegrationError(f"unknown exam status {status!r}")
+    if exam.status == "cancelled":
+        exam.status = status           # re-ordered after a cancellation
+        return
+    if STATUS_RANK[status] > STATUS_RANK.get(exam.status, 0):
+        exam.status = status
+
+
+# reports ----------------------------------------------------------------------------------
+@dataclass
+class ReportFields:
+    findings: str = ""
+    impression: str = ""
+    pdf: bytes | None = None
+    author: str = ""
+    reviewer: str = ""
+    signed_at: dt.datetime | None = None
+    status: str = "final"
+
+
+def write_report_pdf(catalog: Catalog, exam: Exam, pdf: bytes) -> tuple[str, str]:
+    """Write a report PDF (byte-exact, atomically) and return (relpath, sha256). Done before
+    the transaction that points at it: an orphan file after a crash is harmless."""
+    if not pdf.startswith(b"%PDF-"):
+        raise IntegrationError("the report file is not a PDF (it does not start with %PDF-)")
+    if b"%%EOF" not in pdf[-1024:]:
+        raise IntegrationError("the report PDF is truncated (no %%EOF at its end)")
+    sha = sha256_bytes(pdf)
+    folder = exam.study_uid or f"2.25.{exam.id}"
+    rel = catalog.storage.report_relpath(folder, sha)
+    catalog.storage.write_atomic(rel, pdf)
+    return rel, sha
+
+
+def file_report(catalog: Catalog, exam: Exam, r: ReportFields, *, pdf_file=None,
+                receivers: list[str] = (), notice: dict | None = None) -> Report:
+    """Store (or replace) the exam's report. pdf_file: (relpath, sha) from write_report_pdf.
+    A final or corrected report queues a 'film published' notice for every receiver, in the
+    same transaction. Call inside a transaction."""
+    if r.status not in ("preliminary", "final", "corrected"):
+        raise IntegrationError(f"report status {r.status!r}: expected preliminary, final or "
+                               "corrected")
+    report = Report.get_or_none(Report.exam == exam) or Report(exam=exam)
+    if report.id and report.status in ("final", "corrected") and r.status == "preliminary":
+        raise IntegrationError("a preliminary result cannot replace a final report")
+    report.findings, report.impression = r.findings, r.impression
+    if pdf_file:
+        report.pdf_path, report.pdf_sha256 = pdf_file
+    report.author, report.reviewer = r.author[:128], r.reviewer[:128]
+    report.signed_at = r.signed_at
+    report.status = r.status
+    report.updated_at = utcnow()
+    report.save()
+    if r.status in ("final", "corrected"):
+        Exam.update(status="reported", updated_at=utcnow()).where(Exam.id == exam.id).execute()
+        digest = hashlib.sha256(json.dumps(
+            [r.findings, r.impression, report.pdf_sha256, r.status, str(r.signed_at)],
+            ensure_ascii=False).encode()).hexdigest()[:24]
+        payload = {"kind": "film_published", "accession": exam.accession_number or "",
+                   "study_uid": exam.study_uid or "", "patient_id": exam.patient.patient_id,
+                   "report_status": r.status, "exam_id": exam.id, **(notice or {})}
+        for dest in receivers:
+            enqueue("hl7", dest, f"film:{exam.id}:{digest}:{dest}", payload)
+    return report
+
+
+# outbox -----------------------------------------------------------------------------------
+def enqueue(channel: str, destination: str, key: str, payload: dict | str) -> bool:
+    """Queue an outbound message (call inside the transaction of the change that causes
+    it). A key already queued is a no-op; returns whether a row was added."""
+    text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    key = key[:128]
+    if Outbox.select(Outbox.id).where(Outbox.idempotency_key == key).exists():
+        return False
+    Outbox.create(channel=channel, destination=destination[:255], idempotency_key=key,
+                  payload=text)
+    return True
+
+
+def outbox_due(limit: int = 50) -> list[Outbox]:
+    return list(Outbox.select().where((Outbox.status == "pending")
+                                      & (Outbox.next_attempt_at <= utcnow()))
+                .order_by(Outbox.next_attempt_at, Outbox.id).limit(limit))
+
+
+def outbox_mark_sent(row_id: int) -> None:
+    _retrying(lambda: Outbox.update(status="sent", sent_at=utcnow(), last_error="",
+                                    attempts=Outbox.attempts + 1)
+              .where(Outbox.id == row_id).execute())
+
+
+def outbox_mark_failed(row_id: int, error: str, *, max_attempts: int, backoff_s: int,
+                       backoff_max_s: int) -> str:
+    """Record a failed attempt; schedule the next one with exponential backoff or move the
+    message to the dead-letter state. Returns the new status."""
+    def run():
+        with write_transaction():
+            row = Outbox.get_by_id(row_id)
+            attempts = row.attempts + 1
+            status = "dead" if attempts >= max_attempts else "pending"
+            delay = min(backoff_max_s, backoff_s * (2 ** (attempts - 1)))
+            Outbox.update(attempts=attempts, status=status, last_error=error[:2000],
+                          next_attempt_at=utcnow() + dt.timedelta(seconds=delay)
+                          ).where(Outbox.id == row_id).execute()
+            return status
+    return _retrying(run)
+
+
+def outbox_resend(row_id: int) -> Outbox:
+    """Admin 'resend': a dead (or pending) message is tried again now, attempts reset."""
+    row = Outbox.get_or_none(Outbox.id == row_id)
+    if row is None:
+        raise NotFound("no outbound message with this id")
+    if row.status == "sent":
+        raise IntegrationError("this message was delivered already")
+    Outbox.update(status="pending", attempts=0, next_attempt_at=utcnow()).where(
+        Outbox.id == row_id).execute()
+    return Outbox.get_by_id(row_id)
+
+
+# inbound messages, exactly once -----------------------------------------------------------
+@dataclass
+class InboundResult:
+    outcome: str            # applied / duplicate / error / rejected
+    ack: str
+    reason: str = ""
+
+
+def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
+                  apply: Callable[[], str], ack: Callable[[str, str], str]) -> InboundResult:
+    """Apply an inbound message once. apply() runs inside the write transaction that also
+    records the message; it returns a note. A control ID already applied is answered with
+    its stored acknowledgement and not applied again. A failure (IntegrationError: 'error',
+    Unsupported: 'rejected') is recorded with its reason; a later message with the same
+    control ID is tried again."""
+    control_id = control_id[:128]
+
+    def previous():
+        return InboundMessage.get_or_none((InboundMessage.channel == channel)
+                                          & (InboundMessage.control_id == control_id))
+
+    prev = previous()
+    if prev is not None and prev.outcome == "applied":
+        return InboundResult("duplicate", prev.ack, "already applied")
+
+    def run():
+        with write_transaction():
+            old = previous()
+            if old is not None and old.outcome == "applied":
+                return InboundResult("duplicate", old.ack, "already applied")
+            note = apply()
+            text = ack("applied", note)
+            if old is not None:
+                InboundMessage.update(outcome="applied", reason=note, ack=text, raw=raw,
+                                      message_type=message_type[:32],
+                                      received_at=utcnow()).where(
+                    InboundMessage.id == old.id).execute()
+            else:
+                InboundMessage.create(channel=channel, control_id=control_id,
+                                      message_type=message_type[:32], raw=raw,
+                                      outcome="applied", reason=note, ack=text)
+            return InboundResult("applied", text, note)
+
+    try:
+        for attempt in range(RETRIES):
+            try:
+                return _retrying(run)
+            except pw.IntegrityError:
+                prev = previous()
+                if prev is not None and prev.outcome == "applied":
+                    return InboundResult("duplicate", prev.ack, "already applied")
+                if attempt == RETRIES - 1:
+                    raise
+    except Unsupported as exc:
+        outcome, reason = "rejected", str(exc)
+    except CatalogError as exc:
+        outcome, reason = "error", str(exc)
+    text = ack(outcome, reason)
+    record_failure(channel, control_id, message_type, raw, outcome, reason, text)
+    return InboundResult(outcome, text, reason)
+
+
+def record_failure(channel: str, control_id: str, message_type: str, raw: str, outcome: str,
+                   reason: str, ack_text: str) -> None:
+    """Keep a message that was not applied, with its reason, for inspection."""
+    def run():
+        with write_transaction():
+            old = InboundMessage.get_or_none((InboundMessage.channel == channel)
+                                             & (InboundMessage.control_id == control_id))
+            if old is not None and old.outcome == "applied":
+                return
+            if old is not None:
+                InboundMessage.update(outcome=outcome, reason=reason, ack=ack_text, raw=raw,
+                                      received_at=utcnow()).where(
+                    InboundMessage.id == old.id).execute()
+            else:
+                InboundMessage.create(channel=channel, control_id=control_id,
+                                      message_type=message_type[:32], raw=raw,
+                                      outcome=outcome, reason=reason, ack=ack_text)
+    try:
+        _retrying(run)
+    except pw.IntegrityError:
+        pass
+
+
+def inbound_duplicate(channel: str, control_id: str) -> InboundMessage | None:
+    prev = InboundMessage.get_or_none((InboundMessage.channel == channel)
+                                      & (InboundMessage.control_id == control_id[:128]))
+    return prev if prev is not None and prev.outcome == "applied" else None
+
+
+# the PACS ---------------------------------------------------------------------------------
+def record_remote_studies(catalog: Catalog, patient_fields: dict, studies: list[dict]) -> list[dict]:
+    """Exams found in the PACS by C-FIND: the ones not held here become Exam rows with
+    source 'pacs' and no images, so every list shows the whole history; opening one fetches
+    it. Returns the studies with 'held' (we have images) and 'num_instances_here'."""
+    out = []
+    with write_transaction():
+        patient = None
+        for s in studies:
+            uid = s.get("study_uid") or ""
+            if not uid:
+                continue
+            exam = Exam.get_or_none(Exam.study_uid == uid)
+            if exam is None:
+                if patient is None:
+                    patient = Patient.get_or_none(
+                        Patient.patient_id == patient_fields["patient_id"])
+                    if patient is None:
+                        patient = upsert_patient(catalog, patient_fields)
+                    elif patient.merged_into_id:
+                        patient = Patient.get_by_id(patient.merged_into_id)
+                modality = (s.get("modality") or "").split("\\")[0].upper()
+                exam = Exam.create(patient=patient, study_uid=uid,
+                                   accession_number=s.get("accession") or None,
+                                   modality=(s.get("modality") or "")[:64],
+                                   category=category_for_modality(modality),
+                                   exam_date=s.get("study_date"),
+                                   description=(s.get("description") or "")[:255],
+                                   status="examined", source="pacs")
+            out.append({**{k: v for k, v in s.items() if k != "study_date"},
+                        "study_date": s["study_date"].isoformat() if s.get("study_date") else None,
+                        "held": exam.num_instances > 0 and exam.source != "pacs"
+                                or exam.num_instances >= int(s.get("num_instances") or 1),
+                        "num_instances_here": exam.num_instances})
+    return out
+
+
+def retrieve_job_start(study_uid: str) -> tuple[RetrieveJob, bool]:
+    """Start (or join) the retrieve of a study; returns (job, started_now)."""
+    with write_transaction():
+        job = RetrieveJob.get_or_none(RetrieveJob.study_uid == study_uid)
+        if job is not None and job.status in ("pending", "running"):
+            return job, False
+        if job is None:
+            job = RetrieveJob.create(study_uid=study_uid, status="pending")
+        else:
+            RetrieveJob.update(status="pending", expected=0, completed=0, failed=0, error="",
+                               started_at=utcnow(), finished_at=None).where(
+                RetrieveJob.id == job.id).execute()
+            job = RetrieveJob.get_by_id(job.id)
+        return job, True
+
+
+def retrieve_job_update(study_uid: str, **fields) -> None:
+    if fields.get("status") in ("done", "failed"):
+        fields["finished_at"] = utcnow()
+    _retrying(lambda: RetrieveJob.update(**fields).where(
+        RetrieveJob.study_uid == study_uid).execute())
+
+
+def retrieve_progress(study_uid: str) -> dict:
+    job = RetrieveJob.get_or_none(RetrieveJob.study_uid == study_uid)
+    exam = Exam.get_or_none(Exam.study_uid == study_uid)
+    here = exam.num_instances if exam else 0
+    out = {"study_uid": study_uid, "instances_here": here,
+           "first_image_ready": here > 0, "status": "none"}
+    if job is not None:
+        out.update(status=job.status, expected=job.expected, completed=job.completed,
+                   failed=job.failed, error=job.error,
+                   started_at=job.started_at.isoformat() if job.started_at else None,
+                   finished_at=job.finished_at.isoformat() if job.finished_at else None)
+    return out
+
+
+# status -----------------------------------------------------------------------------------
+def status_summary() -> dict:
+    """Queue depths, last messages and recent failures, for the admin status view."""
+    def counts(model, field):
+        return {row[0]: row[1] for row in model.select(field, pw.fn.COUNT(model.id))
+                .group_by(field).tuples()}
+
+    last_in = {}
+    for ch in ("hl7", "api"):
+        q = InboundMessage.select().where(InboundMessage.channel.startswith(ch))
+        m = q.order_by(InboundMessage.received_at.desc(), InboundMessage.id.desc()).first()
+        if m is not None:
+            last_in[ch] = {"control_id": m.control_id, "type": m.message_type,
+                           "outcome": m.outcome, "at": m.received_at.isoformat()}
+    failures = [{"channel": m.channel, "control_id": m.control_id, "type": m.message_type,
+                 "outcome": m.outcome, "reason": m.reason[:300],
+                 "at": m.received_at.isoformat()}
+                for m in InboundMessage.select().where(InboundMessage.outcome != "applied")
+                .order_by(InboundMessage.id.desc()).limit(20)]
+    dead = [{"id": o.id, "channel": o.channel, "destination": o.destination,
+             "attempts": o.attempts, "last_error": o.last_error[:300],
+             "created_at": o.created_at.isoformat()}
+            for o in Outbox.select().where(Outbox.status == "dead").order_by(Outbox.id.desc())
+            .limit(50)]
+    events = [{"channel": e.channel, "peer": e.peer, "outcome": e.outcome,
+               "detail": e.detail[:300], "at": e.time.isoformat()}
+              for e in IntegrationEvent.select().order_by(IntegrationEvent.id.desc()).limit(30)]
+    from .schema import Quarantine
+    return {
+        "inbound": counts(InboundMessage, InboundMessage.outcome),
+        "outbox": counts(Outbox, Outbox.status),
+        "last_inbound": last_in,
+        "recent_inbound_failures": failures,
+        "dead_letters": dead,
+        "recent_events": events,
+        "quarantine": Quarantine.select().count(),
+        "retrieves": counts(RetrieveJob, RetrieveJob.status),
+    }

@@ -1,0 +1,142 @@
+"""Integration routes: the private import API (per-client HMAC auth), the admin status view
+with the outbox resend button, and the PACS history (C-FIND) and retrieve-on-demand.
+
+Handlers are thin: authenticate, call one function of adapters/ or models/, write JSON.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from adapters.dicom_net import PacsError, PacsNode, find_patient_studies
+from adapters.import_api import AuthError, verify
+from models.integration import (outbox_resend, record_remote_studies, retrieve_progress,
+                                status_summary)
+
+from .. import integration as svc
+from .base import ApiError, BaseHandler
+
+UID = r"([0-9][0-9.]{0,63})"
+
+
+class IntegrationHandler(BaseHandler):
+    def guard(self, permission: str) -> None:
+        """Staff permission check, when staff login is available (server/policy.py)."""
+        require = getattr(self, "require", None)
+        if callable(require):
+            require(permission)
+
+    async def db(self, fn, *args, **kwargs):
+        return await self.in_db(fn, *args, **kwargs)
+
+
+class ImportApiHandler(IntegrationHandler):
+    """POST /api/import/v1/{patient|order|report|image}: one signed JSON document."""
+
+    def check_xsrf_cookie(self) -> None:      # signed requests, no cookies involved
+        pass
+
+    async def prepare(self) -> None:
+        # The import API has its own per-client authentication (HMAC of the body); staff
+        # sessions and CSRF do not apply to it.
+        pass
+
+    async def post(self, kind: str) -> None:
+        found = svc.import_api_for(self.ctx)
+        if found is None:
+            raise ApiError(404, "the import API is off (set import_api_clients_file)")
+        api, clients = found
+        h = self.request.headers
+        body = self.request.body or b""
+        if len(body) > 64 << 20:
+            raise ApiError(413, "document larger than 64 MiB")
+        try:
+            client = verify(clients, h.get("X-CloudFilm-Client"), h.get("X-CloudFilm-Timestamp"),
+                            h.get("X-CloudFilm-Signature"), self.request.method,
+                            self.request.path, body, self.ctx.config.import_api_max_skew_s)
+        except AuthError as exc:
+            raise ApiError(401, str(exc)) from None
+        status, answer = await self.db(api.handle, client, kind, body)
+        if svc.SERVICES.outbox:
+            svc.SERVICES.outbox.poke()
+        self.write_json(answer, status=status)
+
+
+class IntegrationStatusHandler(IntegrationHandler):
+    """GET /api/admin/integration: peers, last messages, queue depths, failures."""
+
+    async def get(self) -> None:
+        self.guard("integration.manage")
+        summary = await self.db(status_summary)
+        c = self.ctx.config
+        summary["services"] = svc.SERVICES.describe()
+        summary["peers"] = {
+            "pacs": {"ae_title": c.pacs_ae_title, "host": c.pacs_host, "port": c.pacs_port,
+                     "retrieve": c.pacs_retrieve} if c.pacs_ae_title else None,
+            "hl7_receivers": svc.receivers(c),
+            "dicom_allowed_aets": [a.strip() for a in c.dicom_allowed_aets.split(",")
+                                   if a.strip()],
+        }
+        self.write_json(summary)
+
+
+class OutboxResendHandler(IntegrationHandler):
+    """POST /api/admin/integration/outbox/{id}/resend: the admin's resend button."""
+
+    async def post(self, row_id: str) -> None:
+        self.guard("integration.manage")
+        row = await self.db(outbox_resend, int(row_id))
+        if svc.SERVICES.outbox:
+            svc.SERVICES.outbox.poke()
+        self.write_json({"ok": True, "id": row.id, "status": row.status})
+
+
+class PacsStudiesHandler(IntegrationHandler):
+    """GET /api/pacs/patients/{patient_id}/studies: the patient's exams in the PACS; the
+    ones not held here are listed as exams without images (source 'pacs')."""
+
+    async def get(self, patient_id: str) -> None:
+        self.guard("patient.history")
+        node = PacsNode.from_config(self.ctx.config)
+        if node is None:
+            raise ApiError(404, "no PACS configured (pacs_ae_title, pacs_host)")
+        if not 0 < len(patient_id) <= 64:
+            raise ApiError(400, "patient ID must have 1 to 64 characters")
+        loop = asyncio.get_running_loop()
+        try:
+            patient, studies = await loop.run_in_executor(
+                self.ctx.db_executor, functools.partial(
+                    find_patient_studies, node, patient_id, self.ctx.config.charset_fallback))
+        except PacsError as exc:
+            raise ApiError(502, str(exc)) from None
+        out = await self.db(record_remote_studies, self.ctx.catalog, patient, studies)
+        self.write_json({"patient_id": patient_id, "studies": out})
+
+
+class PacsRetrieveHandler(IntegrationHandler):
+    """POST starts fetching a study from the PACS; GET reports its progress (the first
+    image can be shown as soon as instances_here > 0)."""
+
+    async def post(self, study_uid: str) -> None:
+        self.guard("exam.images")
+        try:
+            started = await self.db(svc.start_retrieve, self.ctx, study_uid)
+        except ValueError as exc:
+            raise ApiError(404, str(exc)) from None
+        progress = await self.db(retrieve_progress, study_uid)
+        self.write_json({**progress, "started": started["started"]}, status=202)
+
+    async def get(self, study_uid: str) -> None:
+        self.guard("exam.images")
+        self.write_json(await self.db(retrieve_progress, study_uid))
+
+
+def routes(ctx) -> list:
+    d = {"ctx": ctx}
+    return [
+        (r"/api/import/v1/([a-z]{1,16})", ImportApiHandler, d),
+        (r"/api/admin/integration", IntegrationStatusHandler, d),
+        (r"/api/admin/integration/outbox/([0-9]{1,12})/resend", OutboxResendHandler, d),
+        (r"/api/pacs/patients/([^/]{1,64})/studies", PacsStudiesHandler, d),
+        (rf"/api/pacs/studies/{UID}/retrieve", PacsRetrieveHandler, d),
+    ]

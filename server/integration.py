@@ -1,0 +1,193 @@
+"""Start the integration services in the server's event loop (primary process only):
+the DICOM listener (its own threads), the HL7 MLLP listener (asyncio, database work in a
+thread pool), the watched folder and the outbox worker. Each runs only when enabled in the
+settings; the outbox worker is on by default (it only sends what was configured).
+
+`SERVICES` is the running set, read by the admin status view and the PACS handlers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from adapters.dicom_net import DicomScp, InstanceSink, PacsNode, retrieve_study
+from adapters.hl7_inbound import Hl7Inbound, Hl7Settings
+from adapters.hl7_mllp import MllpListener, event_recorder
+from adapters.import_api import ImportApi, load_clients
+from adapters.outbox import OutboxSettings, OutboxWorker
+from adapters.watch_folder import WatchFolder
+from models.db import database
+from models.integration import note_event, retrieve_job_start, retrieve_job_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    scp: DicomScp | None = None
+    mllp: MllpListener | None = None
+    hl7: Hl7Inbound | None = None
+    outbox: OutboxWorker | None = None
+    watch: WatchFolder | None = None
+    hl7_executor: ThreadPoolExecutor | None = None
+    tasks: list = field(default_factory=list)
+
+    def describe(self) -> dict:
+        out = {}
+        if self.scp:
+            out["dicom"] = {"ae_title": self.scp.ae_title, "port": self.scp.port,
+                            "stored": self.scp.sink.stored, "failed": self.scp.sink.failed,
+                            "associations": self.scp.associations,
+                            "last_peer": self.scp.last_peer}
+        if self.mllp:
+            out["hl7"] = {"port": self.mllp.port, "open_connections": self.mllp.connections,
+                          "messages": self.mllp.messages}
+        if self.outbox:
+            out["outbox_worker"] = {"delivered": self.outbox.delivered,
+                                    "failed_attempts": self.outbox.failed}
+        if self.watch:
+            out["watch_folder"] = {"folder": str(self.watch.root),
+                                   "processed": self.watch.processed,
+                                   "failed": self.watch.rejected}
+        return out
+
+
+SERVICES = Services()
+
+
+def receivers(config) -> list[str]:
+    return [r.strip() for r in config.hl7_receivers.split(",") if r.strip()]
+
+
+def import_api_for(ctx) -> tuple[ImportApi, dict[str, bytes]] | None:
+    """The import API and its clients, or None when import_api_clients_file is empty."""
+    cached = getattr(ctx, "_import_api", None)
+    if cached is not None:
+        return cached
+    path = ctx.config.import_api_clients_file
+    if not path:
+        return None
+    clients = load_clients(ctx.config.path("import_api_clients_file"))
+    api = ImportApi(ctx.catalog, receivers=receivers(ctx.config),
+                    charset_fallback=ctx.config.charset_fallback)
+    ctx._import_api = (api, clients)
+    return ctx._import_api
+
+
+def _in_thread(fn):
+    """Run fn with a database connection that is closed afterwards (pool threads)."""
+    def run(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        finally:
+            if not database.is_closed():
+                database.close()
+    return run
+
+
+async def start_hl7(ctx, host: str, port: int) -> MllpListener:
+    c = ctx.config
+    SERVICES.hl7 = Hl7Inbound(ctx.catalog, Hl7Settings.from_config(c))
+    # one thread per concurrent message; each keeps its own database connection
+    SERVICES.hl7_executor = ThreadPoolExecutor(8, thread_name_prefix="hl7")
+    loop = asyncio.get_running_loop()
+
+    async def handle(block: bytes, frame_error: str) -> bytes:
+        res = await loop.run_in_executor(SERVICES.hl7_executor,
+                                         lambda: SERVICES.hl7.handle(block,
+                                                                     frame_error=frame_error))
+        if res.outcome == "applied" and SERVICES.outbox:
+            SERVICES.outbox.poke()
+        return res.ack
+
+    listener = MllpListener(handle, host, port,
+                            record=event_recorder(SERVICES.hl7_executor))
+    return await listener.start()
+
+
+async def start_background(ctx, primary: bool) -> Services:
+    if not primary:
+        return SERVICES
+    c = ctx.config
+    loop = asyncio.get_running_loop()
+    if c.dicom_scp_enabled:
+        allowed = [a for a in c.dicom_allowed_aets.split(",") if a.strip()]
+        SERVICES.scp = DicomScp(ctx.catalog, ae_title=c.dicom_ae_title, host=c.dicom_bind,
+                                port=c.dicom_port, allowed_aets=allowed,
+                                max_associations=c.dicom_max_associations,
+                                charset_fallback=c.charset_fallback,
+                                fast_copies=c.predecode_after_import)
+        await loop.run_in_executor(None, SERVICES.scp.start)
+    if c.hl7_enabled:
+        SERVICES.mllp = await start_hl7(ctx, c.hl7_bind, c.hl7_port)
+    if c.outbox_enabled:
+        SERVICES.outbox = OutboxWorker(OutboxSettings.from_config(c),
+                                       executor=ThreadPoolExecutor(
+                                           2, thread_name_prefix="outbox")).start()
+    if c.watch_dir:
+        SERVICES.watch = WatchFolder(ctx.catalog, ctx.config.path("watch_dir"),
+                                     receivers=receivers(c),
+                                     charset_fallback=c.charset_fallback)
+        SERVICES.tasks.append(loop.create_task(_watch_loop(SERVICES.watch,
+                                                           c.watch_interval_s)))
+    if c.import_api_clients_file:
+        import_api_for(ctx)      # a broken clients file stops start-up with its reason
+    return SERVICES
+
+
+async def _watch_loop(watch: WatchFolder, interval: int) -> None:
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="watch")
+    while True:
+        try:
+            await loop.run_in_executor(pool, _in_thread(watch.scan))
+        except Exception:  # noqa: BLE001 - keep watching
+            log.exception("watched folder scan failed")
+        await asyncio.sleep(interval)
+
+
+async def stop_background() -> None:
+    for t in SERVICES.tasks:
+        t.cancel()
+    SERVICES.tasks.clear()
+    if SERVICES.mllp:
+        await SERVICES.mllp.stop()
+    if SERVICES.outbox:
+        await SERVICES.outbox.stop()
+    if SERVICES.scp:
+        SERVICES.scp.stop()
+    SERVICES.__init__()
+
+
+# the PACS -----------------------------------------------------------------------------------
+_retrieve_pool = ThreadPoolExecutor(2, thread_name_prefix="retrieve")
+
+
+def start_retrieve(ctx, study_uid: str) -> dict:
+    """Start fetching a study from the PACS in the background (runs in a db thread).
+    Returns the job's state; a retrieve already running is joined, not repeated."""
+    node = PacsNode.from_config(ctx.config)
+    if node is None:
+        raise ValueError("no PACS configured (pacs_ae_title, pacs_host)")
+    job, started = retrieve_job_start(study_uid)
+    if started:
+        method = ctx.config.pacs_retrieve
+        sink = InstanceSink(ctx.catalog, charset_fallback=ctx.config.charset_fallback) \
+            if method == "get" else None
+        _retrieve_pool.submit(_in_thread(_run_retrieve), node, study_uid, method, sink)
+    return {"study_uid": study_uid, "started": started}
+
+
+def _run_retrieve(node, study_uid, method, sink) -> None:
+    try:
+        last = retrieve_study(node, study_uid, method=method, sink=sink)
+        retrieve_job_update(study_uid, status="done",
+                            completed=last["completed"] + last["warning"],
+                            failed=last["failed"])
+    except Exception as exc:  # noqa: BLE001 - the reason goes to the job and the event log
+        log.info("retrieve of %s failed: %s", study_uid, exc)
+        retrieve_job_update(study_uid, status="failed", error=str(exc)[:1000])
+        note_event("pacs", f"{node.ae_title}@{node.host}:{node.port}", "error",
+                   f"retrieve of {study_uid} failed: {exc}")
