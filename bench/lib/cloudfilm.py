@@ -72,6 +72,29 @@ class CloudFilmServer:
                                f"{r.stderr[-1500:]}")
         return {"wall_s": wall, "summary": r.stdout.strip()[-800:]}
 
+    def provision_token(self) -> str | None:
+        """When the server has staff accounts (./run.sh user-add / token), create a bench
+        doctor and return an API token for 'Authorization: Bearer …'; None when it has none."""
+        import secrets
+        helptext = subprocess.run([str(ROOT / "run.sh"), "--help"], cwd=ROOT, env=self.env(),
+                                  capture_output=True, text=True).stdout
+        if "user-add" not in helptext or "token" not in helptext:
+            return None
+        # the password goes through stdin (getpass falls back to it without a terminal):
+        # CLOUDFILM_NEW_USER_PASSWORD is refused by the settings loader as an unknown setting
+        password = "Cfb-" + secrets.token_urlsafe(16) + "a9Z"
+        r = subprocess.run([str(ROOT / "run.sh"), "user-add", "cfbench", "--roles", "doctor",
+                            "--no-change"], cwd=ROOT, env=self.env(), capture_output=True,
+                           text=True, input=password + "\n", start_new_session=True)
+        if r.returncode and "exist" not in (r.stdout + r.stderr).lower():
+            raise RuntimeError(f"user-add failed: {r.stdout} {r.stderr}")
+        r = subprocess.run([str(ROOT / "run.sh"), "token", "cfbench", "--name", "bench",
+                            "--days", "1"], cwd=ROOT, env=self.env(), capture_output=True,
+                           text=True)
+        if r.returncode:
+            raise RuntimeError(f"token failed: {r.stdout} {r.stderr}")
+        return r.stdout.strip().splitlines()[-1].strip()
+
     def start(self, **extra_env) -> None:
         self.stop()
         self.extra.update({k: str(v) for k, v in extra_env.items()})

@@ -91,6 +91,8 @@ def mode_latency(a) -> dict:
         cl.get(paths[i % len(paths)])
     ms, bad, size = [], 0, 0
     for i in range(a.n):
+        if a.sleep:
+            time.sleep(a.sleep)
         t, st, n = timed_get(cl, paths[i % len(paths)])
         ms.append(t)
         size += n
@@ -176,6 +178,7 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--interval", type=float, default=0.02)
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--sleep", type=float, default=0.0, help="latency: pause before each request")
     a = p.parse_args(argv)
     out = globals()[f"mode_{a.mode}"](a)
     json.dump(out, sys.stdout)

@@ -1,7 +1,8 @@
 """Run wrk (C load generator) with a Lua script that sets headers and cycles paths.
 
 ``run_wrk(base, paths, ...)`` returns requests/s, latency percentiles and error counts.
-``random_viewport`` makes every request a different viewport (uncached renders).
+``random_viewport`` makes every request a different viewport (vw and vh each random in
+256..512: a downscaled, uncached render, no larger than the native 512x512).
 ``prefix`` runs wrk under another command (``ip netns exec cfbench``).
 """
 from __future__ import annotations
@@ -16,14 +17,14 @@ LUA = r"""
 local paths = {%(paths)s}
 local i = %(offset)d
 local random_viewport = %(random)s
+local vmin, vmax = %(vmin)d, %(vmax)d
 math.randomseed(os.time())
 %(headers)s
 request = function()
   i = i + 1
   local p = paths[(i %% #paths) + 1]
   if random_viewport then
-    local v = math.random(200, 1000)
-    p = p .. "&viewport=" .. v .. "," .. v
+    p = p .. "&viewport=" .. math.random(vmin, vmax) .. "," .. math.random(vmin, vmax)
   end
   return wrk.format("GET", p)
 end
@@ -40,13 +41,14 @@ end
 
 
 def lua_script(paths: list[str], headers: dict, random_viewport: bool = False,
-               offset: int = 0) -> str:
+               offset: int = 0, viewport_range: tuple[int, int] = (256, 512)) -> str:
     def q(s):
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return LUA % {
         "paths": ",".join(q(p) for p in paths),
         "offset": offset,
         "random": "true" if random_viewport else "false",
+        "vmin": viewport_range[0], "vmax": viewport_range[1],
         "headers": "\n".join(f"wrk.headers[{q(k)}] = {q(v)}" for k, v in headers.items()),
     }
 
