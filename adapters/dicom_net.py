@@ -39,6 +39,13 @@ PROCESSING_FAILURE = 0xC001
 DUPLICATE_CONFLICT = 0xC002
 
 
+NATIVE = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2",
+          "1.2.840.10008.1.2.1.99"]
+# pynetdicom accepts the first of OUR syntaxes that the peer proposes: compressed ones come
+# first, so a file is received as it was sent (never decompressed on the way).
+ACCEPT_ORDER = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in NATIVE] + NATIVE
+
+
 def _failure(status: int, reason: str) -> Dataset:
     ds = Dataset()
     ds.Status = status
@@ -153,7 +160,7 @@ class DicomScp:
         ae.dimse_timeout = 60
         ae.acse_timeout = 30
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cx.abstract_syntax, ACCEPT_ORDER)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         if self.allowed:
             ae.require_calling_aet = self.allowed
