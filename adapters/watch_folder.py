@@ -60,7 +60,8 @@ class WatchFolder:
                 if n.startswith(".") or n.lower().endswith(SKIP_SUFFIXES):
                     continue
                 out.append(d / n)
-        return out
+        # images first, report PDFs last: a report finds the exam its images created
+        return sorted(out, key=lambda p: (p.suffix.lower() == ".pdf", str(p)))
 
     def scan(self, *, settle: bool = True) -> int:
         """One pass; with settle a file is taken only when unchanged since the last pass.
