@@ -23,9 +23,9 @@ ADMIN_ROLES = {"sysadmin", "secadmin", "auditadmin"}
 
 PERMISSIONS: dict[str, set[str]] = {
     "frontdesk": {"exam.search", "exam.report", "exam.images", "exam.switch_images",
-                  "share.manage", "download.read"},
+                  "share.manage", "download.read", "patient.unmask"},
     "doctor": {"exam.search", "exam.report", "exam.images", "exam.download",
-               "patient.history", "share.manage"},
+               "patient.history", "share.manage", "patient.unmask"},
     "sysadmin": {"user.manage", "settings.manage", "integration.manage", "health.read",
                  "verification.manage"},
     "secadmin": {"security.manage"},
