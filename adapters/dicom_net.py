@@ -359,6 +359,7 @@ def retrieve_study(node: PacsNode, study_uid: str, *, method: str = "move",
             if status is None or "Status" not in status:
                 raise PacsError("the PACS stopped answering the retrieve (timeout or abort)")
             code = int(status.Status)
+            last["remaining"] = 0            # absent from the final response
             for key, kw in (("completed", "NumberOfCompletedSuboperations"),
                             ("failed", "NumberOfFailedSuboperations"),
                             ("warning", "NumberOfWarningSuboperations"),
