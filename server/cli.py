@@ -138,11 +138,20 @@ def serve_forever(config, args) -> int:
         # balances connections (one inherited socket let one worker take everything).
         tornado.process.fork_processes(nproc, max_restarts=1000)
 
+    ssl_options = None
+    if config.tls_cert_file:
+        from .tls import TlsError, ssl_context
+        try:
+            ssl_options = ssl_context(config.path("tls_cert_file"), config.path("tls_key_file"))
+        except TlsError as exc:
+            print(f"TLS 配置错误 / TLS configuration error: {exc}", file=sys.stderr)
+            return 2
+
     async def main():
         ctx = open_context(config, migrate_db=False)
         app = make_app(ctx)
-        server = tornado.httpserver.HTTPServer(app, xheaders=False,
-                                               max_body_size=64 << 20)
+        server = tornado.httpserver.HTTPServer(app, xheaders=False, ssl_options=ssl_options,
+                                               max_body_size=config.max_request_body_mb << 20)
         sockets = tornado.netutil.bind_sockets(config.port, config.host,
                                                reuse_port=nproc > 1)
         server.add_sockets(sockets)
@@ -275,6 +284,92 @@ def cmd_token(args) -> int:
     return 0
 
 
+# security: audit verify/export, backup/restore, make-cert ---------------------------------
+def cmd_audit(args) -> int:
+    config = _config(args)
+    _setup_logging("WARNING")
+    ctx = _open(config)
+    try:
+        if args.action == "verify":
+            res = ctx.auditor.verify()
+            if res.ok:
+                print(f"审计链完整 / audit chain intact: {res.checked} records verified")
+                return 0
+            print(f"审计链被破坏 / AUDIT CHAIN BROKEN: {res.problem} "
+                  f"({res.checked} records verified before it)", file=sys.stderr)
+            return 1
+        from models.schema import AuditEvent
+        q = AuditEvent.select().order_by(AuditEvent.id)
+        if args.since:
+            import datetime as dt
+            q = q.where(AuditEvent.time >= dt.datetime.fromisoformat(args.since))
+        text = ctx.auditor.export_csv(q.iterator())
+        if args.out and args.out != "-":
+            Path(args.out).write_text(text, encoding="utf-8-sig")
+            print(f"wrote {args.out}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+        return 0
+    finally:
+        ctx.close()
+
+
+def cmd_backup(args) -> int:
+    config = _config(args)
+    _setup_logging("WARNING")
+    ctx = _open(config)
+    from adapters.backup import BackupError, backup
+    try:
+        m = backup(Path(args.dest), database_url=config.database_url,
+                   data_dir=config.path("data_dir"),
+                   secret_key_file=config.path("secret_key_file"), root=ROOT)
+    except BackupError as exc:
+        print(f"备份失败 / backup failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ctx.close()
+    print(f"备份完成 / backup written to {args.dest}: database ({m['database']['kind']}), "
+          f"{len(m['files'])} files with SHA-256 checksums")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    config = _config(args)
+    _setup_logging("WARNING")
+    from adapters.backup import BackupError, restore
+    try:
+        m = restore(Path(args.src), database_url=config.database_url,
+                    data_dir=config.path("data_dir"),
+                    secret_key_file=config.path("secret_key_file"), root=ROOT,
+                    force=args.force)
+    except BackupError as exc:
+        print(f"恢复失败 / restore failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"恢复完成 / restored from {args.src}: database, {len(m['files'])} files verified; "
+          "restart the server")
+    return 0
+
+
+def cmd_make_cert(args) -> int:
+    from .tls import TlsError, certificate_summary, make_self_signed
+    cert = Path(args.cert).resolve()
+    key = Path(args.key).resolve()
+    if (cert.exists() or key.exists()) and not args.force:
+        print(f"{cert} or {key} exists; use --force to replace them", file=sys.stderr)
+        return 2
+    hosts = [h.strip() for h in (args.hosts or "localhost,127.0.0.1").split(",") if h.strip()]
+    try:
+        make_self_signed(cert, key, hosts=hosts, days=args.days)
+    except TlsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(certificate_summary(cert))
+    print(f"certificate: {cert}\nkey:         {key} (mode 0600)\n"
+          f"use it: CLOUDFILM_TLS_CERT_FILE={cert} CLOUDFILM_TLS_KEY_FILE={key} ./run.sh serve\n"
+          "(self-signed: for trials only; browsers warn until the hospital's CA signs one)")
+    return 0
+
+
 SERVICE_TEMPLATE = ROOT / "conf" / "systemd" / "cloudfilm.service"
 
 
@@ -346,6 +441,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default="cli")
     s.add_argument("--days", type=int, default=90)
     s.set_defaults(func=cmd_token)
+    s = sub.add_parser("audit", help="verify the tamper-evident audit chain, or export it "
+                                     "as CSV")
+    s.add_argument("action", choices=("verify", "export"))
+    s.add_argument("--since", help="export: first day (YYYY-MM-DD)")
+    s.add_argument("--out", help="export: CSV file to write (default: standard output)")
+    s.set_defaults(func=cmd_audit)
+    s = sub.add_parser("backup", help="consistent copy of the database, the files (with "
+                                      "SHA-256 checksums) and the secret key into DEST")
+    s.add_argument("dest")
+    s.set_defaults(func=cmd_backup)
+    s = sub.add_parser("restore", help="restore a backup made by `backup` (server stopped)")
+    s.add_argument("src")
+    s.add_argument("--force", action="store_true",
+                   help="replace a database and data folder that are not empty")
+    s.set_defaults(func=cmd_restore)
+    s = sub.add_parser("make-cert", help="make a self-signed TLS certificate for trials")
+    s.add_argument("--cert", default=str(ROOT / "var" / "tls" / "cert.pem"))
+    s.add_argument("--key", default=str(ROOT / "var" / "tls" / "key.pem"))
+    s.add_argument("--hosts", help="comma-separated names/addresses "
+                                   "(default localhost,127.0.0.1)")
+    s.add_argument("--days", type=int, default=825)
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(func=cmd_make_cert)
     s = sub.add_parser("install-service", help="install and enable the systemd service")
     s.add_argument("--dest", default="/etc/systemd/system")
     s.add_argument("--user", help="account the service runs as (default: the invoking user)")

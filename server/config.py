@@ -36,8 +36,8 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", "127.0.0.1", str,
-            "Address the HTTP server listens on. Until staff login exists only loopback "
-            "addresses are accepted."),
+            "Address the server listens on. A non-loopback address needs TLS "
+            "(tls_cert_file/tls_key_file) or allow_plain_http = true."),
     Setting("port", 8080, int, "HTTP port.", minimum=1, maximum=65535),
     Setting("public_url", "", str,
             "Base URL people use to reach the server (printed at start-up, used in share "
@@ -132,6 +132,37 @@ SETTINGS: tuple[Setting, ...] = (
             'Folder watched for DICOM files, report PDFs and JPEG/PNG/TIFF pictures (with .json sidecars). Empty: off.'),
     Setting('watch_interval_s', 2, int,
             'Seconds between two scans of the watched folder.', minimum=1, maximum=3600),
+    # security
+    Setting("tls_cert_file", "", str,
+            "PEM certificate chain for HTTPS served by CloudFilm itself (./run.sh make-cert "
+            "makes a self-signed one for trials). Empty: plain HTTP (loopback only, or behind "
+            "nginx: conf/nginx/cloudfilm.conf)."),
+    Setting("tls_key_file", "", str,
+            "PEM private key matching tls_cert_file (keep it mode 0600, outside the repository)."),
+    Setting("allow_plain_http", False, bool,
+            "Allow listening on a non-loopback address without TLS (only behind a TLS reverse "
+            "proxy on the same network segment; never for patients on the open network)."),
+    Setting("max_request_body_mb", 64, int,
+            "Largest HTTP request body accepted (uploads included), in MiB; larger requests "
+            "are refused before they are read.", minimum=1, maximum=65536),
+    Setting("password_min_length", 8, int,
+            "Shortest staff password accepted.", minimum=8, maximum=64),
+    Setting("password_min_classes", 3, int,
+            "Character classes (lower case, upper case, digits, symbols) a staff password "
+            "must mix.", minimum=2, maximum=4),
+    Setting("password_history", 5, int,
+            "A new staff password may not repeat any of this many previous ones.",
+            minimum=0, maximum=24),
+    Setting("password_max_age_days", 90, int,
+            "Days after which a staff password must be changed at the next sign-in "
+            "(0: never).", minimum=0, maximum=3650),
+    Setting("totp_required_roles", "sysadmin,secadmin,auditadmin", str,
+            "Roles that must sign in with a second factor (TOTP app or recovery code), "
+            "comma-separated; other staff may enrol voluntarily."),
+    Setting("integrity_scrub_hours", 24, int,
+            "Hours between two background re-checks of every original file's SHA-256 "
+            "(0: off; files are still checked whenever they are decoded).",
+            minimum=0, maximum=8760),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -210,7 +241,8 @@ class Config:
         host = self.host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.port}"
 
 
 def load_config(path: str | os.PathLike | None = None,
@@ -268,10 +300,16 @@ def _check(values: dict[str, Any]) -> None:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback:
-        raise ConfigError(f"setting 'host': {host!r} is not a loopback address. Until staff "
-                          "login is available CloudFilm only listens on 127.0.0.1 / ::1; put "
-                          "a reverse proxy in front of it to reach it from the network.")
+    tls = bool(values.get("tls_cert_file")) or bool(values.get("tls_key_file"))
+    if tls and not (values.get("tls_cert_file") and values.get("tls_key_file")):
+        raise ConfigError("settings 'tls_cert_file' and 'tls_key_file' go together: set both "
+                          "(./run.sh make-cert makes a self-signed pair for trials)")
+    if not loopback and not tls and not values.get("allow_plain_http"):
+        raise ConfigError(f"setting 'host': {host!r} is not a loopback address and TLS is not "
+                          "configured. Set tls_cert_file and tls_key_file (HTTPS), or put the "
+                          "TLS reverse proxy of conf/nginx/cloudfilm.conf in front and keep "
+                          "host = 127.0.0.1; allow_plain_http = true allows plain HTTP on the "
+                          "network explicitly.")
 
 
 def settings_markdown() -> str:

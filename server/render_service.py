@@ -18,6 +18,7 @@ from models.catalog import NotFound
 from models.db import database
 from models.schema import Exam, Instance, Series
 from render.cache import ByteLRU
+from render.errors import RenderError
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,37 @@ class FrameRenderer:
             raise NotFound("no exam with this Study Instance UID, or it has no images")
         return [r.series_uid for r in rows]
 
+    # integrity (security) ------------------------------------------------------------------
+    # Called with (ref, actual_sha256 or "" if missing) when an original fails its check;
+    # server/handlers/security.py installs one that records a finding and an audit event.
+    integrity_hook = None
+
+    def verify_original(self, ref: InstanceRef) -> None:
+        """Raise OriginalIntegrityError unless the original's SHA-256 matches the database."""
+        from models.storage import sha256_file
+        try:
+            actual = sha256_file(ref.path)
+        except FileNotFoundError:
+            actual = ""
+        if actual == ref.sha256:
+            return
+        log.error("integrity: original of SOP %s %s", ref.sop_uid,
+                  "is missing" if not actual else "does not match its SHA-256")
+        if self.integrity_hook is not None:
+            try:
+                self.integrity_hook(ref, actual)
+            except Exception:  # noqa: BLE001 - the refusal below must happen regardless
+                log.exception("integrity: could not record the finding")
+        raise OriginalIntegrityError()
+
     # pixels --------------------------------------------------------------------------------
     def image(self, ref: InstanceRef):
         from render.decode import load_image
-        return self.decoded.get_or_load(ref.sop_uid,
-                                        lambda: load_image(ref.pixel_path()))
+
+        def load():
+            self.verify_original(ref)       # never decode a tampered or missing original
+            return load_image(ref.pixel_path())
+        return self.decoded.get_or_load(ref.sop_uid, load)
 
     def render(self, ref: InstanceRef, frame: int, *, window=None, viewport=None,
                quality: int = 85, fmt: str = "jpeg", rotate: int = 0, flip_h: bool = False,
@@ -162,6 +189,16 @@ class FrameRenderer:
     def stats(self) -> dict:
         return {"decoded": self.decoded.stats(), "volumes": self.volumes.stats(),
                 "encoded": self.encoded.stats()}
+
+
+class OriginalIntegrityError(RenderError):
+    """An original file no longer matches the SHA-256 recorded when it was stored."""
+
+    status = 503
+
+    def __init__(self):
+        super().__init__("原始影像文件校验失败，已通知管理员 / the original file failed its "
+                         "integrity check (SHA-256); the administrators have been notified")
 
 
 def etag_for(ref_sha: str, *parts) -> str:

@@ -136,6 +136,9 @@ class BaseHandler(tornado.web.RequestHandler):
         for k, v in SECURITY_HEADERS.items():
             self.set_header(k, v)
         self.set_header("Server", "CloudFilm")
+        if self.request.protocol == "https":
+            # security: browsers keep to HTTPS for a year once they have seen it over TLS
+            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
 
     def write_json(self, obj: Any, status: int = 200, personal: bool = True) -> None:
         self.set_status(status)

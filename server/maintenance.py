@@ -1,0 +1,137 @@
+"""Background maintenance: the integrity scrub of stored originals and report PDFs.
+
+Every original DICOM file and report PDF was stored with its SHA-256. Two checks keep that
+promise ("originals are sacred"):
+
+- on read: the render service re-hashes an original before decoding it
+  (server/render_service.py `verify_original`); a mismatch is refused (HTTP 503), never
+  served;
+- on schedule: `scrub_once` re-hashes every file (conf: integrity_scrub_hours), slowly, in
+  the database pool, so files nobody looked at are checked too.
+
+A mismatch or a missing file becomes an IntegrityFinding (shown to system and security
+admins at /api/security/integrity until resolved), an audit record `integrity.mismatch` and
+an ERROR log line (which the hospital's log monitoring picks up).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from models.db import database, write_transaction
+from models.schema import Instance, Report
+from models.security import record_finding
+from models.storage import StorageError, sha256_file
+
+log = logging.getLogger(__name__)
+
+FIRST_SCRUB_DELAY_S = 600          # let start-up and the demo import settle first
+BATCH = 200
+
+
+def report_mismatch(ctx, *, kind: str, object_id: str, relpath: str, expected: str,
+                    actual: str, source: str) -> bool:
+    """Record a finding (once per object while open) and its audit event (blocking)."""
+    with database.connection_context():
+        with write_transaction():
+            _finding, created = record_finding(kind, object_id, relpath, expected, actual,
+                                               source)
+            if created:
+                ctx.auditor.record("integrity.mismatch", actor_kind="system",
+                                   object_type=kind, object_id=object_id[:128],
+                                   outcome="missing" if not actual else "mismatch",
+                                   detail=f"{relpath} expected {expected[:16]}… "
+                                          f"found {actual[:16] or 'nothing'} ({source})")
+    if created:
+        log.error("integrity: %s %s %s (%s)", kind, object_id,
+                  "missing" if not actual else "SHA-256 mismatch", source)
+    return created
+
+
+def install_integrity_hook(ctx) -> None:
+    """Make the render service report the originals it refuses."""
+    renders = getattr(ctx, "renders", None)
+    if renders is None or getattr(renders, "integrity_hook", "absent") == "absent":
+        return
+
+    def hook(ref, actual):
+        relpath = str(ref.path.relative_to(ctx.storage.root.resolve())) \
+            if ref.path.is_relative_to(ctx.storage.root.resolve()) else str(ref.path)
+        report_mismatch(ctx, kind="instance", object_id=ref.sop_uid, relpath=relpath,
+                        expected=ref.sha256, actual=actual, source="read")
+    renders.integrity_hook = hook
+
+
+def _check(ctx, relpath: str, expected: str) -> str | None:
+    """The actual hash if it differs from expected ("" if missing), else None."""
+    try:
+        actual = sha256_file(ctx.storage.abspath(relpath))
+    except (FileNotFoundError, StorageError):
+        actual = ""
+    return None if actual == expected else actual
+
+
+def scrub_once(ctx, *, pause_s: float = 0.0) -> dict:
+    """Re-hash every original and report PDF (blocking). Returns counts."""
+    checked = mismatches = 0
+    t0 = time.monotonic()
+    last = 0
+    while True:
+        with database.connection_context():
+            rows = list(Instance.select(Instance.id, Instance.sop_uid, Instance.file_path,
+                                        Instance.sha256)
+                        .where(Instance.id > last).order_by(Instance.id).limit(BATCH))
+        if not rows:
+            break
+        for r in rows:
+            last = r.id
+            checked += 1
+            actual = _check(ctx, r.file_path, r.sha256)
+            if actual is not None:
+                mismatches += 1
+                report_mismatch(ctx, kind="instance", object_id=r.sop_uid,
+                                relpath=r.file_path, expected=r.sha256, actual=actual,
+                                source="scrub")
+        if pause_s:
+            time.sleep(pause_s)
+    with database.connection_context():
+        reports = list(Report.select(Report.id, Report.pdf_path, Report.pdf_sha256)
+                       .where(Report.pdf_path.is_null(False)))
+    for r in reports:
+        if not r.pdf_sha256:
+            continue
+        checked += 1
+        actual = _check(ctx, r.pdf_path, r.pdf_sha256)
+        if actual is not None:
+            mismatches += 1
+            report_mismatch(ctx, kind="report", object_id=str(r.id), relpath=r.pdf_path,
+                            expected=r.pdf_sha256, actual=actual, source="scrub")
+    took = time.monotonic() - t0
+    log.info("integrity scrub: %d files checked, %d problems, %.0f s", checked, mismatches,
+             took)
+    return {"checked": checked, "mismatches": mismatches, "seconds": round(took, 1)}
+
+
+async def _scrub_loop(ctx, hours: int) -> None:
+    await asyncio.sleep(FIRST_SCRUB_DELAY_S)
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await loop.run_in_executor(ctx.db_executor,
+                                       lambda: scrub_once(ctx, pause_s=0.05))
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("integrity scrub failed")
+        await asyncio.sleep(hours * 3600)
+
+
+_tasks: list = []
+
+
+async def start_background(ctx, primary: bool) -> None:
+    """Started by `serve`: the read check in every process, the scrub in the primary one."""
+    install_integrity_hook(ctx)
+    hours = ctx.config.integrity_scrub_hours
+    if primary and hours > 0:
+        _tasks.append(asyncio.get_running_loop().create_task(_scrub_loop(ctx, hours)))
+        log.info("integrity scrub every %d h (first in %d s)", hours, FIRST_SCRUB_DELAY_S)

@@ -1,0 +1,89 @@
+"""Integrity of stored originals: a changed or missing file is refused on read, found by the
+scrub, recorded once, audited and shown to admins; never served silently."""
+import pytest
+
+from models.db import database
+from models.schema import AuditEvent, Instance
+from models.security import IntegrityFinding
+from server.maintenance import scrub_once
+from tests.conftest import staff_token
+from tests.dicom_factory import ct_bytes
+
+pytestmark = pytest.mark.db
+
+STUDY, SERIES = "1.2.77.1", "1.2.77.2"
+
+
+def _import(catalog, tmp_path, n=3):
+    from adapters.importer import Importer
+    for i in range(n):
+        (tmp_path / f"{i}.dcm").write_bytes(ct_bytes(study_uid=STUDY, series_uid=SERIES,
+                                                     sop_uid=f"1.2.77.3.{i}"))
+    Importer(catalog).run([tmp_path])
+
+
+def _frame(i):
+    return (f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/1.2.77.3.{i}/frames/1/"
+            "rendered")
+
+
+def test_tampered_original_is_refused_and_reported(live, ctx, catalog, tmp_path):
+    _import(catalog, tmp_path)
+    assert live.get(_frame(0))[0] == 200
+    with database.connection_context():
+        rows = {r.sop_uid: r for r in Instance.select()}
+    # flip one byte in the pixel data of instance 1, delete instance 2
+    p1 = ctx.storage.abspath(rows["1.2.77.3.1"].file_path)
+    data = bytearray(p1.read_bytes())
+    data[-10] ^= 0xFF
+    p1.write_bytes(bytes(data))
+    ctx.storage.abspath(rows["1.2.77.3.2"].file_path).unlink()
+
+    st, _, body = live.get(_frame(1))
+    assert st == 503 and b"integrity" in body and b"Traceback" not in body
+    assert live.get(_frame(2))[0] == 503
+    assert live.get(_frame(0))[0] == 200            # untouched files still served
+    with database.connection_context():
+        found = {f.object_id: f for f in IntegrityFinding.select()}
+    assert set(found) == {"1.2.77.3.1", "1.2.77.3.2"}
+    assert found["1.2.77.3.2"].actual_sha256 == "" and found["1.2.77.3.1"].source == "read"
+
+    # the scrub finds the same two (and records nothing twice)
+    res = scrub_once(ctx)
+    assert res == {**res, "checked": 3, "mismatches": 2}
+    with database.connection_context():
+        assert IntegrityFinding.select().count() == 2
+        audits = AuditEvent.select().where(AuditEvent.action == "integrity.mismatch").count()
+    assert audits == 2
+
+    # admins see the findings; a doctor does not
+    admin = staff_token("sys1", ("sysadmin",))
+    st, _, body = live.get("/api/security/integrity",
+                           headers={"Authorization": f"Bearer {admin}"})
+    import json
+    findings = json.loads(body)["findings"]
+    assert st == 200 and {f["object_id"] for f in findings} == {"1.2.77.3.1", "1.2.77.3.2"}
+    assert live.get("/api/security/integrity")[0] == 403
+    fid = findings[0]["id"]
+    st, _, _ = live.request("POST", f"/api/security/integrity/{fid}/resolve",
+                            headers={"Authorization": f"Bearer {admin}"})
+    assert st == 200
+    st, _, body = live.get("/api/security/integrity",
+                           headers={"Authorization": f"Bearer {admin}"})
+    assert len(json.loads(body)["findings"]) == 1
+
+
+def test_scrub_checks_report_pdfs(ctx, catalog, tmp_path):
+    _import(catalog, tmp_path, n=1)
+    from models.schema import Exam, Report
+    with database.connection_context():
+        exam = Exam.get(Exam.study_uid == STUDY)
+    catalog.store_report(exam, findings="f", impression="i", pdf=b"%PDF-1.4 test\n%%EOF\n")
+    assert scrub_once(ctx)["mismatches"] == 0
+    with database.connection_context():
+        rep = Report.get(Report.exam == exam)
+    ctx.storage.abspath(rep.pdf_path).write_bytes(b"%PDF-1.4 forged\n%%EOF\n")
+    assert scrub_once(ctx)["mismatches"] == 1
+    with database.connection_context():
+        f = IntegrityFinding.get()
+    assert f.kind == "report" and f.source == "scrub"
