@@ -1,0 +1,476 @@
+"""Staff workspace: the staff pages (login, front desk, doctor, admin pages) and their JSON
+APIs: accounts and roles, API tokens, patient search and history for doctors, audited
+unmasking, run-time settings that override conf defaults, and system health.
+
+Pages are static files of viewer_static/staff/; the server decides who may load which page
+(anonymous visitors are sent to /login, other roles get 403) and every API re-checks the
+permission, so hiding a link is never the only protection.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from urllib.parse import quote
+
+import tornado.ioloop
+
+from models import db as dbmod
+from models import staff as svc
+from models.storage import valid_uid
+
+from .. import policy
+from ..config import ROOT, SETTINGS_BY_NAME, ConfigError, _coerce
+from .base import ApiError, BaseHandler
+
+log = logging.getLogger(__name__)
+
+STATIC = ROOT / "viewer_static" / "staff"
+STARTED = time.time()
+UID = r"([0-9][0-9.]{0,63})"
+USERNAME = r"([A-Za-z0-9_.-]{1,64})"
+PATIENT_ID = r"([^/]{1,64})"
+
+# (page, path, zh title, en title, permission that opens it)
+PAGES = (
+    ("frontdesk", "/staff/frontdesk", "前台", "Front desk", "exam.switch_images"),
+    ("doctor", "/staff/doctor", "医生工作台", "Doctor", "patient.history"),
+    ("admin", "/staff/admin", "系统管理", "System admin", "user.manage"),
+    ("security", "/staff/security", "安全管理", "Security admin", "security.manage"),
+    ("audit", "/staff/audit", "安全审计", "Audit", "audit.read"),
+)
+# Permissions only admin roles hold: their pages and APIs answer only from the admin
+# network allow-list of the security policy.
+ADMIN_PERMISSIONS = {p for r in policy.ADMIN_ROLES for p in policy.PERMISSIONS[r]} - {
+    p for r in set(policy.ROLES) - policy.ADMIN_ROLES for p in policy.PERMISSIONS[r]}
+
+
+def pages_for(principal) -> list[dict]:
+    if principal is None or principal.kind != "staff":
+        return []
+    return [{"page": k, "path": path, "title": zh, "title_en": en}
+            for k, path, zh, en, perm in PAGES if principal.can(perm)]
+
+
+def actor_of(handler: BaseHandler) -> svc.Actor:
+    p = handler.principal
+    return svc.Actor("staff", p.subject, handler.client_ip(), p.staff_user_id)
+
+
+class StaffHandler(BaseHandler):
+    def guard(self, permission: str):
+        """Route-level permission; admin permissions also need an allowed network."""
+        p = self.require(permission)
+        if permission in ADMIN_PERMISSIONS:
+            pol = svc.security_policy(self.ctx.config.as_dict())
+            if not svc.ip_in_networks(self.client_ip(), pol["admin_allow_list"]):
+                raise ApiError(403, "管理功能只能从管理网络白名单内的地址使用 / admin functions "
+                                    "are only available from the admin allow-list")
+        return p
+
+    def policy_now(self) -> dict:
+        return svc.security_policy(self.ctx.config.as_dict())
+
+
+# pages --------------------------------------------------------------------------------------
+class StaffPageHandler(StaffHandler):
+    """One HTML file of viewer_static/staff/, for the roles holding `permission`."""
+
+    _cache: dict[str, bytes] = {}
+
+    def initialize(self, ctx, page: str, permission: str | None = None) -> None:
+        super().initialize(ctx)
+        self.page = page
+        self.permission = permission
+
+    def html(self, name: str, status: int = 200) -> None:
+        data = self._cache.get(name)
+        if data is None or self.settings.get("debug"):
+            data = (STATIC / name).read_bytes()
+            self._cache[name] = data
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(data)
+
+    async def get(self) -> None:
+        if self.permission is None:
+            return self.html(self.page)
+        p = self.principal
+        here = self.request.uri
+        if p is None or p.kind != "staff":
+            return self.redirect("/login?next=" + quote(here, safe=""))
+        if p.must_change_password and not p.via_token:
+            return self.redirect("/login?change=1&next=" + quote(here, safe=""))
+        try:
+            self.guard(self.permission)
+        except (policy.AccessError, ApiError):
+            return self.html("forbidden.html", 403)
+        self.html(self.page)
+
+
+class StaffHomeHandler(StaffHandler):
+    """/staff: the first page of the signed-in user's roles."""
+
+    async def get(self) -> None:
+        p = self.principal
+        if p is None or p.kind != "staff":
+            return self.redirect("/login?next=%2Fstaff")
+        pages = pages_for(p)
+        if not pages:
+            raise ApiError(403, "没有可用的页面 / no page for your role")
+        self.redirect(pages[0]["path"])
+
+
+# who am I, which pages -----------------------------------------------------------------------
+class NavHandler(StaffHandler):
+    async def get(self) -> None:
+        p = self.principal
+        if p is None or p.kind != "staff":
+            raise policy.Unauthenticated("请先登录 / please sign in")
+        pol = self.policy_now()
+        self.write_json({"ok": True, "username": p.subject,
+                         "roles": sorted(p.roles), "role_names": [policy.ROLES[r] for r in
+                                                                  sorted(p.roles)
+                                                                  if r in policy.ROLES],
+                         "must_change_password": p.must_change_password,
+                         "csrf_token": p.csrf_token, "pages": pages_for(p),
+                         "password_rules": {"min_length": pol["password_min_length"],
+                                            "min_classes": pol["password_min_classes"]}})
+
+
+# accounts -----------------------------------------------------------------------------------
+class UsersHandler(StaffHandler):
+    async def get(self) -> None:
+        self.guard("user.manage")
+        users = await self.in_db(svc.list_users)
+        self.write_json({"ok": True, "users": users,
+                         "roles": [{"role": r, "name": n} for r, n in policy.ROLES.items()],
+                         "admin_roles": sorted(policy.ADMIN_ROLES)})
+
+    async def post(self) -> None:
+        self.guard("user.manage")
+        body = self.json_body(8192)
+        pol = self.policy_now()
+        user, generated = await self.in_db(
+            svc.create_staff, body.get("username"), body.get("roles"),
+            display_name=body.get("display_name"), password=body.get("password"),
+            actor=actor_of(self), auditor=self.ctx.auditor, known_roles=policy.ROLES,
+            admin_roles=policy.ADMIN_ROLES, min_length=pol["password_min_length"],
+            min_classes=pol["password_min_classes"])
+        out = {"ok": True, "user": user}
+        if generated:
+            out["temporary_password"] = generated
+        self.write_json(out, status=201)
+
+
+class UserHandler(StaffHandler):
+    async def get(self, username: str) -> None:
+        self.guard("user.manage")
+        self.write_json({"ok": True, "user": await self.in_db(svc.get_user, username)})
+
+    async def patch(self, username: str) -> None:
+        self.guard("user.manage")
+        body = self.json_body(8192)
+        user = await self.in_db(svc.update_staff, username, body, actor=actor_of(self),
+                                auditor=self.ctx.auditor, known_roles=policy.ROLES,
+                                admin_roles=policy.ADMIN_ROLES)
+        self.ctx.principals.clear()          # roles and active flag apply at once
+        self.write_json({"ok": True, "user": user})
+
+
+class PasswordResetHandler(StaffHandler):
+    async def post(self, username: str) -> None:
+        self.guard("user.manage")
+        temp = await self.in_db(svc.reset_password, username, actor=actor_of(self),
+                                auditor=self.ctx.auditor,
+                                min_length=self.policy_now()["password_min_length"])
+        self.ctx.principals.clear()
+        self.write_json({"ok": True, "temporary_password": temp})
+
+
+class TokensHandler(StaffHandler):
+    async def get(self) -> None:
+        self.guard("user.manage")
+        username = self.str_arg("username", 64)
+        self.write_json({"ok": True, "tokens": await self.in_db(svc.list_tokens, username)})
+
+
+class UserTokensHandler(StaffHandler):
+    async def post(self, username: str) -> None:
+        self.guard("user.manage")
+        body = self.json_body(4096)
+        info, token = await self.in_db(svc.issue_token, username, name=body.get("name"),
+                                       days=body.get("days", 90), actor=actor_of(self),
+                                       auditor=self.ctx.auditor)
+        self.write_json({"ok": True, "token": token, "info": info}, status=201)
+
+
+class TokenRevokeHandler(StaffHandler):
+    async def post(self, token_id: str) -> None:
+        self.guard("user.manage")
+        info = await self.in_db(svc.revoke_token, int(token_id), actor=actor_of(self),
+                                auditor=self.ctx.auditor)
+        self.ctx.principals.clear()
+        self.write_json({"ok": True, "info": info})
+
+
+# patients for doctors -------------------------------------------------------------------------
+class PatientSearchHandler(StaffHandler):
+    async def get(self) -> None:
+        self.guard("patient.history")
+        q = self.str_arg("q", 64) or ""
+        rows = await self.in_db(svc.search_patients, q, self.ctx.catalog.id_number_hash)
+        self.write_json({"ok": True, "patients": rows})
+
+
+class PatientExamsHandler(StaffHandler):
+    async def get(self, patient_id: str) -> None:
+        self.guard("patient.history")
+        out = await self.in_db(svc.patient_history, patient_id)
+        self.ctx.views.seen(self, "patient.history", "patient", out["patient"]["patient_id"])
+        out["ok"] = True
+        out["pacs_configured"] = bool(self.ctx.config.pacs_ae_title and
+                                      self.ctx.config.pacs_host)
+        self.write_json(out)
+
+
+class UnmaskHandler(StaffHandler):
+    async def post(self, patient_id: str) -> None:
+        self.guard("patient.unmask")
+        body = self.json_body(4096)
+        out = await self.in_db(svc.unmask, patient_id, body.get("field"), body.get("reason"),
+                               actor=actor_of(self), auditor=self.ctx.auditor)
+        self.write_json({"ok": True, **out})
+
+
+class CheckIdHandler(StaffHandler):
+    async def post(self, patient_id: str) -> None:
+        self.guard("patient.unmask")
+        body = self.json_body(4096)
+        match = await self.in_db(svc.check_id_number, patient_id, body.get("id_number"),
+                                 self.ctx.catalog.id_number_hash, actor=actor_of(self),
+                                 auditor=self.ctx.auditor)
+        self.write_json({"ok": True, "match": match})
+
+
+# run-time settings -----------------------------------------------------------------------------
+RUNTIME_PREFIX = "conf."
+RUNTIME_GROUPS = (
+    ("verification", "身份验证方式 / identity verification", ("verification_", "verify_")),
+    ("sms", "短信网关 / SMS gateway", ("sms_",)),
+    ("share", "分享 / shares", ("share_",)),
+    ("pacs", "PACS 连接 / PACS", ("pacs_", "dicom_allowed_aets")),
+    ("hl7", "HL7 接口 / HL7", ("hl7_receivers",)),
+    ("wechat", "微信公众号 / WeChat", ("wechat_",)),
+    ("outbox", "消息重传 / outbox", ("outbox_max_attempts", "outbox_backoff")),
+)
+NEVER_RUNTIME = ("secret", "password", "key", "token", "_bind", "_file", "_dir")
+
+
+def runtime_settings() -> dict[str, tuple[str, object]]:
+    """Conf settings an admin may override at run time: {name: (group, Setting)}.
+    Secrets (kept in files or the environment) and listener addresses (they need a
+    restart) are not among them."""
+    out = {}
+    for name, s in SETTINGS_BY_NAME.items():
+        if any(h in name for h in NEVER_RUNTIME) or name.endswith("_enabled") and \
+                not name.startswith(("verification_", "verify_", "sms_", "wechat_")):
+            continue
+        if name.endswith("_port") and name != "pacs_port":
+            continue
+        for group, _label, prefixes in RUNTIME_GROUPS:
+            if name.startswith(prefixes):
+                out[name] = (group, s)
+                break
+    return out
+
+
+def apply_overrides(ctx, stored: dict | None = None) -> None:
+    """Make stored settings override the conf values of this process's Config."""
+    stored = svc.stored_settings() if stored is None else stored
+    values = ctx.config._values
+    base = ctx.__dict__.setdefault("_conf_base", dict(values))
+    origins = ctx.config.origins
+    base_origins = ctx.__dict__.setdefault("_conf_base_origins", dict(origins))
+    for name in runtime_settings():
+        key = RUNTIME_PREFIX + name
+        if key in stored:
+            try:
+                values[name] = _coerce(SETTINGS_BY_NAME[name], stored[key], "stored setting")
+                origins[name] = "stored setting (admin page)"
+                continue
+            except ConfigError as exc:
+                log.warning("ignoring stored setting %s: %s", name, exc)
+        values[name] = base[name]
+        origins[name] = base_origins[name]
+
+
+class RuntimeSettingsHandler(StaffHandler):
+    def describe(self) -> dict:
+        rows = svc.setting_rows(RUNTIME_PREFIX)
+        base = self.ctx.__dict__.get("_conf_base", self.ctx.config.as_dict())
+        groups = []
+        for group, label, _ in RUNTIME_GROUPS:
+            items = []
+            for name, (g, s) in runtime_settings().items():
+                if g != group:
+                    continue
+                row = rows.get(name)
+                items.append({"name": name, "type": s.type.__name__, "help": s.help,
+                              "choices": list(s.choices), "minimum": s.minimum,
+                              "maximum": s.maximum, "default": base.get(name, s.default),
+                              "value": getattr(self.ctx.config, name),
+                              "stored": row is not None,
+                              "updated_by": row["updated_by"] if row else None,
+                              "updated_at": row["updated_at"] if row else None})
+            if items:
+                groups.append({"group": group, "label": label, "settings": items})
+        return {"ok": True, "groups": groups}
+
+    async def get(self) -> None:
+        self.guard("settings.manage")
+        out = await self.in_db(self.describe)
+        self.write_json(out)
+
+    async def put(self) -> None:
+        self.guard("settings.manage")
+        body = self.json_body(65536)
+        changes = body.get("settings")
+        if not isinstance(changes, dict) or not changes:
+            raise ApiError(400, "没有要修改的设置 / nothing to change (send {\"settings\": "
+                                "{name: value}})")
+        allowed = runtime_settings()
+        clean = {}
+        for name, value in changes.items():
+            if name not in allowed:
+                raise ApiError(400, f"设置“{str(name)[:60]}”不能在页面上修改 / this setting "
+                                    "cannot be changed at run time")
+            if value is None:
+                clean[RUNTIME_PREFIX + name] = None       # back to the conf value
+                continue
+            try:
+                clean[RUNTIME_PREFIX + name] = _coerce(SETTINGS_BY_NAME[name], value,
+                                                       "the admin page")
+            except ConfigError as exc:
+                raise ApiError(400, f"设置值无效 / invalid value: {exc}") from None
+
+        def save():
+            changed = svc.store_settings(clean, actor=actor_of(self), auditor=self.ctx.auditor,
+                                         area="settings")
+            apply_overrides(self.ctx)
+            return changed, self.describe()
+        changed, out = await self.in_db(save)
+        out["changed"] = changed
+        self.write_json(out)
+
+
+# system health ---------------------------------------------------------------------------------
+class SystemHealthHandler(StaffHandler):
+    async def get(self) -> None:
+        self.guard("health.read")
+
+        def db_part():
+            from models.migrations import current_version
+            from models.schema import AuditHead, Outbox, Quarantine
+            import peewee as pw
+            out = {"backend": "mysql" if dbmod.is_mysql() else "sqlite"}
+            t0 = time.perf_counter()
+            try:
+                dbmod.ping()
+                out["ok"] = True
+            except Exception as exc:  # noqa: BLE001
+                out.update(ok=False, error=type(exc).__name__)
+                return out, {}
+            out["ping_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            out["schema_version"] = current_version()
+            out["counts"] = self.ctx.catalog.counts()
+            path = dbmod.sqlite_path()
+            if path and os.path.exists(path):
+                out["size_bytes"] = os.path.getsize(path)
+            head = AuditHead.get_or_none(AuditHead.id == 1)
+            extra = {
+                "outbox": {r[0]: r[1] for r in Outbox.select(
+                    Outbox.status, pw.fn.COUNT(Outbox.id)).group_by(Outbox.status).tuples()},
+                "quarantine": Quarantine.select().count(),
+                "audit_records": head.last_id if head else 0,
+            }
+            return out, extra
+        database, extra = await self.in_db(db_part)
+        root = self.ctx.storage.root
+        try:
+            du = shutil.disk_usage(root)
+            disk = {"path": str(root), "total_bytes": du.total, "used_bytes": du.used,
+                    "free_bytes": du.free, "used_percent": round(du.used * 100 / du.total, 1),
+                    "writable": self.ctx.storage.writable()}
+            disk["ok"] = disk["writable"] and du.free > 2 * 1024 ** 3 and \
+                disk["used_percent"] < 95
+        except OSError as exc:
+            disk = {"path": str(root), "ok": False, "error": type(exc).__name__}
+        caches = self.ctx.renders.stats() if self.ctx.renders is not None else {}
+        try:
+            load = os.getloadavg()
+        except OSError:
+            load = None
+        ok = bool(database.get("ok") and disk.get("ok"))
+        self.write_json({"ok": True, "healthy": ok, "version": self.ctx.version,
+                         "uptime_s": int(time.time() - STARTED), "pid": os.getpid(),
+                         "load_average": load, "database": database, "disk": disk,
+                         "caches": caches, **extra})
+
+
+def routes(ctx) -> list:
+    d = {"ctx": ctx}
+
+    def page(name, perm=None):
+        return {"ctx": ctx, "page": name, "permission": perm}
+    try:
+        with dbmod.database.connection_context():
+            apply_overrides(ctx)
+    except Exception as exc:  # noqa: BLE001 - a missing table must not stop the server
+        log.warning("stored settings not applied: %s", type(exc).__name__)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass                     # built outside a server (tests, tools): no refresh timer
+    else:
+        cb = tornado.ioloop.PeriodicCallback(lambda: _refresh(ctx), 5000)
+        cb.start()
+        ctx.__dict__["_settings_refresh"] = cb
+    out = [
+        (r"/login", StaffPageHandler, page("login.html")),
+        (r"/staff", StaffHomeHandler, d),
+        (r"/api/staff/nav", NavHandler, d),
+        (r"/api/staff/users", UsersHandler, d),
+        (rf"/api/staff/users/{USERNAME}", UserHandler, d),
+        (rf"/api/staff/users/{USERNAME}/password-reset", PasswordResetHandler, d),
+        (rf"/api/staff/users/{USERNAME}/tokens", UserTokensHandler, d),
+        (r"/api/staff/tokens", TokensHandler, d),
+        (r"/api/staff/tokens/([0-9]{1,12})/revoke", TokenRevokeHandler, d),
+        (r"/api/staff/patients", PatientSearchHandler, d),
+        (rf"/api/staff/patients/{PATIENT_ID}/exams", PatientExamsHandler, d),
+        (rf"/api/staff/patients/{PATIENT_ID}/unmask", UnmaskHandler, d),
+        (rf"/api/staff/patients/{PATIENT_ID}/check-id", CheckIdHandler, d),
+        (r"/api/admin/settings", RuntimeSettingsHandler, d),
+        (r"/api/admin/health", SystemHealthHandler, d),
+    ]
+    out += [(path, StaffPageHandler, page(f"{name}.html", perm))
+            for name, path, _zh, _en, perm in PAGES]
+    return out
+
+
+def _refresh(ctx) -> None:
+    """Pick up settings changed by another worker process (runs in the db pool)."""
+    def run():
+        try:
+            with dbmod.database.connection_context():
+                apply_overrides(ctx)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("settings refresh failed: %s", exc)
+    if ctx.db_executor is not None:
+        try:
+            ctx.db_executor.submit(run)
+        except RuntimeError:
+            pass
