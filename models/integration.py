@@ -80,6 +80,12 @@ def note_event(channel: str, peer: str, outcome: str, detail: str) -> None:
 
 
 # patients ---------------------------------------------------------------------------------
+def _set(obj, attr: str, value) -> None:
+    """Assign only a changed value (peewee marks any assignment dirty)."""
+    if getattr(obj, attr) != value:
+        setattr(obj, attr, value)
+
+
 def upsert_patient(catalog: Catalog, f: dict) -> Patient:
     """Create or update a patient from the HIS (the source of truth for demographics).
     Call inside a transaction. Keys: patient_id (required), name, sex, birth_date, phone,
@@ -95,17 +101,18 @@ def upsert_patient(catalog: Catalog, f: dict) -> Patient:
     if patient.merged_into_id:
         patient = Patient.get_by_id(patient.merged_into_id)
     if f.get("name"):
-        patient.name = f["name"][:128]
+        _set(patient, "name", f["name"][:128])
     if f.get("sex"):
-        patient.sex = f["sex"][:1].upper()
+        _set(patient, "sex", f["sex"][:1].upper())
     if f.get("birth_date"):
-        patient.birth_date = f["birth_date"]
+        _set(patient, "birth_date", f["birth_date"])
     if f.get("phone"):
-        patient.phone = f["phone"][:32]
-    if f.get("id_number"):
+        _set(patient, "phone", f["phone"][:32])
+    if f.get("id_number") and patient.id_number_hash != catalog.id_number_hash(f["id_number"]):
         catalog.set_patient_id_number(patient, f["id_number"])
-    patient.updated_at = utcnow()
-    patient.save()
+    if patient.id is None or patient.is_dirty():
+        patient.updated_at = utcnow()
+        patient.save()
     return patient
 
 
@@ -331,12 +338,10 @@ def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
     control_id = control_id[:128]
 
     def previous():
-        return InboundMessage.get_or_none((InboundMessage.channel == channel)
-                                          & (InboundMessage.control_id == control_id))
-
-    prev = previous()
-    if prev is not None and prev.outcome == "applied":
-        return InboundResult("duplicate", prev.ack, "already applied")
+        return (InboundMessage.select(InboundMessage.id, InboundMessage.outcome,
+                                      InboundMessage.ack)
+                .where((InboundMessage.channel == channel)
+                       & (InboundMessage.control_id == control_id)).first())
 
     def run():
         with write_transaction():
