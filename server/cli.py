@@ -370,6 +370,47 @@ def cmd_make_cert(args) -> int:
     return 0
 
 
+def cmd_share(args) -> int:
+    config = _config(args)
+    _setup_logging("WARNING")
+    ctx = _open(config)
+    import datetime as dt
+
+    from models import shares as svc
+    from models.schema import Exam
+    try:
+        exam = Exam.get_or_none(Exam.accession_number == args.accession)
+        if exam is None:
+            print(f"no exam with accession number {args.accession!r}", file=sys.stderr)
+            return 2
+        delta = svc.parse_duration(args.expires)
+        actor = os.environ.get("USER", "cli")
+        if args.pacs_token:
+            from .handlers.shares import pacs_key
+            token = svc.sign_pacs_token(pacs_key(ctx), args.accession,
+                                        svc.utcnow() + delta)
+            print(json.dumps({"pacs_token": token, "expires_at": (svc.utcnow() + delta)
+                              .isoformat() + "Z"}, ensure_ascii=False))
+            return 0
+        new = svc.create_share(exam, key=ctx.secret_key, auditor=ctx.auditor,
+                               include_images=not args.report_only,
+                               allow_download=not args.no_download and not args.report_only,
+                               max_opens=args.max_opens, expires_in=delta,
+                               max_expiry=dt.timedelta(days=config.share_max_days),
+                               created_by_kind="cli", created_by=actor)
+    except svc.AccessRefused as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    finally:
+        ctx.close()
+    print(json.dumps({"url": f"{config.base_url}/s/{new.token}", "code": new.code,
+                      "expires_at": new.share.expires_at.isoformat() + "Z",
+                      "max_opens": new.share.max_opens, "study_uid": exam.study_uid,
+                      "include_images": bool(new.share.include_images),
+                      "allow_download": bool(new.share.allow_download)}, ensure_ascii=False))
+    return 0
+
+
 SERVICE_TEMPLATE = ROOT / "conf" / "systemd" / "cloudfilm.service"
 
 
@@ -464,6 +505,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=int, default=825)
     s.add_argument("--force", action="store_true")
     s.set_defaults(func=cmd_make_cert)
+    s = sub.add_parser("share", help="create a share of one exam and print its URL, code "
+                                     "and expiry as JSON")
+    s.add_argument("accession")
+    s.add_argument("--max-opens", type=int, default=5)
+    s.add_argument("--expires", default="7d", help="validity: 7d, 12h, 30m (default 7d)")
+    s.add_argument("--no-download", action="store_true",
+                   help="do not allow downloading the original DICOM files")
+    s.add_argument("--report-only", action="store_true", help="share the report without images")
+    s.add_argument("--pacs-token", action="store_true",
+                   help="print a signed PACS QR token for the exam instead of a share")
+    s.set_defaults(func=cmd_share)
     s = sub.add_parser("install-service", help="install and enable the systemd service")
     s.add_argument("--dest", default="/etc/systemd/system")
     s.add_argument("--user", help="account the service runs as (default: the invoking user)")

@@ -66,6 +66,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("processes", 1, int,
             "Server processes sharing the port (SO_REUSEPORT). 0 means one per CPU core.",
             minimum=0, maximum=64),
+    Setting("decode_processes", 1, int,
+            "Worker processes (per server process) that decode compressed originals which "
+            "have no fast copy yet, so decoding never stalls the server.",
+            minimum=1, maximum=32),
     Setting("decoded_cache_mb", 1024, int, "Byte budget of the decoded-pixel cache (MiB).",
             minimum=16, maximum=262144),
     Setting("volume_cache_mb", 1024, int, "Byte budget of the MPR volume cache (MiB).",
@@ -132,6 +136,47 @@ SETTINGS: tuple[Setting, ...] = (
             'Folder watched for DICOM files, report PDFs and JPEG/PNG/TIFF pictures (with .json sidecars). Empty: off.'),
     Setting('watch_interval_s', 2, int,
             'Seconds between two scans of the watched folder.', minimum=1, maximum=3600),
+    # patient access
+    Setting("share_default_max_opens", 5, int,
+            "Opens a new share allows when its creator names none.", minimum=1, maximum=1000),
+    Setting("share_default_days", 7, int,
+            "Days a new share stays valid when its creator names none.", minimum=1,
+            maximum=365),
+    Setting("share_max_days", 90, int,
+            "Longest validity a share may be given, in days.", minimum=1, maximum=3650),
+    Setting("access_ip_max_failures", 20, int,
+            "Failed share codes and identity checks one IP address may make in 15 minutes "
+            "(across all shares) before it is refused.", minimum=1, maximum=100000),
+    Setting("sms_gateway", "log", str,
+            "SMS gateway for verification codes: log (development: nothing is sent, the "
+            "number is masked in the log) or http (the hospital's own SMS platform; phone "
+            "numbers never go to a cloud service).", choices=("log", "http")),
+    Setting("sms_http_url", "", str,
+            "URL of the hospital SMS platform (sms_gateway = http): JSON POST {phone, message, "
+            "template, request_id}; any 2xx answer means accepted. Public IP addresses are "
+            "refused."),
+    Setting("sms_http_token_file", "", str,
+            "File holding the bearer token for the SMS platform (empty: no Authorization "
+            "header)."),
+    Setting("sms_http_timeout_s", 5, int, "Timeout of one SMS platform request, in seconds.",
+            minimum=1, maximum=60),
+    Setting("sms_template", "您的云胶片验证码为{code}，5分钟内有效，请勿告诉他人。", str,
+            "Text of the verification SMS; {code} is replaced by the 6-digit code."),
+    Setting("sms_per_phone_day", 10, int,
+            "SMS codes one phone number may receive in 24 hours.", minimum=1, maximum=1000),
+    Setting("sms_per_ip_hour", 20, int,
+            "SMS codes one IP address may request in an hour.", minimum=1, maximum=100000),
+    Setting("pacs_qr_patterns", "/pacs/a/{accession},/pacs/u/{study_uid},/pacs/t/{token}", str,
+            "Comma-separated URL paths (with an optional ?name={field} query) that PACS-printed "
+            "QR codes use; fields {accession}, {study_uid} (unsigned: the patient must verify "
+            "their identity) and {token} (signed ACCESSION.EXPIRY.SIG, see README)."),
+    Setting("pacs_qr_key_file", "", str,
+            "File holding the key (hex) shared with the PACS for signed QR tokens. Empty: "
+            "signed tokens use the server's secret key (sign them with ./run.sh share "
+            "--pacs-token)."),
+    Setting("pacs_qr_max_opens", 20, int,
+            "Opens allowed for the exam behind one signed PACS QR code.", minimum=1,
+            maximum=100000),
     # security
     Setting("tls_cert_file", "", str,
             "PEM certificate chain for HTTPS served by CloudFilm itself (./run.sh make-cert "

@@ -1,0 +1,227 @@
+"""Identity verification and the patient portal.
+
+    GET  /api/verify/methods               anyone: enabled methods and combinations
+    POST /api/verify/sms {phone}           anyone: send an SMS code (same answer whether or not
+                                           the number is on record)
+    POST /api/verify {phone, sms_code, id_number, accession, exam_ref}
+                                           anyone: verify → patient session (verified now);
+                                           a patient session verifies again before downloads
+    GET  /api/patient/me                   patient: masked personal data + exams, newest first
+    GET  /api/patient/shares               patient: own shares with open counts
+    POST /api/patient/shares               patient: create a share of an own exam
+    POST /api/patient/shares/{id}/revoke   patient: revoke an own share
+    GET  /api/patient/downloads            patient: own download log
+    POST /api/patient/logout
+    GET  /api/admin/verification           staff verification.manage: current settings
+    PUT  /api/admin/verification           staff verification.manage: switch methods and
+                                           combinations (applies to the next request)
+    GET  /portal                           the patient portal page
+"""
+from __future__ import annotations
+
+import logging
+
+from models import shares as svc
+from models.catalog import mask_phone
+from models.schema import Exam
+from models.sessions import end_session, load_session
+from models.storage import valid_uid
+
+from .auth import clear_session_cookie, set_session_cookie
+from .base import ApiError, BaseHandler
+from .shares import StaticPage, created_json, share_options
+
+log = logging.getLogger(__name__)
+
+
+def sms_gateway(ctx):
+    gw = getattr(ctx, "sms_gateway", None)
+    if gw is None:
+        from adapters.sms import make_gateway
+        c = ctx.config
+        gw = make_gateway(c.sms_gateway, c.sms_http_url, c.sms_http_token_file,
+                          c.sms_http_timeout_s)
+        ctx.sms_gateway = gw
+    return gw
+
+
+class VerifyMethodsHandler(BaseHandler):
+    async def get(self) -> None:
+        out = await self.in_db(svc.public_verification_config)
+        out["ok"] = True
+        self.write_json(out)
+
+
+class SmsSendHandler(BaseHandler):
+    async def post(self) -> None:
+        body = self.json_body(2048)
+        cfg = await self.in_db(svc.verification_config)
+        if not cfg["methods"].get("sms"):
+            raise ApiError(400, "短信验证已停用 / SMS verification is switched off")
+        c = self.ctx.config
+        req = await self.in_db(svc.request_sms_code, str(body.get("phone") or ""),
+                               key=self.ctx.secret_key, auditor=self.ctx.auditor,
+                               ip=self.client_ip(), per_phone_day=c.sms_per_phone_day,
+                               per_ip_hour=c.sms_per_ip_hour)
+        if req.phone:
+            from adapters.sms import SmsError
+            text = c.sms_template.replace("{code}", req.code)
+            try:
+                await self.in_db(sms_gateway(self.ctx).send, req.phone, text)
+            except SmsError as exc:
+                log.error("verification SMS not delivered: %s", exc)
+                raise ApiError(503, "短信发送失败，请稍后再试或改用其他验证方式 / the SMS could "
+                                    "not be sent; try again later or use another method") \
+                    from None
+        self.write_json({"ok": True, "retry_after_s": req.retry_after_s,
+                         "message": "如该手机号已在本院登记，验证码已发送，5分钟内有效 / if this "
+                                    "number is on record, a code was sent (valid 5 minutes)"})
+
+
+def parse_exam_ref(ref) -> tuple[str, str] | None:
+    if not ref:
+        return None
+    kind, _, value = str(ref).partition(":")
+    if kind not in ("accession", "study_uid") or not value or len(value) > 64:
+        raise ApiError(400, "检查信息无效 / exam reference is not valid")
+    return kind, value
+
+
+class VerifyHandler(BaseHandler):
+    async def post(self) -> None:
+        body = self.json_body(4096)
+        ref = parse_exam_ref(body.get("exam_ref"))
+        ip, ua = self.client_ip(), self.request.headers.get("User-Agent", "")
+        old = self.credential
+
+        def run():
+            bound = None
+            if ref:
+                exam = svc.exam_for_pacs_code(*ref)
+                bound = exam.id if exam else -1
+            v = svc.verify_identity(body, catalog=self.ctx.catalog, key=self.ctx.secret_key,
+                                    auditor=self.ctx.auditor, ip=ip,
+                                    ip_limit=self.ctx.config.access_ip_max_failures,
+                                    bound_exam_id=bound)
+            if old:
+                s = load_session(old)
+                if s is not None and s.kind != "staff":
+                    end_session(s)
+            new = svc.start_patient_session(v.patient, ip=ip, user_agent=ua)
+            study = None
+            if ref:
+                e = svc.exam_for_pacs_code(*ref)
+                study = e.study_uid if e else None
+            return new, study, v.methods
+        new, study, methods = await self.in_db(run)
+        if old:
+            self.ctx.principals.forget(old)
+        set_session_cookie(self, new.token, svc.PATIENT_SESSION_MAX_S)
+        self.write_json({"ok": True, "csrf_token": new.session.csrf_token, "methods": methods,
+                         "open_study_uid": study})
+
+
+class PatientBase(BaseHandler):
+    def patient(self):
+        p = self.require_principal()
+        if p.kind != "patient":
+            raise ApiError(403, "请先验证身份 / verify your identity first")
+        return p
+
+
+class PatientMeHandler(PatientBase):
+    async def get(self) -> None:
+        p = self.patient()
+        out = await self.in_db(svc.patient_overview, p.patient_db_id, mask_phone=mask_phone)
+        out.update(ok=True, csrf_token=p.csrf_token, freshly_verified=p.freshly_verified())
+        self.write_json(out)
+
+
+class PatientSharesHandler(PatientBase):
+    async def get(self) -> None:
+        p = self.patient()
+        shares = await self.in_db(svc.list_shares, patient_db_id=p.patient_db_id)
+        self.write_json({"ok": True, "shares": shares})
+
+    async def post(self) -> None:
+        p = self.patient()
+        body = self.json_body(8192)
+        study_uid = str(body.get("study_uid") or "")
+        if not valid_uid(study_uid):
+            raise ApiError(400, "study_uid 不是有效的 DICOM UID / study_uid is not a valid UID")
+        opts = share_options(self.ctx, body)
+
+        def make():
+            exam = Exam.get_or_none((Exam.study_uid == study_uid)
+                                    & (Exam.patient == p.patient_db_id))
+            if exam is None:
+                raise ApiError(404, "没有找到该检查 / no such exam")
+            return svc.create_share(exam, key=self.ctx.secret_key, auditor=self.ctx.auditor,
+                                    created_by_kind="patient", created_by=p.subject,
+                                    ip=self.client_ip(), **opts)
+        new = await self.in_db(make)
+        self.write_json(created_json(self.ctx, new), status=201)
+
+
+class PatientShareRevokeHandler(PatientBase):
+    async def post(self, share_id: str) -> None:
+        p = self.patient()
+        await self.in_db(svc.revoke_share, int(share_id), auditor=self.ctx.auditor,
+                         actor_kind="patient", actor_id=p.subject, ip=self.client_ip(),
+                         patient_db_id=p.patient_db_id)
+        self.ctx.principals.clear()
+        self.write_json({"ok": True})
+
+
+class PatientDownloadsHandler(PatientBase):
+    async def get(self) -> None:
+        p = self.patient()
+        rows = await self.in_db(svc.list_downloads, patient_db_id=p.patient_db_id, limit=200)
+        for r in rows:
+            r.pop("actor_id", None)
+        self.write_json({"ok": True, "downloads": rows})
+
+
+class PatientLogoutHandler(BaseHandler):
+    async def post(self) -> None:
+        cred = self.credential
+        if cred and self.principal is not None and self.principal.kind != "staff":
+            def out():
+                s = load_session(cred)
+                if s is not None:
+                    end_session(s)
+            await self.in_db(out)
+            self.ctx.principals.forget(cred)
+        clear_session_cookie(self)
+        self.write_json({"ok": True})
+
+
+class VerificationSettingsHandler(BaseHandler):
+    async def get(self) -> None:
+        self.require("verification.manage")
+        cfg = await self.in_db(svc.verification_config)
+        self.write_json({"ok": True, **cfg, "known_methods": list(svc.METHODS),
+                         "names": svc.METHOD_NAMES})
+
+    async def put(self) -> None:
+        p = self.require("verification.manage")
+        body = self.json_body(8192)
+        cfg = await self.in_db(svc.set_verification_config, body, auditor=self.ctx.auditor,
+                               actor_id=p.subject, ip=self.client_ip())
+        self.write_json({"ok": True, **cfg})
+
+
+def routes(ctx) -> list:
+    d = {"ctx": ctx}
+    return [
+        (r"/api/verify/methods", VerifyMethodsHandler, d),
+        (r"/api/verify/sms", SmsSendHandler, d),
+        (r"/api/verify", VerifyHandler, d),
+        (r"/api/patient/me", PatientMeHandler, d),
+        (r"/api/patient/shares", PatientSharesHandler, d),
+        (r"/api/patient/shares/([0-9]{1,12})/revoke", PatientShareRevokeHandler, d),
+        (r"/api/patient/downloads", PatientDownloadsHandler, d),
+        (r"/api/patient/logout", PatientLogoutHandler, d),
+        (r"/api/admin/verification", VerificationSettingsHandler, d),
+        (r"/portal", StaticPage, {"ctx": ctx, "page": "portal/index.html"}),
+    ]
