@@ -56,6 +56,14 @@ def make_fast_copy(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
     return True
 
 
+def decode_keeping_copy(src: str, dst: str):
+    """Worker-process job: make the fast copy, then decode it (or the original when no copy
+    can be made). Returns a render.decode.DecodedImage."""
+    from render.decode import load_image
+    ok = make_fast_copy(src, dst)
+    return load_image(dst if ok else src)
+
+
 def _job(pair):
     return make_fast_copy(*pair)
 

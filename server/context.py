@@ -66,6 +66,8 @@ class AppContext:
     version: str = VERSION
 
     def close(self) -> None:
+        if self.renders is not None:
+            self.renders.close()
         for ex in (self.executor, self.db_executor):
             if ex is not None:
                 ex.shutdown(wait=False, cancel_futures=True)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters.fast_copy import decode_keeping_copy, needs_fast_copy
 from models.catalog import NotFound
 from models.db import database
 from models.schema import Exam, Instance, Series
@@ -75,6 +76,8 @@ class FrameRenderer:
         self.volumes = ByteLRU(config.volume_cache_mb << 20)
         self.encoded = ByteLRU(config.jpeg_cache_mb << 20)
         self._instances = _TTLCache(200_000, LOOKUP_TTL_S)
+        self._pool = None
+        self._pool_lock = threading.Lock()
         self._series = _TTLCache(20_000, LOOKUP_TTL_S)
 
     # lookups (database, cached for a few seconds) ------------------------------------------
@@ -167,8 +170,29 @@ class FrameRenderer:
 
         def load():
             self.verify_original(ref)       # never decode a tampered or missing original
-            return load_image(ref.pixel_path())
+            path = ref.pixel_path()
+            if path == ref.path and needs_fast_copy(ref.transfer_syntax):
+                # Compressed decoders hold the GIL for 10-40 ms a frame: decode in a worker
+                # process (which also leaves a fast copy behind), so this process's event loop
+                # keeps answering while a never-seen JPEG 2000 series is scrolled.
+                return self._decode_pool().submit(decode_keeping_copy, str(ref.path),
+                                                  str(ref.fast_path)).result()
+            return load_image(path)
         return self.decoded.get_or_load(ref.sop_uid, load)
+
+    def _decode_pool(self):
+        with self._pool_lock:
+            if self._pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.config.decode_processes or 1,
+                    mp_context=multiprocessing.get_context("spawn"))
+            return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def render(self, ref: InstanceRef, frame: int, *, window=None, viewport=None,
                quality: int = 85, fmt: str = "jpeg", rotate: int = 0, flip_h: bool = False,

@@ -44,3 +44,21 @@ def test_uncompressed_needs_no_copy(catalog, tmp_path):
     s = Importer(catalog).run([tmp_path])
     assert s.imported == 1 and s.fast_copies == 0
     assert not (catalog.storage.root / "derived").exists()
+
+
+def test_never_seen_compressed_frame_is_decoded_in_a_worker_process(live, catalog, tmp_path):
+    """Imported without fast copies: the server decodes in a worker process, leaves a copy."""
+    from pydicom.uid import JPEG2000Lossless
+    ds = ct_dataset(study_uid="1.2.89.1", series_uid="1.2.89.2", sop_uid="1.2.89.3", size=64)
+    ds.PixelData = np.full((64, 64), 1064, np.int16).tobytes()
+    ds.compress(JPEG2000Lossless, generate_instance_uid=False)
+    (tmp_path / "a.dcm").write_bytes(to_bytes(ds))
+    s = Importer(catalog, fast_copies=False).run([tmp_path])
+    assert s.imported == 1 and s.fast_copies == 0
+    st = catalog.storage
+    copy = st.abspath(st.fast_copy_relpath("1.2.89.1", "1.2.89.2", "1.2.89.3"))
+    assert not copy.exists()
+    status, _, body = live.get("/dicomweb/studies/1.2.89.1/series/1.2.89.2/instances/1.2.89.3/"
+                               "frames/1/rendered?window=40,400")
+    assert status == 200, body
+    assert copy.exists()
