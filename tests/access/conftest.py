@@ -39,6 +39,9 @@ B = Person("PB2", "13900139002", nid("44200019900202234"), "1.2.78.1", "1.2.78.1
            [f"1.2.78.1.1.{i}" for i in range(1, 4)], "ACC-B1")
 
 
+_PDF: dict[str, bytes] = {}
+
+
 @pytest.fixture
 def people(catalog, tmp_path):
     from adapters.pdf_report import make_report_pdf
@@ -59,10 +62,12 @@ def people(catalog, tmp_path):
             catalog.set_patient_id_number(p, person.id_number)
             p.save()
             exam = Exam.get(Exam.study_uid == person.study_uid)
-            pdf = make_report_pdf({"patient_name": "测试", "patient_id": person.patient_id,
-                                   "accession_number": person.accession,
-                                   "findings": "未见异常。", "impression": "正常。",
-                                   "modality": "CT"})
+            pdf = _PDF.get(person.patient_id)
+            if pdf is None:
+                pdf = _PDF[person.patient_id] = make_report_pdf(
+                    {"patient_name": "测试", "patient_id": person.patient_id,
+                     "accession_number": person.accession, "findings": "未见异常。",
+                     "impression": "正常。", "modality": "CT"})
             catalog.store_report(exam, findings="未见异常。", impression="正常。", pdf=pdf)
     return A, B
 
