@@ -11,8 +11,12 @@ async function main() {
   await initI18n();
   watchSession();
   const uid = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
-  $('topbar-actions').append(langButton(() => { vp && vp.render(); buildPresets(); updateButtons(); }));
   let study;
+  let vp = null;
+  $('topbar-actions').append(langButton(() => {
+    if (study) renderReport($('report'), study);
+    if (vp) { vp.render(); buildPresets(); updateButtons(); }
+  }));
   try {
     study = await api.study(uid);
   } catch (e) {
@@ -28,7 +32,6 @@ async function main() {
   renderReport($('report'), study, { deferImages: firstImage });
 
   const vpRoot = $('viewport');
-  let vp = null;
   const noImages = () => {
     vpRoot.textContent = '';
     vpRoot.classList.add('notice');

@@ -60,6 +60,7 @@ export class FrameLoader {
   /** Forget a failure (the user pressed retry) and try again. */
   retry(key) {
     this.failed.delete(key);
+    for (const [k, f] of this.failed) if (f.network) this.failed.delete(k);
     this.networkFailures = 0;
     this.pump();
   }
@@ -72,13 +73,16 @@ export class FrameLoader {
   }
 
   pump(now = Date.now()) {
+    let nextRetry = Infinity;
     for (const task of this.wanted) {
       if (this.inflight.size >= this.concurrency) break;
       if (this.done.has(task.key) || this.inflight.has(task.key)) continue;
       const f = this.failed.get(task.key);
+      if (f && !f.permanent && f.until > now) nextRetry = Math.min(nextRetry, f.until);
       if (f && (f.permanent || f.until > now)) continue;
       this.start(task);
     }
+    if (nextRetry < Infinity) this.scheduleRetry(nextRetry - now);
     if (this.inflight.size === 0) this.onIdle();
   }
 
@@ -89,6 +93,10 @@ export class FrameLoader {
       if (this.inflight.get(task.key)?.controller !== controller) return;
       this.inflight.delete(task.key);
       this.failed.delete(task.key);
+      if (this.networkFailures > 0) {
+        // the network is back: everything that failed for want of it may go again
+        for (const [key, f] of this.failed) if (f.network) this.failed.delete(key);
+      }
       this.networkFailures = 0;
       this.bytes += blob.size || 0;
       const url = this.toUrl(blob);

@@ -128,7 +128,7 @@ export class MprSet {
         line.setAttribute('x1', L.left + ln.x1 * L.s); line.setAttribute('y1', L.top + ln.y1 * L.s);
         line.setAttribute('x2', L.left + ln.x2 * L.s); line.setAttribute('y2', L.top + ln.y2 * L.s);
         line.setAttribute('class', LINE_CLASS[other]);
-        line.dataset.plane = other;
+        line.dataset.other = other;
         pane.svg.append(line);
       }
       pane.root.dataset.index = String(g.index);
@@ -253,6 +253,7 @@ export class MipView {
 
   async show(preview) {
     if (preview) this.busy = true;
+    else this.again = false; // the full render supersedes any preview still wanted
     try {
       await this.loader.load(this.url(preview));
       this.root.dataset.yaw = this.yaw.toFixed(1);
