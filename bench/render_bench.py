@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -299,6 +300,8 @@ def main(argv=None) -> int:
                     help="generated series are kept here and reused (deterministic)")
     ap.add_argument("--duration", type=float, help="seconds per throughput run (default 10)")
     ap.add_argument("--processes", type=int, default=2, help="our server's worker processes")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="warm figures: ours/Orthanc interleaved this many times, best kept")
     ap.add_argument("--cache-mb", type=int, default=96,
                     help="decoded_cache_mb for the memory test (smaller than the data)")
     a = ap.parse_args(argv)
@@ -316,7 +319,8 @@ def main(argv=None) -> int:
         shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     R: dict = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                "command": cmd.strip(), "machine": machine(), "git": git_rev(),
-               "quick": quick, "duration_s": dur, "processes": a.processes}
+               "quick": quick, "duration_s": dur, "processes": a.processes,
+               "repeats": a.repeats}
     ensure_installed(log)
     R["peer"] = orthanc_version()
 
@@ -394,13 +398,21 @@ def body(R, a, quick, dur, n_lat, ct, j2k, ours, peer, run):
     warm_connections(run, O, P_ct)     # every worker has imported and rendered once
     warm_connections(run, P, O_core, k=2)
     log("warm single CT frame: 1-client latency …")
-    warm["ours_1c"] = latency(run, O, [P_ct[mid]], n_lat)
-    warm["orthanc_core_1c"] = latency(run, P, [O_core[mid]], n_lat)
-    warm["orthanc_dw_1c"] = latency(run, P, [O_dw[mid]], n_lat)
+    # A/B interleaved, best of --repeats: other load on the machine hits both sides alike
+    for _ in range(a.repeats):
+        for key, call, path in (("ours_1c", O, P_ct[mid]), ("orthanc_core_1c", P, O_core[mid]),
+                                ("orthanc_dw_1c", P, O_dw[mid])):
+            r = latency(run, call, [path], n_lat)
+            if key not in warm or r["median_ms"] < warm[key]["median_ms"]:
+                warm[key] = r
     log("warm single CT frame: 8 clients (wrk) …")
-    warm["ours_8c"] = wrk_summary(W_ours([P_ct[mid]]))
-    warm["orthanc_core_8c"] = wrk_summary(W_peer([O_core[mid]]))
-    warm["orthanc_dw_8c"] = wrk_summary(W_peer([O_dw[mid]]))
+    for _ in range(a.repeats):
+        for key, fn in (("ours_8c", lambda: W_ours([P_ct[mid]])),
+                        ("orthanc_core_8c", lambda: W_peer([O_core[mid]])),
+                        ("orthanc_dw_8c", lambda: W_peer([O_dw[mid]]))):
+            r = wrk_summary(fn())
+            if key not in warm or r["fps"] > warm[key]["fps"]:
+                warm[key] = r
     log("JPEG-cached frame requested again after 1.5 s idle vs at once …")
     idle_paths = P_ct[: (5 if quick else 12)]
     r1 = run.ours(ours.base, "latency", "--paths-file", run.paths_file(idle_paths), "-n",
@@ -412,8 +424,12 @@ def body(R, a, quick, dur, n_lat, ct, j2k, ours, peer, run):
     warm["ours_cached_after_idle"] = {"median_ms": med(r1["ms"]), "n": len(r1["ms"])}
     warm["ours_cached_at_once"] = {"median_ms": med(r0["ms"]), "n": len(r0["ms"])}
     log("warm CT series cycle (every slice already rendered once): 8 clients …")
-    warm["ours_cycle_8c"] = wrk_summary(W_ours(P_ct))
-    warm["orthanc_core_cycle_8c"] = wrk_summary(W_peer(O_core))
+    for _ in range(a.repeats):
+        for key, fn in (("ours_cycle_8c", lambda: W_ours(P_ct)),
+                        ("orthanc_core_cycle_8c", lambda: W_peer(O_core))):
+            r = wrk_summary(fn())
+            if key not in warm or r["fps"] > warm[key]["fps"]:
+                warm[key] = r
     log("uncached renders (random viewport per request, CT): 8 clients …")
     warm["ours_uncached_8c"] = wrk_summary(W_ours(P_ct, random_viewport=True))
     R["warm"] = warm
@@ -473,6 +489,10 @@ def body(R, a, quick, dur, n_lat, ct, j2k, ours, peer, run):
         finally:
             ours.stop()
             for d in derived:
+                if d.exists():          # made again at start-up (empty) or by the server
+                    cold["ours_scroll_originals"]["derived_files_made_meanwhile"] = sum(
+                        1 for _ in d.rglob("*.dcm")) if "ours_scroll_originals" in cold else -1
+                    shutil.rmtree(d)
                 d.with_name("derived.off").rename(d)
             ours.start()
     R["cold"] = cold
@@ -641,7 +661,8 @@ def write_results(R: dict, out: Path) -> None:
         f"- ours: {R['processes']} worker processes (SO_REUSEPORT), auth: "
         f"{R.get('ours_auth', 'none')}; throughput runs "
         f"{R['duration_s']:.0f} s with wrk (1 thread, 8 connections); latency with a "
-        "Python keep-alive client",
+        f"Python keep-alive client; warm figures: best of {R.get('repeats', 1)} interleaved "
+        "ours/Orthanc runs",
         f"- data (generated): CT {R['data']['ct']['slices']}×512² uncompressed, "
         f"J2K lossless {R['data']['j2k']['slices']}×512² "
         f"({R['data']['j2k']['bytes'] / 2**20:.0f} MB); window 40/400, JPEG q85",

@@ -80,8 +80,8 @@ class CloudFilmServer:
                                   capture_output=True, text=True).stdout
         if "user-add" not in helptext or "token" not in helptext:
             return None
-        # the password goes through stdin (getpass falls back to it without a terminal):
-        # CLOUDFILM_NEW_USER_PASSWORD is refused by the settings loader as an unknown setting
+        # the password goes through stdin (getpass falls back to it without a terminal), which
+        # works with every version (early settings loaders refused CLOUDFILM_NEW_USER_PASSWORD)
         password = "Cfb-" + secrets.token_urlsafe(16) + "a9Z"
         r = subprocess.run([str(ROOT / "run.sh"), "user-add", "cfbench", "--roles", "doctor",
                             "--no-change"], cwd=ROOT, env=self.env(), capture_output=True,

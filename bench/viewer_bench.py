@@ -1,0 +1,216 @@
+"""Viewer benchmark (not a test): the film view in Chromium under CDP throttling.
+
+    .venv/bin/python bench/viewer_bench.py                 # starts ./run.sh with a 200-slice demo
+    .venv/bin/python bench/viewer_bench.py --url http://127.0.0.1:8095 --user doctor1 --password …
+
+Profiles: low-end phone (CPU 4× slower, 1.6 Mbit/s down, 150 ms RTT) and 4G (9 Mbit/s, 60 ms).
+Figures: bytes before the first image (target ≤ 120 KB), viewer code gzipped (≤ 60 KB), first
+CT image painted after navigation (≤ 1.5 s low-end), a preview of every slice (≤ 15 s after
+the first image), the full-quality frame after scrolling stops (≤ 500 ms), window drag
+feedback (same frame) and the exact image after the drag pauses (≤ 400 ms on 4G).
+Results go to bench/results/viewer_<date>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CHROMIUM = "/usr/bin/chromium"
+UA = ("Mozilla/5.0 (Linux; Android 10; V2001A) AppleWebKit/537.36 (KHTML, like Gecko) "
+      "Version/4.0 Chrome/107.0 Mobile Safari/537.36 MicroMessenger/8.0.40")
+PROFILES = {
+    "low-end": {"cpu": 4, "down_kbps": 1600, "up_kbps": 750, "rtt_ms": 150},
+    "4g": {"cpu": 1, "down_kbps": 9000, "up_kbps": 4000, "rtt_ms": 60},
+}
+CT_STUDY = "1.2.826.0.1.3680043.10.1373.1.1"
+PASSWORD = "Bench-Viewer-Pass-1"
+
+
+def code_size() -> dict:
+    files = [p for p in (ROOT / "viewer_static").rglob("*") if p.suffix in (".js", ".css", ".html")]
+    raw = sum(p.stat().st_size for p in files)
+    gz = sum(len(gzip.compress(p.read_bytes(), 6)) for p in files)
+    return {"files": len(files), "raw_bytes": raw, "gzip_bytes": gz}
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_server(slices: int):
+    tmp = Path(tempfile.mkdtemp(prefix="viewer-bench-"))
+    port = free_port()
+    env = dict(os.environ, CLOUDFILM_DATABASE_URL=f"sqlite:///{tmp}/db.sqlite",
+               CLOUDFILM_DATA_DIR=str(tmp / "data"), CLOUDFILM_SECRET_KEY_FILE=str(tmp / "key"),
+               CLOUDFILM_PORT=str(port), CLOUDFILM_DEMO_CT_SLICES=str(slices))
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([str(ROOT / "run.sh"), "serve"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 600:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit((tmp / "server.log").read_text())
+            time.sleep(0.5)
+    subprocess.run([str(ROOT / "run.sh"), "user-add", "benchdoc", "--roles", "doctor", "--no-change"],
+                   cwd=ROOT, env=dict(env, CLOUDFILM_NEW_USER_PASSWORD=PASSWORD), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return url, proc, tmp
+
+
+def stop_server(proc, tmp):
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_js(page, fn, arg=None, timeout=60000):
+    page.wait_for_function(fn, arg=arg, timeout=timeout, polling=20)
+
+
+def run_profile(browser, url, user, password, name, prof) -> dict:
+    ctx = browser.new_context(viewport={"width": 360, "height": 640}, device_scale_factor=2,
+                              has_touch=True, is_mobile=True, user_agent=UA)
+    r = ctx.request.post(url + "/api/auth/login", data={"username": user, "password": password})
+    assert r.status == 200, r.text()
+    page = ctx.new_page()
+    cdp = ctx.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": prof["rtt_ms"],
+        "downloadThroughput": prof["down_kbps"] * 1000 / 8,
+        "uploadThroughput": prof["up_kbps"] * 1000 / 8})
+    cdp.send("Emulation.setCPUThrottlingRate", {"rate": prof["cpu"]})
+    page.goto(f"{url}/film/{CT_STUDY}", wait_until="commit")
+    wait_js(page, "() => document.body && document.body.dataset.firstImage")
+    first_ms = float(page.evaluate("() => document.body.dataset.firstImage"))
+    before = page.evaluate("""(t) => {
+        const nav = performance.getEntriesByType('navigation')[0];
+        let bytes = nav ? nav.transferSize : 0;
+        for (const e of performance.getEntriesByType('resource'))
+          if (e.responseEnd <= t + 1) bytes += e.transferSize || e.encodedBodySize || 0;
+        return bytes; }""", first_ms)
+    n = page.evaluate("() => window.cfViewport.n")
+    wait_js(page, "() => document.querySelector('#viewport').dataset.progress === '1.000'",
+            timeout=180000)
+    all_previews_ms = page.evaluate("() => performance.now()") - first_ms
+    # scroll (as a finger would: many steps), then time the full-quality frame after it stops
+    full_ms = []
+    for target in (n // 4, (3 * n) // 4):
+        page.evaluate("""async (target) => {
+            const vp = window.cfViewport;
+            const step = target > vp.index ? 1 : -1;
+            while (vp.index !== target) { vp.scrollBy(step); await new Promise(r => requestAnimationFrame(r)); }
+        }""", target)
+        t0 = page.evaluate("() => performance.now()")
+        wait_js(page, "(i) => { const d = document.querySelector('#viewport').dataset; return d.index === String(i) && d.loaded === 'exact'; }", target)
+        full_ms.append(page.evaluate("() => performance.now()") - t0)
+    # window drag: the filter changes synchronously, then the exact render
+    wl = page.evaluate("""async () => {
+        const vp = window.cfViewport;
+        const img = () => document.querySelector('#viewport img.vp-img');
+        const f0 = img().style.filter;
+        const start = vp.currentWindow();
+        let sameFrame = true;
+        for (let k = 1; k <= 10; k++) {
+          vp.setWindow({ c: start.c + 4 * k, w: start.w + 20 * k }, true);
+          if (img().style.filter === f0) sameFrame = false;
+          await new Promise(r => requestAnimationFrame(r));
+        }
+        const t0 = performance.now();
+        while (document.querySelector('#viewport').dataset.loaded !== 'exact') {
+          await new Promise(r => setTimeout(r, 5));
+          if (performance.now() - t0 > 20000) break;
+        }
+        return { sameFrame, exactMs: performance.now() - t0 };
+    }""")
+    ctx.close()
+    return {
+        "profile": name, **prof, "slices": n,
+        "bytes_before_first_image": before,
+        "first_image_ms": round(first_ms),
+        "all_previews_after_first_ms": round(all_previews_ms),
+        "full_after_scroll_ms": [round(x) for x in full_ms],
+        "window_feedback_same_frame": wl["sameFrame"],
+        "window_exact_after_pause_ms": round(wl["exactMs"]),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url")
+    ap.add_argument("--user", default="benchdoc")
+    ap.add_argument("--password", default=PASSWORD)
+    ap.add_argument("--slices", type=int, default=200)
+    args = ap.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+    proc = tmp = None
+    url = args.url
+    if not url:
+        url, proc, tmp = start_server(args.slices)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--no-first-run", "--disable-component-update", "--disable-sync"])
+            runs = [run_profile(browser, url, args.user, args.password, n, prof)
+                    for n, prof in PROFILES.items()]
+            browser.close()
+    finally:
+        if proc:
+            stop_server(proc, tmp)
+    out = {"date": dt.datetime.now().isoformat(timespec="seconds"),
+           "command": "python " + " ".join(["bench/viewer_bench.py"] + (argv if argv is not None else sys.argv[1:])),
+           "code": code_size(), "runs": runs,
+           "targets": {"bytes_before_first_image": 120 * 1024, "code_gzip_bytes": 60 * 1024,
+                       "first_image_ms_low_end": 1500, "all_previews_after_first_ms_low_end": 15000,
+                       "full_after_scroll_ms_low_end": 500, "window_exact_after_pause_ms_4g": 400}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
+    (RESULTS / f"viewer_{stamp}.json").write_text(json.dumps(out, indent=2, ensure_ascii=False))
+    lines = [f"# Viewer benchmark {out['date']}", "", f"Command: `{out['command']}`", "",
+             f"Viewer code: {out['code']['files']} files, {out['code']['raw_bytes'] / 1024:.1f} KB raw, "
+             f"**{out['code']['gzip_bytes'] / 1024:.1f} KB gzipped** (target ≤ 60 KB)", "",
+             "| profile | slices | bytes before 1st image | 1st image | all previews after 1st | full after scroll | W/L feedback same frame | W/L exact after pause |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['profile']} | {r['slices']} | {r['bytes_before_first_image'] / 1024:.1f} KB | "
+                     f"{r['first_image_ms']} ms | {r['all_previews_after_first_ms']} ms | "
+                     f"{', '.join(str(x) for x in r['full_after_scroll_ms'])} ms | "
+                     f"{'yes' if r['window_feedback_same_frame'] else 'no'} | {r['window_exact_after_pause_ms']} ms |")
+    lines += ["", "Targets: ≤ 120 KB before the first image; low-end: first image ≤ 1.5 s, all previews ≤ 15 s, "
+              "full frame ≤ 500 ms after scrolling stops; 4G: exact W/L ≤ 400 ms after the drag pauses."]
+    md = "\n".join(lines) + "\n"
+    (RESULTS / f"viewer_{stamp}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
