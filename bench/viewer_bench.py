@@ -41,7 +41,8 @@ PASSWORD = "Bench-Viewer-Pass-1"
 
 
 def code_size() -> dict:
-    files = [p for p in (ROOT / "viewer_static").rglob("*") if p.suffix in (".js", ".css", ".html")]
+    base = ROOT / "viewer_static"   # the viewer only: share/, portal/, staff/ pages are not its code
+    files = [p for p in [*base.glob("*.html"), *(base / "js").rglob("*.js"), *(base / "css").glob("*.css")]]
     raw = sum(p.stat().st_size for p in files)
     gz = sum(len(gzip.compress(p.read_bytes(), 6)) for p in files)
     return {"files": len(files), "raw_bytes": raw, "gzip_bytes": gz}

@@ -73,6 +73,7 @@ export class FrameLoader {
   }
 
   pump(now = Date.now()) {
+    this.preempt();
     let nextRetry = Infinity;
     for (const task of this.wanted) {
       if (this.inflight.size >= this.concurrency) break;
@@ -84,6 +85,22 @@ export class FrameLoader {
     }
     if (nextRetry < Infinity) this.scheduleRetry(nextRetry - now);
     if (this.inflight.size === 0) this.onIdle();
+  }
+
+  /** The most wanted task waits for a free slot: cancel the least wanted request for it. */
+  preempt() {
+    const head = this.wanted[0];
+    if (!head || this.inflight.size < this.concurrency || this.done.has(head.key)
+      || this.inflight.has(head.key) || this.failed.has(head.key)) return;
+    const rank = new Map(this.wanted.map((t, i) => [t.key, i]));
+    let worst = null;
+    for (const key of this.inflight.keys()) {
+      if (worst === null || (rank.get(key) ?? Infinity) > (rank.get(worst) ?? Infinity)) worst = key;
+    }
+    if (worst !== null) {
+      this.inflight.get(worst).controller.abort();
+      this.inflight.delete(worst);
+    }
   }
 
   start(task) {
