@@ -78,6 +78,7 @@ class FrameRenderer:
         self._instances = _TTLCache(200_000, LOOKUP_TTL_S)
         self._pool = None
         self._pool_lock = threading.Lock()
+        self._display: dict[str, dict] = {}
         self._series = _TTLCache(20_000, LOOKUP_TTL_S)
 
     # lookups (database, cached for a few seconds) ------------------------------------------
@@ -179,6 +180,33 @@ class FrameRenderer:
                                                   str(ref.fast_path)).result()
             return load_image(path)
         return self.decoded.get_or_load(ref.sop_uid, load)
+
+    def display_defaults(self, ref: InstanceRef) -> dict:
+        """The file's own window, frame rate and colour, read from the header only (cached),
+        so a viewer can show the first image without asking for image facts first."""
+        hit = self._display.get(ref.sop_uid)
+        if hit is not None:
+            return hit
+        import pydicom
+        out = {"window": None, "fps": None, "is_color": False}
+        try:
+            ds = pydicom.dcmread(ref.path, stop_before_pixels=True)
+            c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
+            if c is not None and w is not None:
+                c = c[0] if isinstance(c, pydicom.multival.MultiValue) else c
+                w = w[0] if isinstance(w, pydicom.multival.MultiValue) else w
+                out["window"] = [float(c), float(w)]
+            fps = ds.get("RecommendedDisplayFrameRate") or ds.get("CineRate")
+            if not fps and ds.get("FrameTime"):
+                fps = 1000.0 / float(ds.FrameTime)
+            out["fps"] = float(fps) if fps else None
+            out["is_color"] = int(ds.get("SamplesPerPixel", 1) or 1) > 1
+        except Exception:  # noqa: BLE001 - facts are a convenience; the image info has them too
+            log.info("no display defaults for SOP %s", ref.sop_uid)
+        if len(self._display) > 100_000:
+            self._display.clear()
+        self._display[ref.sop_uid] = out
+        return out
 
     def _decode_pool(self):
         with self._pool_lock:

@@ -70,7 +70,14 @@ class StudyHandler(BaseHandler):
             exam = self.ctx.catalog.exam_by_uid(study_uid)
             policy.check_exam(self.principal, exam_id=exam.id, patient_db_id=exam.patient_id,
                               images_enabled=exam.images_enabled, need="report")
-            return self.ctx.catalog.get_study(study_uid), exam
+            study = self.ctx.catalog.get_study(study_uid)
+            for se in study["series"]:
+                if se["instances"]:
+                    mid = se["instances"][len(se["instances"]) // 2]
+                    ref = self.ctx.renders.lookup_instance(study_uid, se["series_uid"],
+                                                           mid["sop_uid"])
+                    se["display"] = self.ctx.renders.display_defaults(ref)
+            return study, exam
         result, exam = await self.in_db(load)
         self.ctx.views.seen(self, "exam.view", "exam", exam.accession_number or exam.id)
         if self.principal.masks_personal_data():

@@ -70,6 +70,13 @@ def test_etag_gives_304(live, series):
     assert hdrs2["ETag"] != hdrs["ETag"]
 
 
+def test_study_json_carries_display_defaults(live, series):
+    st, body = live.json(f"/api/studies/{STUDY}")
+    assert st == 200
+    d = body["series"][0]["display"]
+    assert d["is_color"] is False and d["fps"] is None
+
+
 def test_thumbnails(live, series):
     for url in (f"/dicomweb/studies/{STUDY}/series/{SERIES}/thumbnail",
                 f"/dicomweb/studies/{STUDY}/thumbnail",
