@@ -111,19 +111,28 @@ export class StackViewport {
     this.root.dataset.series = series.series_uid;
     this.positions = items.map((it) => it.position);
     this.requestRender(true);
+    // The study JSON carries each series' display defaults (file window, frame rate,
+    // colour), read from the header on the server: no extra request before the first image.
+    if (series.display) {
+      this.applyInfo(series.display);
+      return;
+    }
     const first = series.instances[0];
     try {
       const info = await api.info(study.study_uid, series.series_uid, first.sop_uid);
       if (this.series !== series) return;
-      this.info = info;
-      this.color = info.is_color;
-      if (info.window && !info.is_color) this.fileWin = { c: info.window[0], w: info.window[1] };
-      this.fps = info.fps;
-      this.requestRender(false);
-      this.onChange('info');
+      this.applyInfo(info);
     } catch (e) {
       if (e.status === 403) this.onForbidden(e);
     }
+  }
+
+  applyInfo(info) {
+    this.color = info.is_color;
+    if (info.window && !info.is_color) this.fileWin = { c: info.window[0], w: info.window[1] };
+    this.fps = info.fps;
+    this.requestRender(false);
+    this.onChange('info');
   }
 
   get n() {
