@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import re
 
 import tornado.web
 
@@ -38,8 +40,24 @@ def make_routes(ctx: AppContext) -> list:
     return routes
 
 
+_SECRET_IN_PATH = re.compile(r"^(/s/|/api/share/[a-z]+/)[A-Za-z0-9_\-]+")
+access_log = logging.getLogger("tornado.access")
+
+
+def log_request(handler) -> None:
+    """Tornado's access log without secrets: share tokens in paths are masked and query
+    strings (which may carry codes or names) are dropped."""
+    status = handler.get_status()
+    log_method = (access_log.info if status < 400 else
+                  access_log.warning if status < 500 else access_log.error)
+    path = _SECRET_IN_PATH.sub(lambda m: m.group(1) + "***", handler.request.path)
+    log_method("%d %s %s %.1fms", status, handler.request.method, path,
+               1000.0 * handler.request.request_time())
+
+
 def make_app(ctx: AppContext, **settings) -> tornado.web.Application:
     app_settings = dict(
+        log_function=log_request,
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         static_path=str(ROOT / "viewer_static"),

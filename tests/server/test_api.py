@@ -73,3 +73,13 @@ def test_bad_input_gets_one_json_error_shape(live, filled, path, status, needle)
     assert body["ok"] is False and body["status"] == status
     assert needle in body["error"]
     assert "Traceback" not in raw.decode()
+
+
+def test_access_log_masks_share_tokens_and_queries(live, caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="tornado.access"):
+        live.get("/s/abcdefghijklmnopqrstuvwxyz123456?code=123456", auth=False)
+        live.get("/api/studies?name=%E5%BC%A0")
+    text = caplog.text
+    assert "abcdefghijklmnop" not in text and "/s/***" in text
+    assert "123456" not in text and "name=" not in text
