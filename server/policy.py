@@ -32,6 +32,11 @@ PERMISSIONS: dict[str, set[str]] = {
     "auditadmin": {"audit.read", "download.read"},
 }
 
+# Permissions held only by admin roles: their routes answer only from the admin network
+# allow-list of the security policy (checked in BaseHandler.require).
+ADMIN_ONLY_PERMISSIONS = ({p for r in ADMIN_ROLES for p in PERMISSIONS[r]}
+                          - {p for r in set(ROLES) - ADMIN_ROLES for p in PERMISSIONS[r]})
+
 FRESH_VERIFICATION = dt.timedelta(minutes=10)
 
 

@@ -110,7 +110,14 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # access --------------------------------------------------------------------------------
     def require(self, permission: str) -> Principal:
-        return policy.require(self.principal, permission)
+        p = policy.require(self.principal, permission)
+        if permission in policy.ADMIN_ONLY_PERMISSIONS:
+            from models import staff as staff_svc
+            pol = staff_svc.security_policy(self.ctx.config.as_dict())
+            if not staff_svc.ip_in_networks(self.client_ip(), pol["admin_allow_list"]):
+                raise ApiError(403, "管理功能只能从管理网络白名单内的地址使用 / admin functions "
+                                    "are only available from the admin allow-list")
+        return p
 
     def require_principal(self) -> Principal:
         if self.principal is None:

@@ -149,3 +149,27 @@ def test_audit_chain_detects_edits_and_deletions(ctx):
     database.execute_sql("DELETE FROM audit_event WHERE id=4")
     r = ctx.auditor.verify()
     assert not r.ok and r.record_id == 4 and "missing" in r.problem
+
+
+def test_admin_routes_of_every_module_honour_the_allow_list(live):
+    """Admin-only permissions answer only from the admin network allow-list, whichever
+    module serves the route."""
+    import json as _json
+
+    from models import staff as staff_svc
+    from models.schema import RuntimeSetting
+    from server.policy import ADMIN_ONLY_PERMISSIONS
+    assert "user.manage" in ADMIN_ONLY_PERMISSIONS and "exam.report" not in ADMIN_ONLY_PERMISSIONS
+    tok = staff_token("sys1", ("sysadmin",))
+    hdrs = {"Authorization": f"Bearer {tok}"}
+    paths = [p for p in ("/api/admin/integration", "/api/admin/verification")]
+    before = {p: live.get(p, headers=hdrs)[0] for p in paths}
+    RuntimeSetting.create(key=staff_svc.SECURITY_PREFIX + "admin_allow_list",
+                          value=_json.dumps("10.9.0.0/16"),
+                          updated_by="test")
+    staff_svc.forget_settings_cache()
+    for p in paths:
+        if before[p] == 404:
+            continue                      # module not present in this build
+        st, _, body = live.get(p, headers=hdrs)
+        assert st == 403 and b"allow-list" in body, (p, st, body)

@@ -40,7 +40,7 @@ async function main() {
     $('strip').classList.add('hidden');
     firstResolve();
   };
-  if (study.images_enabled === false || !study.series || !study.series.length) {
+  if (!study.series || !study.series.length) {
     noImages();
     return;
   }

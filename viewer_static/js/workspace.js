@@ -99,7 +99,9 @@ function assign(c, study, series, kind = 'stack') {
   c.kind = kind;
   const root = el('div');
   c.body.append(root);
-  if (study.images_enabled === false) {
+  // Staff receive the series even when images are switched off for patients; only an
+  // empty series list means there is nothing this user may see.
+  if (!series) {
     root.className = 'vp notice';
     root.append(el('p', 'notice-text', t('state.noimages')));
   } else if (kind === 'mip') {
@@ -248,7 +250,9 @@ function buildSide() {
   for (const s of state.studies) {
     const g = el('div', 'exam-group');
     g.append(el('h4', null, `${s.exam_date} ${s.modality} ${s.description || ''}`));
-    if (s.images_enabled === false) g.append(el('p', 'muted', t('state.noimages')));
+    if (s.images_enabled === false && !(s.series && s.series.length)) {
+      g.append(el('p', 'muted', t('state.noimages')));
+    }
     for (const se of sortedSeries(s)) {
       const b = el('button', 'series-item');
       b.type = 'button';
@@ -258,7 +262,7 @@ function buildSide() {
       const img = el('img');
       img.alt = '';
       img.loading = 'lazy';
-      if (s.images_enabled !== false) img.src = urls.seriesThumb(s.study_uid, se.series_uid);
+      img.src = urls.seriesThumb(s.study_uid, se.series_uid);
       b.append(img, el('span', null, `${se.description || se.modality} (${se.num_frames || se.num_instances})`));
       b.addEventListener('click', () => { if (state.mpr) exitMpr(); assign(activeCell(), s, se); });
       b.addEventListener('dragstart', (e) => e.dataTransfer.setData('text/plain', `${s.study_uid}|${se.series_uid}`));
