@@ -20,6 +20,7 @@ rotation, i.e. to the image as displayed.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any, Sequence
@@ -203,6 +204,21 @@ def plan_output(
 
 
 def axis_taps(src_len: int, start: float, length: float, out_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-pixel source indices and weights along one axis (memoised: phones ask for
+    the same few viewport sizes again and again; the arrays are read-only)."""
+    return _axis_taps_cached(int(src_len), float(start), float(length), int(out_len))
+
+
+@functools.lru_cache(maxsize=4096)
+def _axis_taps_cached(src_len: int, start: float, length: float,
+                      out_len: int) -> tuple[np.ndarray, np.ndarray]:
+    idx, w = _axis_taps(src_len, start, length, out_len)
+    idx.flags.writeable = False
+    w.flags.writeable = False
+    return idx, w
+
+
+def _axis_taps(src_len: int, start: float, length: float, out_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-output-pixel source indices and weights along one axis.
 
     Shrinking (length >= out_len): exact box filter (area averaging) with fractional edge

@@ -155,6 +155,7 @@ def serve_forever(config, args) -> int:
         sockets = tornado.netutil.bind_sockets(config.port, config.host,
                                                reuse_port=nproc > 1)
         server.add_sockets(sockets)
+        asyncio.get_running_loop().run_in_executor(ctx.executor, ctx.renders.warm_up)
         # Background services (DICOM/HL7 listeners, outbox worker, …) run in one process
         # only: the first worker, or the only process.
         primary = nproc == 1 or tornado.process.task_id() == 0
@@ -181,7 +182,8 @@ def cmd_import(args) -> int:
     ctx = _open(config)
     from adapters.importer import Importer, format_summary
     importer = Importer(ctx.catalog, charset_fallback=config.charset_fallback,
-                        max_file_bytes=config.max_import_file_mb << 20)
+                        max_file_bytes=config.max_import_file_mb << 20,
+                        fast_copies=config.predecode_after_import)
     summary = importer.run(args.paths, progress=True)
     if args.json:
         print(json.dumps(summary.as_dict(), ensure_ascii=False, indent=1))

@@ -23,7 +23,8 @@ from render.errors import RenderError
 
 log = logging.getLogger(__name__)
 
-LOOKUP_TTL_S = 1.0    # image switch and access changes apply within a second
+LOOKUP_TTL_S = 60.0      # where an instance's file is, its hash and size: never change
+ACCESS_TTL_S = 1.0       # image switch and patient of an exam: changes apply within a second
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class _TTLCache:
                 self._d.clear()
             self._d[key] = (time.monotonic() + self.ttl, value)
 
+    def pop(self, key):
+        with self._lock:
+            self._d.pop(key, None)
+
 
 class FrameRenderer:
     """Lookups, caches and 2D frame rendering."""
@@ -76,9 +81,11 @@ class FrameRenderer:
         self.volumes = ByteLRU(config.volume_cache_mb << 20)
         self.encoded = ByteLRU(config.jpeg_cache_mb << 20)
         self._instances = _TTLCache(200_000, LOOKUP_TTL_S)
+        self._exam_state = _TTLCache(100_000, ACCESS_TTL_S)
         self._pool = None
         self._pool_lock = threading.Lock()
         self._display: dict[str, dict] = {}
+        self._verified: set[str] = set()
         self._series = _TTLCache(20_000, LOOKUP_TTL_S)
 
     # lookups (database, cached for a few seconds) ------------------------------------------
@@ -99,19 +106,20 @@ class FrameRenderer:
         return self._instances.get((study_uid, series_uid, sop_uid))
 
     def lookup_instance(self, study_uid, series_uid, sop_uid) -> InstanceRef:
-        """Database lookup (run it off the event loop). Raises NotFound."""
+        """Database lookup (run it off the event loop). Raises NotFound.
+
+        A miss loads the whole series in one query: a viewer asks for its neighbours next."""
         key = (study_uid, series_uid, sop_uid)
         ref = self._instances.get(key)
         if ref is not None:
             return ref
-        with database.connection_context():
-            row = (Instance.select(Instance, Series, Exam).join(Series).join(Exam)
-                   .where((Instance.sop_uid == sop_uid) & (Series.series_uid == series_uid)
-                          & (Exam.study_uid == study_uid)).first())
-        if row is None:
+        try:
+            self.lookup_series(study_uid, series_uid)
+        except NotFound:
+            raise NotFound("no such instance in this series and study") from None
+        ref = self._instances.get(key)
+        if ref is None:
             raise NotFound("no such instance in this series and study")
-        ref = self._ref(row, row.series, row.series.exam)
-        self._instances.put(key, ref)
         return ref
 
     def lookup_series(self, study_uid, series_uid) -> list[InstanceRef]:
@@ -131,7 +139,30 @@ class FrameRenderer:
         self._series.put(key, refs)
         for r in refs:
             self._instances.put((r.study_uid, r.series_uid, r.sop_uid), r)
+        self._exam_state.put(refs[0].exam_id, (refs[0].patient_db_id, refs[0].images_enabled))
         return refs
+
+    # access facts: they change (image switch, patient merge), so they are cached for a
+    # second only, per exam rather than per image --------------------------------------------
+    def cached_exam_state(self, exam_id: int) -> tuple[int, bool] | None:
+        return self._exam_state.get(exam_id)
+
+    def exam_state(self, exam_id: int) -> tuple[int, bool]:
+        """(patient database id, images enabled) of an exam (blocking)."""
+        hit = self._exam_state.get(exam_id)
+        if hit is not None:
+            return hit
+        with database.connection_context():
+            row = (Exam.select(Exam.patient, Exam.images_enabled)
+                   .where(Exam.id == exam_id).tuples().first())
+        if row is None:
+            raise NotFound("no such exam")
+        state = (row[0], bool(row[1]))
+        self._exam_state.put(exam_id, state)
+        return state
+
+    def forget_exam(self, exam_id: int) -> None:
+        self._exam_state.pop(exam_id)
 
     def lookup_study_series(self, study_uid) -> list[str]:
         with database.connection_context():
@@ -148,13 +179,21 @@ class FrameRenderer:
     integrity_hook = None
 
     def verify_original(self, ref: InstanceRef) -> None:
-        """Raise OriginalIntegrityError unless the original's SHA-256 matches the database."""
+        """Raise OriginalIntegrityError unless the original's SHA-256 matches the database.
+
+        Checked at the first decode of each instance in this process (an evicted and reloaded
+        image is not hashed again); the scheduled scrub re-checks every file."""
         from models.storage import sha256_file
+        if ref.sop_uid in self._verified:
+            return
         try:
             actual = sha256_file(ref.path)
         except FileNotFoundError:
             actual = ""
         if actual == ref.sha256:
+            if len(self._verified) > 1_000_000:
+                self._verified.clear()
+            self._verified.add(ref.sop_uid)
             return
         log.error("integrity: original of SOP %s %s", ref.sop_uid,
                   "is missing" if not actual else "does not match its SHA-256")
@@ -180,6 +219,22 @@ class FrameRenderer:
                                                   str(ref.fast_path)).result()
             return load_image(path)
         return self.decoded.get_or_load(ref.sop_uid, load)
+
+    def warm_up(self) -> None:
+        """Load the numba kernels and the JPEG encoder once, so the first real request of a
+        worker does not pay for it."""
+        import numpy as np
+
+        from render.decode import DecodedImage
+        from render.encode import encode_jpeg
+        from render.pipeline import render_frame
+        img = DecodedImage(pixels=np.zeros((1, 64, 64), np.int16), photometric="MONOCHROME2",
+                           is_color=False, bits_stored=16, signed=True)
+        for vp in (None, (32, 32), (100, 100)):
+            encode_jpeg(render_frame(img, 0, window=(40, 400), viewport=vp), 85)
+        rgb = DecodedImage(pixels=np.zeros((1, 64, 64, 3), np.uint8), photometric="RGB",
+                           is_color=True)
+        encode_jpeg(render_frame(rgb, 0, viewport=(32, 32)), 85)
 
     def display_defaults(self, ref: InstanceRef) -> dict:
         """The file's own window, frame rate and colour, read from the header only (cached),
@@ -254,7 +309,7 @@ class OriginalIntegrityError(RenderError):
 
 
 def etag_for(ref_sha: str, *parts) -> str:
-    h = hashlib.sha1(ref_sha.encode())
+    h = hashlib.sha1(ref_sha.encode(), usedforsecurity=False)    # an ETag, not a secret
     for p in parts:
         h.update(b"|")
         h.update(repr(p).encode())

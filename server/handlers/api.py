@@ -25,19 +25,56 @@ def mask_patient(p: dict) -> dict:
 log = logging.getLogger(__name__)
 
 
+class HealthProbe:
+    """Database and storage checks on a thread of their own (never queued behind image
+    lookups), shared by requests arriving within the same second."""
+
+    TTL_S = 1.0
+
+    def __init__(self, ctx):
+        from concurrent.futures import ThreadPoolExecutor
+        self.ctx = ctx
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="health")
+        self.at = 0.0
+        self.result = None
+        self.pending = None
+
+    def check(self) -> dict:
+        out = {"version": self.ctx.version}
+        try:
+            with dbmod.database.connection_context():
+                dbmod.ping()
+            out["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            log.warning("health: database unreachable: %s", type(exc).__name__)
+            out["database"] = "unreachable"
+        out["storage"] = "ok" if self.ctx.storage.writable() else "not writable"
+        return out
+
+    async def get(self) -> dict:
+        import asyncio
+        import time
+        now = time.monotonic()
+        if self.result is not None and now - self.at < self.TTL_S:
+            return self.result
+        if self.pending is None:
+            self.pending = asyncio.get_running_loop().run_in_executor(self.pool, self.check)
+        fut = self.pending
+        try:
+            result = await asyncio.shield(fut)
+        finally:
+            if self.pending is fut and fut.done():
+                self.pending = None
+        self.result, self.at = result, time.monotonic()
+        return result
+
+
 class HealthHandler(BaseHandler):
     async def get(self) -> None:
-        def check():
-            out = {"version": self.ctx.version}
-            try:
-                dbmod.ping()
-                out["database"] = "ok"
-            except Exception as exc:  # noqa: BLE001
-                log.warning("health: database unreachable: %s", type(exc).__name__)
-                out["database"] = "unreachable"
-            out["storage"] = "ok" if self.ctx.storage.writable() else "not writable"
-            return out
-        out = await self.in_db(check)
+        probe = getattr(self.ctx, "health_probe", None)
+        if probe is None:
+            probe = self.ctx.health_probe = HealthProbe(self.ctx)
+        out = dict(await probe.get())
         ok = out["database"] == "ok" and out["storage"] == "ok"
         out["ok"] = ok
         self.write_json(out, status=200 if ok else 503, personal=False)

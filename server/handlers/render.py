@@ -77,12 +77,16 @@ class RenderedHandler(BaseHandler):
         ref = self.renders.cached_instance(study, series, sop)
         if ref is None:
             ref = await self.in_db(self.renders.lookup_instance, study, series, sop)
-        self.check_access(ref)
+        await self.check_access(ref)
         return ref
 
-    def check_access(self, ref) -> None:
-        policy.check_exam(self.principal, exam_id=ref.exam_id, patient_db_id=ref.patient_db_id,
-                          images_enabled=ref.images_enabled, need="images")
+    async def check_access(self, ref) -> None:
+        state = self.renders.cached_exam_state(ref.exam_id)
+        if state is None:
+            state = await self.in_db(self.renders.exam_state, ref.exam_id)
+        patient_db_id, images_enabled = state
+        policy.check_exam(self.principal, exam_id=ref.exam_id, patient_db_id=patient_db_id,
+                          images_enabled=images_enabled, need="images")
         self.ctx.views.seen(self, "series.view", "series", ref.series_uid)
 
     async def send_render(self, ref, frame_index: int, params: dict) -> None:
@@ -134,7 +138,7 @@ class SeriesThumbnailHandler(RenderedHandler):
         params = self.render_params(f"{THUMBNAIL_SIZE},{THUMBNAIL_SIZE}")
         refs = await self.in_db(self.renders.lookup_series, study, series)
         ref = refs[len(refs) // 2]
-        self.check_access(ref)
+        await self.check_access(ref)
         await self.send_render(ref, ref.frames // 2, params)
 
 
@@ -145,7 +149,7 @@ class StudyThumbnailHandler(RenderedHandler):
         series = await self.in_db(self.renders.lookup_study_series, study)
         refs = await self.in_db(self.renders.lookup_series, study, series[0])
         ref = refs[len(refs) // 2]
-        self.check_access(ref)
+        await self.check_access(ref)
         await self.send_render(ref, ref.frames // 2, params)
 
 
@@ -168,7 +172,7 @@ class SeriesRenderHandler(RenderedHandler):
     async def series_refs(self, study, series):
         self.check_uids(study, series)
         refs = await self.in_db(self.renders.lookup_series, study, series)
-        self.check_access(refs[0])
+        await self.check_access(refs[0])
         return refs
 
     def plane_args(self) -> dict:
