@@ -37,9 +37,12 @@ class ImportApiHandler(IntegrationHandler):
         pass
 
     async def prepare(self) -> None:
-        # The import API has its own per-client authentication (HMAC of the body); staff
-        # sessions and CSRF do not apply to it.
-        pass
+        # The import API has its own per-client authentication (HMAC of the body). A request
+        # that carries a browser session or a staff token still goes through the staff
+        # checks (CSRF, token validity) first.
+        h = self.request.headers
+        if h.get("Cookie") or h.get("Authorization"):
+            await super().prepare()
 
     async def post(self, kind: str) -> None:
         found = svc.import_api_for(self.ctx)
