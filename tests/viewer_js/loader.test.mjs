@@ -61,3 +61,29 @@ test('network failure: retried later, resumed when back online; 404 is permanent
   assert.equal(net.pending.filter((p) => p.url === '/u/a').length, 3);
   assert.ok(l.has('b'));
 });
+
+test('an exclusive head gets the link alone: others wait and in-flight ones are cancelled', async () => {
+  const net = fakeNet();
+  const l = new FrameLoader({ fetchBlob: net.fetchBlob, concurrency: 3, setTimer: () => 0 });
+  l.want(tasks(['p1', 'p2', 'p3']));
+  assert.equal(net.pending.length, 3);
+  const head = { key: 'f', url: '/u/f', kind: 'full', index: 0, exclusive: true };
+  l.want([head, ...tasks(['p1', 'p2', 'p3'])]);
+  assert.ok(net.pending.slice(0, 3).every((p) => p.aborted), 'previews cancelled for the frame on screen');
+  assert.deepEqual(net.pending.filter((p) => !p.aborted).map((p) => p.url), ['/u/f']);
+  net.pending.at(-1).resolve({ size: 50000 });
+  await tick();
+  assert.ok(l.has('f'));
+  assert.deepEqual(net.pending.filter((p) => !p.aborted && p.url !== '/u/f').map((p) => p.url), ['/u/p1', '/u/p2', '/u/p3']);
+});
+
+test('an exclusive head that failed does not block the rest while it waits for its retry', async () => {
+  const net = fakeNet();
+  const l = new FrameLoader({ fetchBlob: net.fetchBlob, concurrency: 2, setTimer: () => 0 });
+  const head = { key: 'f', url: '/u/f', kind: 'full', index: 0, exclusive: true };
+  l.want([head, ...tasks(['p1'])]);
+  assert.deepEqual(net.pending.map((p) => p.url), ['/u/f']);
+  net.pending[0].reject(Object.assign(new Error('busy'), { status: 503 }));
+  await tick();
+  assert.equal(net.pending.at(-1).url, '/u/p1');
+});

@@ -1,6 +1,6 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { prefetchOrder, byDistance, staleKeys, progress, retryDelay } from '../../viewer_static/js/prefetch.js';
+import { prefetchOrder, byDistance, staleKeys, progress, retryDelay, LinkEstimate, fullQualityFor } from '../../viewer_static/js/prefetch.js';
 import { cssFilter, dragWindow, presetWindow, windowMap, presetsFor } from '../../viewer_static/js/presets.js';
 import { sliceNormal, syncIndex, nearestIndex, alignOffset, parallel } from '../../viewer_static/js/sync.js';
 import { translate, pickLang } from '../../viewer_static/js/i18n.js';
@@ -97,4 +97,21 @@ test('cross-reference lines from plane geometry', () => {
   const sagLine = crossLine(axial, [1, 0, 0], p); // vertical at u = 30
   assert.ok(Math.abs(sagLine.x1 - 30) < 1e-9 && Math.abs(sagLine.x2 - 30) < 1e-9);
   assert.equal(crossLine(axial, [0, 0, 1], p), null);
+});
+
+test('link estimate: browser hint first, then measured full frames; quality follows', () => {
+  assert.equal(new LinkEstimate().mbps(), null);
+  assert.equal(fullQualityFor(new LinkEstimate()), 88, 'unknown link: full quality');
+  const hinted = new LinkEstimate(1.5);
+  assert.ok(hinted.slow());
+  assert.equal(fullQualityFor(hinted), 75);
+  hinted.note(56000, 110); // 56 KB in 110 ms: about 4 Mbit/s measured wins over the hint
+  assert.ok(!hinted.slow());
+  assert.equal(fullQualityFor(hinted), 88);
+  const measured = new LinkEstimate(null);
+  measured.note(2000, 1000); // too small to say anything
+  assert.equal(measured.mbps(), null);
+  measured.note(56000, 450); // 1.6 Mbit/s link with 150 ms round trip
+  assert.ok(measured.slow());
+  assert.ok(Math.abs(measured.mbps() - 0.996) < 0.01);
 });

@@ -6,7 +6,7 @@ import { retryDelay } from './prefetch.js';
 
 export class FrameLoader {
   /**
-   * fetchBlob(url, signal) → Promise<Blob>; toUrl(blob) → string; revoke(url).
+   * fetchBlob(url, signal, task) → Promise<Blob>; toUrl(blob) → string; revoke(url).
    * onLoad(task, url), onError(task, error) are called for every finished request.
    */
   constructor({ fetchBlob, toUrl, revoke, concurrency = 4, maxFull = 48, onLoad, onError, onIdle, setTimer } = {}) {
@@ -72,11 +72,21 @@ export class FrameLoader {
     this.pump();
   }
 
+  /** The head task is exclusive (the frame the user looks at) and still to be loaded. */
+  headBlocks(now = Date.now()) {
+    const head = this.wanted[0];
+    if (!head || !head.exclusive || this.done.has(head.key)) return false;
+    const f = this.failed.get(head.key);
+    return !(f && (f.permanent || f.until > now));
+  }
+
   pump(now = Date.now()) {
-    this.preempt();
+    this.preempt(now);
+    const blocks = this.headBlocks(now);
     let nextRetry = Infinity;
     for (const task of this.wanted) {
       if (this.inflight.size >= this.concurrency) break;
+      if (blocks && task !== this.wanted[0]) break;
       if (this.done.has(task.key) || this.inflight.has(task.key)) continue;
       const f = this.failed.get(task.key);
       if (f && !f.permanent && f.until > now) nextRetry = Math.min(nextRetry, f.until);
@@ -87,9 +97,21 @@ export class FrameLoader {
     if (this.inflight.size === 0) this.onIdle();
   }
 
-  /** The most wanted task waits for a free slot: cancel the least wanted request for it. */
-  preempt() {
+  /**
+   * The most wanted task waits for a free slot: cancel the least wanted request for it. An
+   * exclusive head (the frame on screen, on a slow link) gets the whole link: every other
+   * request is cancelled until it has arrived.
+   */
+  preempt(now = Date.now()) {
     const head = this.wanted[0];
+    if (this.headBlocks(now)) {
+      for (const [key, f] of this.inflight) {
+        if (key === head.key) continue;
+        f.controller.abort();
+        this.inflight.delete(key);
+      }
+      return;
+    }
     if (!head || this.inflight.size < this.concurrency || this.done.has(head.key)
       || this.inflight.has(head.key) || this.failed.has(head.key)) return;
     const rank = new Map(this.wanted.map((t, i) => [t.key, i]));
@@ -106,7 +128,7 @@ export class FrameLoader {
   start(task) {
     const controller = new AbortController();
     this.inflight.set(task.key, { task, controller });
-    this.fetchBlob(task.url, controller.signal).then((blob) => {
+    this.fetchBlob(task.url, controller.signal, task).then((blob) => {
       if (this.inflight.get(task.key)?.controller !== controller) return;
       this.inflight.delete(task.key);
       this.failed.delete(task.key);

@@ -59,3 +59,38 @@ export function progress(n, hasIndex) {
 export function retryDelay(failures, base = 1000, cap = 15000) {
   return Math.min(cap, base * 2 ** Math.max(0, failures - 1));
 }
+
+/**
+ * How fast the link is: measured from full frames that had the link to themselves (bytes over
+ * request time, latency included, smoothed), else the browser's own estimate
+ * (navigator.connection.downlink, Mbit/s; Chrome on Android has it, Safari does not).
+ */
+export class LinkEstimate {
+  constructor(downlinkMbps = null) {
+    this.downlink = typeof downlinkMbps === 'number' && downlinkMbps > 0 ? downlinkMbps : null;
+    this.kbps = null;
+  }
+
+  /** A frame of `bytes` arrived `ms` after it was asked for. Small answers say little. */
+  note(bytes, ms) {
+    if (!(bytes >= 8000) || !(ms > 0)) return;
+    const k = (bytes * 8) / ms;
+    this.kbps = this.kbps === null ? k : 0.6 * this.kbps + 0.4 * k;
+  }
+
+  /** Mbit/s, or null when nothing is known. */
+  mbps() {
+    if (this.kbps !== null) return this.kbps / 1000;
+    return this.downlink;
+  }
+
+  slow(threshold = 3) {
+    const m = this.mbps();
+    return m !== null && m < threshold;
+  }
+}
+
+/** JPEG quality of the full frame: lighter on a slow link, so it arrives within half a second. */
+export function fullQualityFor(link, fast = 88, slow = 75) {
+  return link && link.slow() ? slow : fast;
+}

@@ -3,7 +3,7 @@
 // zoom changes instantly on the client and swaps in the exact render when the user pauses.
 import { urls, getImage, api } from './api.js';
 import { FrameLoader } from './loader.js';
-import { prefetchOrder, progress } from './prefetch.js';
+import { prefetchOrder, progress, LinkEstimate, fullQualityFor } from './prefetch.js';
 import { buildStack, imageGeometry, isColor } from './series.js';
 import { cssFilter, dragWindow, presetWindow, windowParam, sameWindow } from './presets.js';
 import {
@@ -30,6 +30,7 @@ export class StackViewport {
     this.desktop = !!opts.desktop;
     this.fullQuality = opts.fullQuality || 88;
     this.previewQuality = opts.previewQuality || 55;
+    this.slowQuality = opts.slowQuality || 75;
     this.stack = null;
     this.index = 0;
     this.view = null;
@@ -44,8 +45,10 @@ export class StackViewport {
     this.firstShown = false;
     this.cineTimer = null;
     this.buildDom();
+    const conn = typeof navigator !== 'undefined' ? navigator.connection : null;
+    this.link = opts.link || new LinkEstimate(conn ? conn.downlink : null);
     this.loader = new FrameLoader({
-      fetchBlob: getImage,
+      fetchBlob: (url, signal, task) => this.fetchFrame(url, signal, task),
       toUrl: (b) => URL.createObjectURL(b),
       revoke: (u) => URL.revokeObjectURL(u),
       concurrency: opts.concurrency || 4,
@@ -155,16 +158,31 @@ export class StackViewport {
     return this.win ? windowParam(this.win) : 'd';
   }
 
+  /** Fetch one frame; a full frame that had the link to itself measures the link. */
+  fetchFrame(url, signal, task) {
+    const t0 = performance.now();
+    return getImage(url, signal).then((blob) => {
+      if (task && task.exclusive) this.link.note(blob.size, performance.now() - t0);
+      return blob;
+    });
+  }
+
+  /** JPEG quality of full frames: the view's own, lighter on a slow link. */
+  quality() {
+    return fullQualityFor(this.link, this.fullQuality, Math.min(this.fullQuality, this.slowQuality));
+  }
+
   /** Full-quality task for frame i at the current view. */
   fullTask(i) {
     const { W, H } = this.size();
     const req = renderRequest(this.view, this.geom, W, H, this.dpr);
     if (!req) return null;
     const it = this.item(i);
+    const q = this.quality();
     const key = `f|${i}|${requestKey(req)}|${this.winKey()}|${this.invert ? 1 : 0}`;
     const url = urls.rendered(this.study.study_uid, this.series.series_uid, it.sop, it.frame, {
       viewport: viewportParam(req), window: this.win ? windowParam(this.win) : '',
-      quality: this.fullQuality, invert: this.invert ? 'true' : '',
+      quality: q, invert: this.invert ? 'true' : '',
     });
     return { key, url, index: i, kind: 'full', region: req, win: this.win, invert: this.invert };
   }
@@ -201,6 +219,8 @@ export class StackViewport {
       const t = o.kind === 'full' ? (this.settled ? this.fullTask(o.index) : null) : this.previewTask(o.index);
       if (t) tasks.push(t);
     }
+    // the frame on screen gets the link to itself until it has arrived
+    if (tasks[0] && tasks[0].kind === 'full' && tasks[0].index === this.index) tasks[0].exclusive = true;
     this.loader.want(tasks);
   }
 
