@@ -11,10 +11,17 @@ import {
   rotateView, screenToImage, imageToScreen, unrotatedSize,
 } from './viewport_math.js';
 import { dot } from './sync.js';
-import { formatLength } from './measure.js';
 import { el } from './ui.js';
 
 const SETTLE_MS = 140;
+// Measurement labels (desktop only): loaded when the first measurement needs one, so the
+// phone's film view does not wait for this module before its first image.
+let measureLib = null;
+let measureLoading = null;
+function loadMeasure() {
+  if (!measureLoading) measureLoading = import('./measure.js').then((m) => { measureLib = m; });
+  return measureLoading;
+}
 const SVGNS = 'http://www.w3.org/2000/svg';
 
 export class StackViewport {
@@ -511,6 +518,7 @@ export class StackViewport {
       if (tool === 'window' && this.color) tool = this.desktop ? 'pan' : 'scroll';
       this.drag = { tool, x: p.x, y: p.y, startWin: this.currentWindow() || { c: 128, w: 256 }, acc: 0, view: this.view };
       if (tool === 'measure') {
+        loadMeasure();
         const ip = screenToImage(p.x, p.y, this.view, this.geom, ...Object.values(this.size()));
         this.drag.measure = { a: ip, b: ip };
       }
@@ -625,6 +633,11 @@ export class StackViewport {
     const list = [...(this.measures.get(this.index) || [])];
     if (active) list.push(active);
     if (!list.length) return;
+    if (!measureLib) {
+      loadMeasure().then(() => this.renderMeasures(active));
+      return;
+    }
+    const { formatLength } = measureLib;
     const { W, H } = this.size();
     const spacing = this.item().instance.pixel_spacing;
     for (const m of list) {
