@@ -350,6 +350,8 @@ class Catalog:
             if status in ("final", "corrected"):
                 Exam.update(status="reported", updated_at=utcnow()).where(
                     Exam.id == exam.id).execute()
+                from .wechat import queue_report_ready   # WeChat 'report ready', same transaction
+                queue_report_ready(exam, status=status)
         return report
 
     # queries ---------------------------------------------------------------------------

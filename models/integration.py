@@ -263,6 +263,8 @@ def file_report(catalog: Catalog, exam: Exam, r: ReportFields, *, pdf_file=None,
                    "report_status": r.status, "exam_id": exam.id, **(notice or {})}
         for dest in receivers:
             enqueue("hl7", dest, f"film:{exam.id}:{digest}:{dest}", payload)
+        from .wechat import queue_report_ready   # WeChat 'report ready', same transaction
+        queue_report_ready(exam, status=r.status, digest=digest)
     return report
 
 

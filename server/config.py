@@ -208,6 +208,43 @@ SETTINGS: tuple[Setting, ...] = (
             "Hours between two background re-checks of every original file's SHA-256 "
             "(0: off; files are still checked whenever they are decoded).",
             minimum=0, maximum=8760),
+    # wechat
+    Setting("wechat_app_id", "", str,
+            "AppID of the hospital's WeChat Official Account (服务号). Everything WeChat stays off "
+            "until the AppID and the three secret files below are set (docs/wechat.md)."),
+    Setting("wechat_app_secret_file", "", str,
+            "File (outside the repository, mode 0600) holding the Official Account's AppSecret."),
+    Setting("wechat_callback_token_file", "", str,
+            "File holding the Token entered in 服务器配置 (message callback signature)."),
+    Setting("wechat_aes_key_file", "", str,
+            "File holding the 43-character EncodingAESKey of 服务器配置 (safe-mode messages)."),
+    Setting("wechat_message_mode", "safe", str,
+            "Message encryption expected on the callback: safe (安全模式, encrypted only) or "
+            "compatible (兼容模式, encrypted and plain text accepted).",
+            choices=("safe", "compatible")),
+    Setting("wechat_api_base_url", "https://api.weixin.qq.com", str,
+            "Base URL of WeChat's server API (change only for an outbound proxy)."),
+    Setting("wechat_oauth_base_url", "https://open.weixin.qq.com/connect/", str,
+            "Base URL of WeChat's web authorisation page."),
+    Setting("wechat_timeout_s", 5, int, "Timeout of one request to WeChat's servers, in seconds.",
+            minimum=1, maximum=30),
+    Setting("wechat_replay_window_s", 300, int,
+            "Message callbacks whose timestamp is further than this from our clock are refused, "
+            "and a nonce is accepted once within it.", minimum=30, maximum=3600),
+    Setting("wechat_notify_enabled", True, bool,
+            "Send the 'your report is ready' template message to bound WeChat users."),
+    Setting("wechat_template_id", "", str,
+            "Template ID of the report-ready template message (模板消息); empty: no template "
+            "messages are sent."),
+    Setting("wechat_template_fields", "thing1=检查报告已出具;time2={time};thing3=请点击查看", str,
+            "Fields of the template message, 'key=value' separated by ';'. Only generic text is "
+            "allowed (the text passes through Tencent): {time} is the only placeholder."),
+    Setting("wechat_reply_text", "点击查看您的检查报告与云胶片：{link}", str,
+            "Reply to a subscribe event and to the keywords 报告/胶片 ({link}: our 'my exams' "
+            "page)."),
+    Setting("wechat_token_refresh_margin_s", 900, int,
+            "Refresh the shared access token this many seconds before it expires.",
+            minimum=120, maximum=3600),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

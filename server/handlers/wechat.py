@@ -1,0 +1,476 @@
+"""The WeChat Official Account: menu entry, web authorisation, binding, the message callback,
+JS-SDK configuration and the admin status.
+
+    GET  /wechat/                      "my exams" page (inside WeChat without a session: starts
+                                       the silent web authorisation; outside: the portal's
+                                       verification)
+    GET  /wechat/oauth/start?next=     redirect to WeChat's authorisation (snsapi_base), state
+                                       kept in a cookie
+    GET  /wechat/oauth/callback        code → openid (state checked, snapshot users refused);
+                                       bound: a patient session; not bound: the bind form
+    GET  /api/wechat/me                visit, bound patients (masked), configured, csrf token
+    POST /api/wechat/bind              identity verification (portal's methods) → binding
+    POST /api/wechat/switch {binding_id}   sign in as another bound patient
+    POST /api/wechat/unbind {binding_id}
+    POST /api/wechat/notify {binding_id, on}
+    POST /api/wechat/logout
+    GET  /api/wechat/jssdk?url=        JS-SDK config (signature over the page URL)
+    GET|POST /wechat/callback          WeChat's message push (signature, replay window, safe
+                                       mode, duplicates, reply within 5 s)
+    GET  /api/admin/wechat             staff integration.manage: configured + working
+    POST /api/admin/wechat/check       staff integration.manage: try a call now
+    GET  /wechat/admin                 the status page
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import html
+import logging
+import re
+import secrets
+from urllib.parse import urlparse
+
+from adapters.wechat import (CallbackRefused, WechatApiError, check_callback_query,
+                             open_callback, render_reply, reply_for)
+from models import shares as access
+from models import wechat as store
+from models.db import write_transaction
+from models.sessions import create_session, end_session, load_session
+
+from .. import wechat_service as wx
+from .auth import clear_session_cookie, set_session_cookie
+from .base import ApiError, BaseHandler
+from .shares import StaticPage
+
+log = logging.getLogger(__name__)
+
+VISIT_COOKIE = "cf_wx"
+STATE_COOKIE = "cf_wx_state"
+NEXT_RE = re.compile(r"^/(wechat/[A-Za-z0-9_\-/]*|film/[0-9][0-9.]{0,63})$")
+REPLY_BUDGET_S = 4.0                 # WeChat waits 5 s for the passive reply
+
+
+def in_wechat(handler) -> bool:
+    return "micromessenger" in handler.request.headers.get("User-Agent", "").lower()
+
+
+class WechatBase(BaseHandler):
+    def visit_token(self) -> str | None:
+        return self.get_cookie(VISIT_COOKIE) or None
+
+    async def openid(self, required: bool = True) -> str | None:
+        tok = self.visit_token()
+        openid = await self.in_db(store.load_visit, tok) if tok else None
+        if openid is None and required:
+            raise ApiError(401, "请从医院公众号菜单进入 / open this page from the hospital's "
+                                "WeChat menu")
+        return openid
+
+    def settings_or_404(self):
+        s = wx.wechat_settings(self.ctx)
+        if s is None:
+            raise ApiError(404, "微信公众号功能未启用 / WeChat is not configured")
+        return s
+
+    def set_visit_cookie(self, token: str) -> None:
+        self.set_cookie(VISIT_COOKIE, token, path="/", httponly=True, samesite="Lax",
+                        secure=self.request.protocol == "https", expires_days=None,
+                        max_age=int(store.VISIT_LIFETIME.total_seconds()))
+
+    def patient_session(self, patient, *, verified: bool, binding_id: int | None,
+                        methods: str = ""):
+        """End this browser's previous patient session and start one for `patient`."""
+        old = self.credential
+        ip, ua = self.client_ip(), self.request.headers.get("User-Agent", "")
+
+        def run():
+            if old:
+                s = load_session(old)
+                if s is not None and s.kind != "staff":
+                    end_session(s)
+            with write_transaction():
+                new = create_session("patient", patient=patient,
+                                     idle_timeout_s=access.PATIENT_SESSION_IDLE_S,
+                                     lifetime_s=access.PATIENT_SESSION_MAX_S, ip=ip,
+                                     user_agent=ua, verified=verified)
+                self.ctx.auditor.record("wechat.signin", actor_kind="patient",
+                                        actor_id=patient.patient_id, ip=ip,
+                                        object_type="wechat_binding",
+                                        object_id=str(binding_id or ""), detail=methods)
+            return new
+        return run, old
+
+    async def sign_in(self, patient, *, verified: bool, binding_id: int | None,
+                      methods: str = ""):
+        run, old = self.patient_session(patient, verified=verified, binding_id=binding_id,
+                                        methods=methods)
+        new = await self.in_db(run)
+        if old:
+            self.ctx.principals.forget(old)
+        set_session_cookie(self, new.token, access.PATIENT_SESSION_MAX_S)
+        return new
+
+
+# pages ----------------------------------------------------------------------------------------
+def message_page(title: str, text: str, link: tuple[str, str] | None = None) -> str:
+    a = (f'<p><a class="btn primary wide" href="{html.escape(link[0])}">'
+         f'{html.escape(link[1])}</a></p>') if link else ""
+    return ("<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><link rel=\"icon\" href=\"data:,\">"
+            "<link rel=\"stylesheet\" href=\"/static/share/share.css\"></head><body>"
+            f"<div class=\"page\"><div class=\"card\"><h2>{html.escape(title)}</h2>"
+            f"<p class=\"msg\">{html.escape(text)}</p>{a}</div></div></body></html>")
+
+
+class WechatPageHandler(WechatBase):
+    async def get(self) -> None:
+        p = self.principal
+        if (p is None or p.kind != "patient") and in_wechat(self) \
+                and wx.wechat_settings(self.ctx) is not None:
+            tok = self.visit_token()
+            openid = await self.in_db(store.load_visit, tok) if tok else None
+            if openid is None:
+                self.redirect("/wechat/oauth/start")
+                return
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        from .shares import STATIC
+        self.finish((STATIC / "wechat/index.html").read_bytes())
+
+
+class OAuthStartHandler(WechatBase):
+    async def get(self) -> None:
+        if wx.wechat_settings(self.ctx) is None:
+            self.redirect("/portal")
+            return
+        svc = wx.service(self.ctx)
+        nxt = self.get_query_argument("next", "/wechat/")
+        if not NEXT_RE.match(nxt or ""):
+            nxt = "/wechat/"
+        state = secrets.token_urlsafe(18)
+        self.set_cookie(STATE_COOKIE, f"{state}|{nxt}", path="/wechat/oauth", httponly=True,
+                        samesite="Lax", secure=self.request.protocol == "https",
+                        expires_days=None, max_age=600)
+        self.set_header("Cache-Control", "no-store")
+        self.redirect(svc.authorize_url(state))
+
+
+class OAuthCallbackHandler(WechatBase):
+    def page(self, status: int, title: str, text: str, link=None) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(message_page(title, text, link))
+
+    def refuse(self, reason: str) -> None:
+        def note():
+            with write_transaction():
+                self.ctx.auditor.record("wechat.oauth", actor_kind="anonymous",
+                                        ip=self.client_ip(), outcome="fail", detail=reason)
+        return self.in_db(note)
+
+    async def get(self) -> None:
+        if wx.wechat_settings(self.ctx) is None:
+            self.page(404, "未启用 / not configured", "微信公众号功能未启用。/ WeChat is not "
+                      "configured.", ("/portal", "用身份信息查看 / verify to view"))
+            return
+        cookie = self.get_cookie(STATE_COOKIE) or ""
+        self.clear_cookie(STATE_COOKIE, path="/wechat/oauth")
+        want, _, nxt = cookie.partition("|")
+        state = self.get_query_argument("state", "")
+        if not want or not state or not hmac.compare_digest(want.encode(), state.encode()):
+            await self.refuse("state mismatch")
+            self.page(403, "请重新进入 / please start again",
+                      "授权请求已过期或不是从本页面发起的，请从公众号菜单重新进入。/ This sign-in did "
+                      "not start here or has expired; open the page from the WeChat menu again.",
+                      ("/wechat/oauth/start", "重新进入 / start again"))
+            return
+        code = self.get_query_argument("code", "")
+        if not code:
+            await self.refuse("no code")
+            self.page(400, "未授权 / not authorised", "没有收到微信的授权。/ WeChat did not "
+                      "authorise this visit.", ("/wechat/oauth/start", "重试 / retry"))
+            return
+        svc = wx.service(self.ctx)
+        try:
+            res = await wx.in_db_thread(svc.exchange_code, code)
+        except WechatApiError as exc:
+            log.warning("WeChat web authorisation failed: %s", exc)
+            await self.refuse("code exchange failed")
+            self.page(502, "微信暂时无法验证 / WeChat unavailable",
+                      "暂时无法向微信确认您的身份，请稍后重试。/ WeChat could not confirm who you "
+                      "are; please try again shortly.", ("/wechat/oauth/start", "重试 / retry"))
+            return
+        if res.snapshot_user:
+            await self.refuse("snapshot user")
+            self.page(403, "请使用完整服务 / open the full page",
+                      "当前为快照页，无法确认您的身份。请点击页面底部的“使用完整服务”后再查看。/ This is "
+                      "a snapshot page; tap “使用完整服务” (use full service) at the bottom first.")
+            return
+        visit = await self.in_db(store.start_visit, res.openid)
+        self.set_visit_cookie(visit.token)
+        binding = await self.in_db(store.use_binding, res.openid)
+        if binding is None:
+            self.redirect("/wechat/#bind")
+            return
+        await self.sign_in(binding.patient, verified=False, binding_id=binding.id,
+                           methods="wechat")
+        self.redirect(nxt if NEXT_RE.match(nxt or "") else "/wechat/")
+
+
+# JSON API -------------------------------------------------------------------------------------
+class WechatMeHandler(WechatBase):
+    async def get(self) -> None:
+        configured = wx.wechat_settings(self.ctx) is not None
+        openid = await self.openid(required=False)
+        p = self.principal
+        current = p.patient_db_id if p is not None and p.kind == "patient" else None
+        bindings = await self.in_db(store.bindings_json, openid, current) if openid else []
+        self.write_json({"ok": True, "configured": configured, "in_wechat": in_wechat(self),
+                         "visit": openid is not None, "bindings": bindings,
+                         "signed_in": current is not None,
+                         "max_bindings": store.MAX_BINDINGS,
+                         "csrf_token": p.csrf_token if p is not None and p.kind != "staff"
+                         else None})
+
+
+class WechatBindHandler(WechatBase):
+    async def post(self) -> None:
+        self.settings_or_404()
+        openid = await self.openid()
+        body = self.json_body(4096)
+        ip = self.client_ip()
+
+        def run():
+            v = access.verify_identity(body, catalog=self.ctx.catalog,
+                                       key=self.ctx.secret_key, auditor=self.ctx.auditor,
+                                       ip=ip, ip_limit=self.ctx.config.access_ip_max_failures)
+            b = store.bind_patient(openid, v.patient, methods=v.methods,
+                                   auditor=self.ctx.auditor, ip=ip)
+            return v, b
+        try:
+            v, b = await self.in_db(run)
+        except store.WechatError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        new = await self.sign_in(v.patient, verified=True, binding_id=b.id,
+                                 methods="+".join(v.methods))
+        self.write_json({"ok": True, "binding_id": b.id, "csrf_token": new.session.csrf_token})
+
+
+def _binding_id(body: dict) -> int:
+    try:
+        return int(body.get("binding_id"))
+    except (TypeError, ValueError):
+        raise ApiError(400, "binding_id 应为数字 / binding_id must be a number") from None
+
+
+class WechatSwitchHandler(WechatBase):
+    async def post(self) -> None:
+        openid = await self.openid()
+        bid = _binding_id(self.json_body(1024))
+        try:
+            b = await self.in_db(store.use_binding, openid, bid)
+        except store.WechatError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        new = await self.sign_in(b.patient, verified=False, binding_id=b.id, methods="wechat")
+        self.write_json({"ok": True, "csrf_token": new.session.csrf_token})
+
+
+class WechatUnbindHandler(WechatBase):
+    async def post(self) -> None:
+        openid = await self.openid()
+        bid = _binding_id(self.json_body(1024))
+        p = self.principal
+        try:
+            b = await self.in_db(store.unbind, openid, bid, auditor=self.ctx.auditor,
+                                 ip=self.client_ip())
+        except store.WechatError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        ended = False
+        if p is not None and p.kind == "patient" and p.patient_db_id == b.patient_id:
+            cred = self.credential
+
+            def out():
+                s = load_session(cred)
+                if s is not None:
+                    end_session(s)
+            await self.in_db(out)
+            self.ctx.principals.forget(cred)
+            clear_session_cookie(self)
+            ended = True
+        self.write_json({"ok": True, "signed_out": ended})
+
+
+class WechatNotifyHandler(WechatBase):
+    async def post(self) -> None:
+        openid = await self.openid()
+        body = self.json_body(1024)
+        try:
+            await self.in_db(store.set_notify, openid, _binding_id(body), bool(body.get("on")))
+        except store.WechatError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        self.write_json({"ok": True})
+
+
+class WechatLogoutHandler(WechatBase):
+    async def post(self) -> None:
+        tok, cred = self.visit_token(), self.credential
+        p = self.principal
+
+        def out():
+            if tok:
+                store.end_visit(tok)
+            if cred and p is not None and p.kind != "staff":
+                s = load_session(cred)
+                if s is not None:
+                    end_session(s)
+        await self.in_db(out)
+        if cred:
+            self.ctx.principals.forget(cred)
+        self.clear_cookie(VISIT_COOKIE, path="/")
+        if p is not None and p.kind != "staff":
+            clear_session_cookie(self)
+        self.write_json({"ok": True})
+
+
+JS_API_LIST = ["updateAppMessageShareData", "updateTimelineShareData", "onMenuShareAppMessage"]
+
+
+class JssdkHandler(WechatBase):
+    async def get(self) -> None:
+        self.settings_or_404()
+        await self.openid()
+        url = self.get_query_argument("url", "")
+        base = urlparse(self.ctx.config.base_url)
+        u = urlparse(url)
+        if len(url) > 1024 or (u.scheme, u.netloc) != (base.scheme, base.netloc):
+            raise ApiError(400, "url 必须是本站页面地址 / url must be a page of this server "
+                                f"({base.scheme}://{base.netloc})")
+        svc = wx.service(self.ctx)
+        try:
+            cfg = await wx.in_db_thread(svc.jssdk_config, url)
+        except WechatApiError as exc:
+            log.warning("JS-SDK ticket unavailable: %s", exc)
+            raise ApiError(503, "微信接口暂时不可用 / WeChat is unavailable just now") from None
+        self.write_json({"ok": True, **cfg, "jsApiList": JS_API_LIST})
+
+
+# the message callback ---------------------------------------------------------------------------
+class CallbackHandler(BaseHandler):
+    """Server-to-server: no cookies, no CSRF; the signature is the authentication."""
+
+    async def prepare(self) -> None:
+        self.principal = None
+        self.credential = None
+
+    def answer(self, status: int, text: str = "") -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(text)
+
+    def args(self) -> dict:
+        return {k: self.get_query_argument(k, "")[:256] for k in
+                ("signature", "timestamp", "nonce", "echostr", "encrypt_type", "msg_signature")}
+
+    async def get(self) -> None:
+        s = wx.wechat_settings(self.ctx)
+        if s is None:
+            self.answer(404, "not configured")
+            return
+        a = self.args()
+        try:
+            check_callback_query(s, a)
+        except CallbackRefused as exc:
+            log.warning("WeChat callback verification refused: %s", exc.reason)
+            self.answer(exc.status, "")
+            return
+        self.answer(200, a["echostr"])
+
+    async def post(self) -> None:
+        s = wx.wechat_settings(self.ctx)
+        if s is None:
+            self.answer(404, "not configured")
+            return
+        try:
+            inbound = open_callback(s, self.args(), self.request.body)
+        except CallbackRefused as exc:
+            log.warning("WeChat callback refused from %s: %s", self.client_ip(), exc.reason)
+            self.answer(exc.status, "")
+            return
+        try:
+            reply = await asyncio.wait_for(self.in_db(self.handle, s, inbound), REPLY_BUDGET_S)
+        except asyncio.TimeoutError:
+            log.warning("WeChat callback not handled within %.0f s; answered empty",
+                        REPLY_BUDGET_S)
+            reply = "success"
+        except CallbackRefused as exc:
+            log.warning("WeChat callback refused: %s", exc.reason)
+            self.answer(exc.status, "")
+            return
+        self.set_header("Content-Type", "application/xml; charset=utf-8"
+                        if reply != "success" else "text/plain; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(reply)
+
+    def handle(self, s, inbound) -> str:
+        seen = store.note_nonce(inbound.timestamp, inbound.nonce, inbound.key,
+                                dt.timedelta(seconds=s.replay_window_s))
+        if seen == "replay":
+            raise CallbackRefused(403, "nonce reused by another message (replay)")
+        old = store.inbound_seen(inbound.key)
+        if old is not None:
+            return render_reply(s, inbound, old.reply or None)
+        msg = inbound.message
+        kind = getattr(msg, "type", "") + ":" + str(getattr(msg, "event", "") or "")
+        text = None
+        if getattr(msg, "event", "") == "templatesendjobfinish":
+            store.notice_finished(int(getattr(msg, "id", 0) or 0),
+                                  str(getattr(msg, "status", "")))
+        else:
+            text = reply_for(s, msg)
+        if not store.inbound_record(inbound.key, kind, text or ""):
+            old = store.inbound_seen(inbound.key)       # a concurrent retry got there first
+            return render_reply(s, inbound, old.reply if old else None)
+        return render_reply(s, inbound, text)
+
+
+# admin --------------------------------------------------------------------------------------
+class WechatStatusHandler(BaseHandler):
+    async def get(self) -> None:
+        self.require("integration.manage")
+        out = await self.in_db(wx.status, self.ctx)
+        self.write_json({"ok": True, **out})
+
+
+class WechatCheckHandler(BaseHandler):
+    async def post(self) -> None:
+        self.require("integration.manage")
+        out = await wx.in_db_thread(wx.check_now, self.ctx)
+        status = await self.in_db(wx.status, self.ctx)
+        self.write_json({"ok": True, "check": out, "status": status})
+
+
+def routes(ctx) -> list:
+    wx.register(ctx)
+    d = {"ctx": ctx}
+    return [
+        (r"/wechat/?", WechatPageHandler, d),
+        (r"/wechat/oauth/start", OAuthStartHandler, d),
+        (r"/wechat/oauth/callback", OAuthCallbackHandler, d),
+        (r"/wechat/callback", CallbackHandler, d),
+        (r"/wechat/admin", StaticPage, {"ctx": ctx, "page": "wechat/admin.html"}),
+        (r"/api/wechat/me", WechatMeHandler, d),
+        (r"/api/wechat/bind", WechatBindHandler, d),
+        (r"/api/wechat/switch", WechatSwitchHandler, d),
+        (r"/api/wechat/unbind", WechatUnbindHandler, d),
+        (r"/api/wechat/notify", WechatNotifyHandler, d),
+        (r"/api/wechat/logout", WechatLogoutHandler, d),
+        (r"/api/wechat/jssdk", JssdkHandler, d),
+        (r"/api/admin/wechat", WechatStatusHandler, d),
+        (r"/api/admin/wechat/check", WechatCheckHandler, d),
+    ]
+
