@@ -171,6 +171,12 @@ def status(ctx) -> dict:
                  "bindings": store.binding_count(),
                  "notifications": store.notification_counts(),
                  "last_callback": store.last_inbound()}
+    from .config import ROOT
+    out["warnings"] = [f"{n}: the file is inside the project folder; keep secrets outside it"
+                       for n in ("wechat_app_secret_file", "wechat_callback_token_file",
+                                 "wechat_aes_key_file")
+                       if getattr(ctx.config, n)
+                       and not secret_path_outside_repo(ctx.config.path(n), ROOT)]
     if s is None:
         out["working"] = False
         return out

@@ -409,3 +409,25 @@ def test_access_token_refreshed_before_expiry(ctx, fake, tmp_path):
         assert svc.token.get() == first                             # usable, not yet refreshed
         assert svc.token.refresh_if_due() is True                    # within the margin
         assert svc.token.get() != first and fake.token_calls == 2
+
+
+def test_background_refresher_and_outbox_channel(ctx, fake, tmp_path):
+    """serve starts wechat_service.start_background: the 'wechat' channel is registered and
+    the primary process fetches the shared token ahead of any request."""
+    configure(ctx, fake, tmp_path)
+    from adapters import outbox
+    from server import wechat_service as wx
+
+    async def go():
+        await wx.start_background(ctx, True)
+        for _ in range(100):
+            if fake.token_calls:
+                break
+            await asyncio.sleep(0.05)
+        await wx.stop_background()
+    outbox.SENDERS.pop("wechat", None)
+    asyncio.run(go())
+    assert "wechat" in outbox.SENDERS and fake.token_calls == 1
+    with database.connection_context():
+        st = wx.status(ctx)
+    assert st["working"] is True and st["warnings"] == []

@@ -14,6 +14,7 @@ function render(s) {
   rows($('status'), [
     ['已配置 / configured', s.configured ? '是 / yes' : `否 / no：${(s.problems || []).join('；')}`],
     ['工作正常 / working', s.working ? '是 / yes' : '否 / no'],
+    ['提醒 / warnings', (s.warnings || []).join('；')],
     ['AppID', s.app_id],
     ['消息加密 / message mode', s.message_mode],
     ['access_token', tok.valid ? `有效，剩余 ${Math.round(tok.expires_in_s / 60)} 分钟（已刷新 ${tok.refreshes} 次）` : '无 / none'],
