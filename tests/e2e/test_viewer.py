@@ -192,6 +192,7 @@ def test_failures_retry_offline_expired_and_images_off(phone, demo_server):
         resp = route.fetch()
         body = resp.json()
         body["images_enabled"] = False
+        body["series"] = []          # what the server sends a patient or share visitor
         route.fulfill(response=resp, body=json.dumps(body))
     p2 = phone.new_page()
     p2.route(f"**/api/studies/{CT_NEW}", images_off)
