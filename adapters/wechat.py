@@ -398,12 +398,15 @@ class WechatService:
 def jssdk_signature(ticket: str, noncestr: str, timestamp: int, url: str) -> str:
     url = url.split("#", 1)[0]
     text = f"jsapi_ticket={ticket}&noncestr={noncestr}&timestamp={timestamp}&url={url}"
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+    # SHA-1 is what WeChat's JS-SDK protocol prescribes (not our choice of hash)
+    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 # the message callback -----------------------------------------------------------------------
 def signature(token: str, *parts: str) -> str:
-    return hashlib.sha1("".join(sorted([token, *parts])).encode("utf-8")).hexdigest()
+    """WeChat's callback signature: SHA-1 of the sorted, joined parts (its protocol)."""
+    return hashlib.sha1("".join(sorted([token, *parts])).encode("utf-8"),
+                        usedforsecurity=False).hexdigest()
 
 
 def signature_ok(token: str, given: str | None, *parts: str) -> bool:
@@ -476,7 +479,7 @@ def open_callback(s: WechatSettings, args: dict, body: bytes,
     if fields.get("MsgId"):
         key = "msg:" + fields["MsgId"][:64]
     elif fields.get("Event", "").upper() == "TEMPLATESENDJOBFINISH":
-        key = "tpl:" + fields.get("MsgID", "")[:40] + ":" + hashlib.sha1(
+        key = "tpl:" + fields.get("MsgID", "")[:40] + ":" + hashlib.sha256(
             fields.get("Status", "").encode()).hexdigest()[:8]
     else:
         ident = "|".join([fields.get("FromUserName", ""), fields.get("CreateTime", ""),
