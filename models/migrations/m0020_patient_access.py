@@ -1,5 +1,6 @@
 """Patient access: SMS verification codes (stored hashed) and an index for the per-IP limits
 counted from the audit trail."""
+from ..db import is_mysql
 from ..schema import AuditEvent
 from ..shares import SHARE_MODELS
 
@@ -17,8 +18,8 @@ def up(db):
 def down(db):
     table = AuditEvent._meta.table_name
     if INDEX in {i.name for i in db.get_indexes(table)}:
-        if db.__class__.__name__.lower().startswith("sqlite"):
-            db.execute_sql(f"DROP INDEX {INDEX}")
-        else:
+        if is_mysql():
             db.execute_sql(f"DROP INDEX {INDEX} ON {table}")
+        else:
+            db.execute_sql(f"DROP INDEX {INDEX}")
     db.drop_tables(list(reversed(SHARE_MODELS)), safe=True)
