@@ -57,8 +57,8 @@ async function errorOf(resp) {
   return new ApiError(resp.status, message);
 }
 
-export async function getJSON(url, signal) {
-  const resp = await fetch(url, { signal, credentials: 'same-origin', headers: { Accept: 'application/json' } });
+export async function getJSON(url, signal, priority) {
+  const resp = await fetch(url, { signal, priority, credentials: 'same-origin', headers: { Accept: 'application/json' } });
   if (!resp.ok) throw await errorOf(resp);
   return resp.json();
 }
@@ -72,7 +72,7 @@ export async function getImage(url, signal) {
 
 export const api = {
   studies: (q, signal) => getJSON(urls.studies(q), signal),
-  study: (s, signal) => getJSON(urls.study(s), signal),
+  study: (s, signal, priority) => getJSON(urls.study(s), signal, priority),
   reportPages: (s) => getJSON(urls.reportPages(s)),
   info: (s, se, i) => getJSON(urls.info(s, se, i)),
   mprGeometry: (s, se, plane, p) => getJSON(urls.mprGeometry(s, se, plane, p)),

@@ -3,7 +3,7 @@
 import { api } from './api.js';
 
 const uid = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
-const study = api.study(uid);
+const study = api.study(uid, undefined, 'high');
 study.catch(() => {}); // film_view.js reports the failure
 import('./film_view.js').then((m) => m.main(study), () => {
   // the view's code did not arrive (network gone): say so instead of a blank page

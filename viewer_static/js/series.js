@@ -1,5 +1,5 @@
 // A series as a stack of frames to scroll through. Pure.
-import { dot, sliceNormal } from './sync.js';
+import { dot, sliceNormal } from './viewport_math.js';
 
 /**
  * Items [{sop, frame (1-based), instance, position [x,y,z]|null}] of a series, ordered by

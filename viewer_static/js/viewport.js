@@ -8,9 +8,8 @@ import { buildStack, imageGeometry, isColor } from './series.js';
 import { cssFilter, dragWindow, presetWindow, windowParam, sameWindow } from './presets.js';
 import {
   initialView, renderRequest, viewportParam, requestKey, placement, visibleRegion, zoomAt, panBy,
-  rotateView, screenToImage, imageToScreen, unrotatedSize,
+  rotateView, screenToImage, imageToScreen, unrotatedSize, dot,
 } from './viewport_math.js';
-import { dot } from './sync.js';
 import { el } from './ui.js';
 
 const SETTLE_MS = 140;
@@ -120,7 +119,8 @@ export class StackViewport {
     this.img.removeAttribute('src');
     this.root.dataset.series = series.series_uid;
     this.positions = items.map((it) => it.position);
-    this.requestRender(true);
+    this.schedule(); // the first request leaves now, not at the next animation frame
+    this.requestRender(false);
     // The study JSON carries each series' display defaults (file window, frame rate,
     // colour), read from the header on the server: no extra request before the first image.
     if (series.display) {

@@ -153,3 +153,25 @@ export function transferView(view, fromImg, toImg) {
 export function requestKey(req) {
   return `${req.vw}x${req.vh}@${req.sx},${req.sy},${req.sw},${req.sh}`;
 }
+
+// Vectors of patient space (the film view needs them without the linking code of sync.js).
+export function cross(a, b) {
+  return [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
+}
+
+export function dot(a, b) {
+  return a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+}
+
+export function normalize(v) {
+  const n = Math.hypot(v[0], v[1], v[2]) || 1;
+  return [v[0] / n, v[1] / n, v[2] / n];
+}
+
+/** Slice normal from Image Orientation Patient (row cosines, column cosines). */
+export function sliceNormal(orientation) {
+  if (!orientation || orientation.length !== 6) return null;
+  return normalize(cross(orientation.slice(0, 3), orientation.slice(3, 6)));
+}
+
+/** Position (mm) of each position vector along `normal`; null where a position is missing. */
