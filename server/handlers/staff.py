@@ -267,7 +267,10 @@ RUNTIME_GROUPS = (
     ("wechat", "微信公众号 / WeChat", ("wechat_",)),
     ("outbox", "消息重传 / outbox", ("outbox_max_attempts", "outbox_backoff")),
 )
-NEVER_RUNTIME = ("secret", "password", "key", "token", "_bind", "_file", "_dir")
+# Never changeable from the admin pages: secrets, listener addresses, file locations, and
+# the hosts secrets are sent to (an admin page must not be able to redirect the AppSecret).
+NEVER_RUNTIME = ("secret", "password", "key", "token", "_bind", "_file", "_dir",
+                 "api_base", "_base_url", "_http_url")
 
 
 def runtime_settings() -> dict[str, tuple[str, object]]:
