@@ -20,7 +20,8 @@ export async function main(studyPromise) {
   try {
     study = await studyPromise;
   } catch (e) {
-    if (e.status === 401) return;
+    // asked for before watchSession() listened: announce the expired session again
+    if (e.status === 401) { window.dispatchEvent(new CustomEvent('cf-session-expired')); return; }
     fatal(e.status === 404 ? t('state.notfound') : t('state.error', { msg: e.message }));
     return;
   }

@@ -226,8 +226,9 @@ export class StackViewport {
       const t = o.kind === 'full' ? (this.settled ? this.fullTask(o.index) : null) : this.previewTask(o.index);
       if (t) tasks.push(t);
     }
-    // the frame on screen gets the link to itself until it has arrived
-    if (tasks[0] && tasks[0].kind === 'full' && tasks[0].index === this.index) tasks[0].exclusive = true;
+    // the frame on screen gets the link to itself until it has arrived (not during cine: there
+    // the previews of the frames ahead matter more than one sharp frame shown for 100 ms)
+    if (!this.cineTimer && tasks[0] && tasks[0].kind === 'full' && tasks[0].index === this.index) tasks[0].exclusive = true;
     this.loader.want(tasks);
   }
 
