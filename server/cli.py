@@ -149,7 +149,8 @@ def serve_forever(config, args) -> int:
 
     async def main():
         ctx = open_context(config, migrate_db=False)
-        app = make_app(ctx)
+        from .handlers.base import StaticFiles      # security: no version, JSON errors
+        app = make_app(ctx, static_handler_class=StaticFiles)
         server = tornado.httpserver.HTTPServer(app, xheaders=False, ssl_options=ssl_options,
                                                max_body_size=config.max_request_body_mb << 20)
         sockets = tornado.netutil.bind_sockets(config.port, config.host,

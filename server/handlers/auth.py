@@ -13,8 +13,10 @@ from models.accounts import (PasswordPolicyError, check_password_strength, hash_
 from models.db import write_transaction
 from models.schema import StaffUser, utcnow
 from models.sessions import create_session, end_session, load_session
+from models.staff import ip_in_networks, security_policy
 
 from ..auth import COOKIE
+from ..policy import ADMIN_ROLES
 from .base import ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class LoginHandler(BaseHandler):
         old = self.credential
 
         def attempt():
+            pol = security_policy(self.ctx.config.as_dict())
+            self.pol = pol
+            max_failures, lock_minutes = pol["lockout_failures"], pol["lockout_minutes"]
             user = StaffUser.get_or_none(StaffUser.username == username)
             now = utcnow()
             if user is None or not user.active:
@@ -61,10 +66,10 @@ class LoginHandler(BaseHandler):
             if not verify_password(password, user.password_hash):
                 with write_transaction():
                     failures = user.failed_logins + 1
-                    locked = failures >= MAX_FAILURES
+                    locked = failures >= max_failures
                     StaffUser.update(
                         failed_logins=0 if locked else failures,
-                        locked_until=now + dt.timedelta(minutes=LOCK_MINUTES) if locked
+                        locked_until=now + dt.timedelta(minutes=lock_minutes) if locked
                         else None).where(StaffUser.id == user.id).execute()
                     self.ctx.auditor.record("login", actor_kind="staff", actor_id=username,
                                             ip=ip, outcome="fail", detail="wrong password")
@@ -72,8 +77,18 @@ class LoginHandler(BaseHandler):
                         self.ctx.auditor.record("account.locked", actor_kind="system",
                                                 ip=ip, object_type="staff_user",
                                                 object_id=username, outcome="ok",
-                                                detail=f"{MAX_FAILURES} failed sign-ins")
+                                                detail=f"{max_failures} failed sign-ins")
                 return None, "locked" if locked else "bad"
+            if set(user.roles.split(",")) & ADMIN_ROLES and \
+                    not ip_in_networks(ip, pol["admin_allow_list"]):
+                self.ctx.auditor.record("login", actor_kind="staff", actor_id=username, ip=ip,
+                                        outcome="refused", detail="address not on the admin "
+                                                                  "allow-list")
+                return None, "network"
+            from .security import before_session   # security: expiry, second factor
+            step = before_session(self.ctx, user, pol, ip)
+            if step:
+                return (user, step), "second-factor"
             with write_transaction():
                 if old:
                     s = load_session(old)
@@ -81,8 +96,10 @@ class LoginHandler(BaseHandler):
                         end_session(s)
                 StaffUser.update(failed_logins=0, locked_until=None).where(
                     StaffUser.id == user.id).execute()
-                new = create_session("staff", staff_user=user, idle_timeout_s=30 * 60,
-                                     lifetime_s=12 * 3600, ip=ip, user_agent=ua, verified=True)
+                new = create_session("staff", staff_user=user,
+                                     idle_timeout_s=pol["session_idle_minutes"] * 60,
+                                     lifetime_s=pol["session_absolute_hours"] * 3600, ip=ip,
+                                     user_agent=ua, verified=True)
                 self.ctx.auditor.record("login", actor_kind="staff", actor_id=username, ip=ip,
                                         outcome="ok")
             return (user, new), "ok"
@@ -91,13 +108,23 @@ class LoginHandler(BaseHandler):
         if old:
             self.ctx.principals.forget(old)
         if outcome == "locked":
-            raise ApiError(423, f"连续 {MAX_FAILURES} 次密码错误，账号已锁定 {LOCK_MINUTES} 分钟 / "
+            n, minutes = self.pol["lockout_failures"], self.pol["lockout_minutes"]
+            raise ApiError(423, f"连续 {n} 次密码错误，账号已锁定 {minutes} 分钟 / "
                                 f"too many failed sign-ins: the account is locked for "
-                                f"{LOCK_MINUTES} minutes")
+                                f"{minutes} minutes")
+        if outcome == "network":
+            raise ApiError(403, "管理员账号不能从此网络地址登录（管理网络白名单） / admin accounts "
+                                "cannot sign in from this address (admin allow-list)")
+        if outcome == "second-factor":
+            from .security import make_ticket
+            user, step = result
+            self.write_json({"ok": True, "second_factor": step,
+                             "ticket": make_ticket(self.ctx, user, step)})
+            return
         if outcome != "ok":
             raise ApiError(401, "用户名或密码错误 / wrong user name or password")
         user, new = result
-        set_session_cookie(self, new.token, 12 * 3600)
+        set_session_cookie(self, new.token, self.pol["session_absolute_hours"] * 3600)
         self.write_json({"ok": True, "csrf_token": new.session.csrf_token,
                          "user": user_json(user)})
 
@@ -152,16 +179,25 @@ class PasswordHandler(BaseHandler):
         new_pw = str(body.get("new_password") or "")
 
         def change():
+            pol = security_policy(self.ctx.config.as_dict())
             user = StaffUser.get_by_id(p.staff_user_id)
             if not verify_password(old_pw, user.password_hash):
                 raise ApiError(400, "原密码错误 / the current password is wrong")
             if old_pw == new_pw:
                 raise ApiError(400, "新密码不能与原密码相同 / choose a new password")
+            from models.security import password_reused, remember_password
+            if password_reused(user, new_pw, int(pol["password_history"])):
+                raise ApiError(400, f"不能重复使用最近 {pol['password_history']} 次用过的密码 / "
+                                    f"do not reuse any of your last {pol['password_history']} "
+                                    "passwords")
             try:
-                check_password_strength(new_pw, username=user.username)
+                check_password_strength(new_pw, username=user.username,
+                                        min_length=pol["password_min_length"],
+                                        min_classes=pol["password_min_classes"])
             except PasswordPolicyError as exc:
                 raise ApiError(400, str(exc)) from None
             with write_transaction():
+                remember_password(user, user.password_hash)
                 StaffUser.update(password_hash=hash_password(new_pw), must_change_password=False,
                                  password_changed_at=utcnow()).where(
                     StaffUser.id == user.id).execute()

@@ -225,3 +225,35 @@ def _with_db(fn, *args, **kwargs):
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         raise ApiError(404, "no such page or API route")
+
+
+class StaticFiles(tornado.web.StaticFileHandler):
+    """viewer_static/ files with the security headers, no Server version and the JSON error
+    shape (Tornado's own static handler answers 403/404/405 with its HTML page and
+    'Server: TornadoServer/x.y'). Wired by `static_handler_class` in server/app.py."""
+
+    def set_default_headers(self) -> None:
+        for k, v in SECURITY_HEADERS.items():
+            self.set_header(k, v)
+        self.set_header("Server", "CloudFilm")
+        if self.request.protocol == "https":
+            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+
+    def parse_url_path(self, url_path: str) -> str:
+        # Tornado's own handler answers 500 to "/static/%00" (os.stat: embedded null byte)
+        if "\x00" in url_path or len(url_path) > 1024:
+            raise tornado.web.HTTPError(404)
+        return super().parse_url_path(url_path)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        try:
+            message = HTTPStatus(status_code).phrase
+        except ValueError:
+            message = "error"
+        if status_code >= 500:
+            message = "服务器内部错误，请稍后再试 / internal server error"
+        self.clear_header("Content-Disposition")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"ok": False, "status": status_code, "error": message},
+                               ensure_ascii=False))

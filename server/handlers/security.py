@@ -1,5 +1,5 @@
-"""Second factor (TOTP + recovery codes), password expiry and history, integrity findings,
-audit verification and CSV export.
+"""Second factor (TOTP + recovery codes), password expiry and history, integrity findings.
+(The audit trail's CSV export and verification for the audit admin live in admin.py.)
 
 Sign-in of an account that has a second factor, or whose role requires one
 (conf/runtime setting totp_required_roles, default every admin role), takes two steps:
@@ -30,7 +30,7 @@ import secrets
 import time
 
 from models.db import write_transaction
-from models.schema import AuditEvent, StaffUser, utcnow
+from models.schema import StaffUser, utcnow
 from models.security import (begin_enrolment, confirm_enrolment, disable_totp,
                              new_recovery_codes, open_findings, password_expired,
                              recovery_codes_left, resolve_finding, totp_enabled,
@@ -417,54 +417,6 @@ class IntegrityResolveHandler(BaseHandler):
         self.write_json({"ok": True})
 
 
-class AuditVerifyHandler(BaseHandler):
-    async def get(self) -> None:
-        p = self.require("audit.read")
-
-        def run():
-            res = self.ctx.auditor.verify()
-            with write_transaction():
-                self.ctx.auditor.record("audit.verify", actor_kind="staff", actor_id=p.subject,
-                                        ip=self.client_ip(),
-                                        outcome="ok" if res.ok else "broken",
-                                        detail=res.problem[:200])
-            return res
-        res = await self.in_db(run)
-        self.write_json({"ok": True, "intact": res.ok, "checked": res.checked,
-                         "problem": res.problem or None, "record_id": res.record_id})
-
-
-class AuditExportHandler(BaseHandler):
-    """The audit trail as CSV (UTF-8 with BOM, opens in Excel), optionally by date range."""
-
-    async def get(self) -> None:
-        p = self.require("audit.read")
-        since, until = self.str_arg("since", 10), self.str_arg("until", 10)
-        try:
-            d0 = dt.datetime.fromisoformat(since) if since else None
-            d1 = dt.datetime.fromisoformat(until) + dt.timedelta(days=1) if until else None
-        except ValueError:
-            raise ApiError(400, "日期格式应为 YYYY-MM-DD / dates must be YYYY-MM-DD") from None
-
-        def export():
-            q = AuditEvent.select().order_by(AuditEvent.id)
-            if d0:
-                q = q.where(AuditEvent.time >= d0)
-            if d1:
-                q = q.where(AuditEvent.time < d1)
-            text = self.ctx.auditor.export_csv(q.iterator())
-            with write_transaction():
-                self.ctx.auditor.record("audit.export", actor_kind="staff", actor_id=p.subject,
-                                        ip=self.client_ip(),
-                                        detail=f"since={since or ''} until={until or ''}")
-            return text
-        text = await self.in_db(export)
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("Content-Disposition", 'attachment; filename="audit.csv"')
-        self.finish("\ufeff" + text)
-
-
 def routes(ctx) -> list:
     from ..maintenance import install_integrity_hook
     install_integrity_hook(ctx)      # refused originals become findings (any app instance)
@@ -479,6 +431,4 @@ def routes(ctx) -> list:
         (r"/api/security/users/([A-Za-z0-9_.-]{2,32})/totp/reset", TotpResetHandler, d),
         (r"/api/security/integrity", IntegrityHandler, d),
         (r"/api/security/integrity/([0-9]{1,12})/resolve", IntegrityResolveHandler, d),
-        (r"/api/security/audit/verify", AuditVerifyHandler, d),
-        (r"/api/security/audit/export\.csv", AuditExportHandler, d),
     ]
