@@ -30,7 +30,8 @@ export async function main(studyPromise) {
   $('exam').textContent = `${study.exam_date || ''} ${study.modality || ''} ${study.description || ''} ${study.accession_number || ''}`;
   let firstResolve;
   const firstImage = new Promise((res) => { firstResolve = res; });
-  renderReport($('report'), study, { deferImages: firstImage });
+  // the report after the first frame's request has left (its text is quick, the request is not)
+  const showReport = () => renderReport($('report'), study, { deferImages: firstImage });
 
   const vpRoot = $('viewport');
   const noImages = () => {
@@ -42,6 +43,7 @@ export async function main(studyPromise) {
     firstResolve();
   };
   if (!study.series || !study.series.length) {
+    showReport();
     noImages();
     return;
   }
@@ -98,6 +100,7 @@ export async function main(studyPromise) {
   }
 
   show(series[0]);
+  showReport();
   // the strip after the first image: its thumbnails must not compete with it
   firstImage.then(() => {
     for (const s of series) {
