@@ -113,6 +113,9 @@ def send(live, method, path, *, body=None, raw=None, headers=None, cookie=None, 
         conn.close()
 
 
+PATH_PAYLOADS = set(SQLI[:3] + XSS[:2] + TRAVERSAL + ["", "A" * 5000, "\x00", "-1"])
+
+
 def _mutating_skip(op):
     # sign-out would end the session the pass is using; the rest is fair game
     return "logout" in op["path"] or known_finding(op)
@@ -146,7 +149,10 @@ def test_injection_payloads_on_every_route(live, world):
                 sent += 1
                 problems += check_response(f"{who} {m.upper()} {base_path}?<{payload[:20]}>",
                                            st, h, b, payload)
-                # every path parameter, one at a time
+                # every path parameter, one at a time (path patterns refuse most payloads
+                # before a handler runs, so a representative subset is enough here)
+                if payload not in PATH_PAYLOADS:
+                    continue
                 for name, _rx in op["path_params"]:
                     p = fill_path(op, world, override={name: payload})
                     st, h, b = send(live, m, p, body=body, **cred)

@@ -87,3 +87,19 @@ def test_scrub_checks_report_pdfs(ctx, catalog, tmp_path):
     with database.connection_context():
         f = IntegrityFinding.get()
     assert f.kind == "report" and f.source == "scrub"
+
+
+@pytest.mark.xfail(strict=True, reason="finding reported to the shares/download engineer: the "
+                   "ZIP download streams originals without checking their SHA-256 (call "
+                   "ctx.renders.verify_original / models.storage.sha256_file before streaming)")
+def test_download_refuses_tampered_original(live, ctx, catalog, tmp_path):
+    _import(catalog, tmp_path)
+    with database.connection_context():
+        row = Instance.get(Instance.sop_uid == "1.2.77.3.1")
+    p = ctx.storage.abspath(row.file_path)
+    data = bytearray(p.read_bytes())
+    data[-10] ^= 0xFF
+    p.write_bytes(bytes(data))
+    st, _, body = live.get(f"/api/download/studies/{STUDY}/series/{SERIES}/instances/"
+                           "1.2.77.3.1.zip")
+    assert st == 503 and bytes(data) not in body, st
