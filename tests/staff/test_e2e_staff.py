@@ -184,7 +184,7 @@ def test_front_desk_switches_images_off_share_sees_report_only(chromium, demo):
         page.wait_for_selector("#results tbody tr")          # today's list first
         page.fill("#q-name", "张伟")
         page.click("#search-btn")
-        page.wait_for_function("document.querySelectorAll('#results tbody tr').length === 2")
+        page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 2")
         rows = page.query_selector_all("#results tbody tr")
         assert len(rows) == 2
         # the page fits the screen without sideways scrolling
