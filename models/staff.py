@@ -582,6 +582,8 @@ def unmask(patient_id: str, field: Any, reason: Any, *, actor: Actor, auditor) -
     """Show one personal field in full: a deliberate action with a stated reason, audited.
     The national ID number is never stored in full (only its keyed hash and the masked
     form), so it cannot be unmasked; it can only be checked (see check_id_number)."""
+    if not isinstance(field, str):
+        raise StaffError("field 应为字段名 / 'field' must be a field name such as \"phone\"")
     if field == "id_number":
         raise StaffError("身份证号仅以加密摘要保存，无法显示全号；请用“核对身份证号”比对 / the ID "
                          "number is stored only as a keyed hash; use “check ID number”")

@@ -56,8 +56,10 @@ def log_request(handler) -> None:
 
 
 def make_app(ctx: AppContext, **settings) -> tornado.web.Application:
+    from .handlers.base import StaticFiles
     app_settings = dict(
         log_function=log_request,
+        static_handler_class=StaticFiles,
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         static_path=str(ROOT / "viewer_static"),

@@ -59,6 +59,16 @@ class DownloadHandler(BaseHandler):
                    for i in rows]
         return exam, sources
 
+    def verify_sources(self, exam, sources) -> None:
+        from ..render_service import InstanceRef
+        renders = self.ctx.renders
+        for src in sources:
+            ref = InstanceRef(study_uid=exam.study_uid, series_uid="", sop_uid=src.sop_uid,
+                              exam_id=exam.id, patient_db_id=exam.patient_id, path=src.path,
+                              fast_path=src.path, sha256=src.sha256, frames=0, rows=0,
+                              columns=0, transfer_syntax="", images_enabled=True)
+            renders.verify_original(ref)
+
     async def head(self, study, series=None, sop=None) -> None:
         await self.get(study, series, sop, head=True)
 
@@ -71,6 +81,10 @@ class DownloadHandler(BaseHandler):
         when = dt.datetime.combine(exam.exam_date or dt.date(1980, 1, 1),
                                    exam.exam_time or dt.time(0, 0))
         loop = asyncio.get_running_loop()
+        if not head:
+            # Originals are re-checked against their SHA-256 before any byte is sent: a
+            # tampered or missing file is refused (503) and reported, never served silently.
+            await loop.run_in_executor(_pool, self.verify_sources, exam, sources)
         try:
             layout = await loop.run_in_executor(_pool, cached_layout, sources, when)
         except (ZipLayoutError, OSError) as exc:

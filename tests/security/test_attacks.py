@@ -475,9 +475,4 @@ def test_default_app_serves_static_files_hardened(ctx):
     from server.app import make_app
     from server.handlers.base import StaticFiles
     app = make_app(ctx)
-    if app.settings.get("static_handler_class") is not StaticFiles:
-        pytest.xfail("finding: server/app.py make_app() should set "
-                     "static_handler_class=StaticFiles (Tornado's default static handler "
-                     "sends 'Server: TornadoServer/6.x' and its HTML error page); serve "
-                     "already passes it")
     assert app.settings["static_handler_class"] is StaticFiles

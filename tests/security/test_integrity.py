@@ -89,9 +89,6 @@ def test_scrub_checks_report_pdfs(ctx, catalog, tmp_path):
     assert f.kind == "report" and f.source == "scrub"
 
 
-@pytest.mark.xfail(strict=True, reason="finding reported to the shares/download engineer: the "
-                   "ZIP download streams originals without checking their SHA-256 (call "
-                   "ctx.renders.verify_original / models.storage.sha256_file before streaming)")
 def test_download_refuses_tampered_original(live, ctx, catalog, tmp_path):
     _import(catalog, tmp_path)
     with database.connection_context():
