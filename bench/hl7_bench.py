@@ -78,7 +78,15 @@ def main() -> int:
               f"{r['msgs_per_s']:.0f} msgs/s ({r['acked_AA']}/{r['messages']} AA)")
     out = ROOT / "bench" / "results" / f"hl7_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(doc, indent=1))
-    print(f"saved {out.relative_to(ROOT)}")
+    rows = [f"# HL7 v2 over MLLP: messages per second with ACK ({doc['time']})", "",
+            f"Machine: {doc['machine']}; database {doc['database']}; message: {doc['message']}.",
+            "Reproduce: `.venv/bin/python -m bench.hl7_bench`", "",
+            "| connections | messages | AA | wall s | msgs/s | target |", "|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r['connections']} | {r['messages']} | {r['acked_AA']} | {r['wall_s']} "
+                    f"| {r['msgs_per_s']:.0f} | ≥ 300 ({'pass' if r['msgs_per_s'] >= 300 else 'FAIL'}) |")
+    out.with_suffix(".md").write_text("\n".join(rows) + "\n")
+    print(f"saved {out.relative_to(ROOT)} and .md")
     return 0
 
 

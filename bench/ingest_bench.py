@@ -100,7 +100,17 @@ def main() -> int:
     print(f"CloudFilm / Orthanc: {doc['ratio_cloudfilm_over_orthanc']}x")
     out = ROOT / "bench" / "results" / f"ingest_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(doc, indent=1))
-    print(f"saved {out.relative_to(ROOT)}")
+    rows = [f"# Ingest from storescu: CloudFilm vs Orthanc ({doc['time']})", "",
+            f"Machine: {doc['machine']}; peer {doc['peer']}; {doc['files']} files of "
+            f"{doc['file_size']} ({doc['total_mb']} MB); client {doc['client']}.",
+            "Reproduce: `sudo .venv/bin/python -m bench.ingest_bench`", "",
+            "| server | wall s | instances/s | MB/s |", "|---|---|---|---|"]
+    for k, v in doc["results"].items():
+        rows.append(f"| {k} | {v['wall_s']} | {v['instances_per_s']} | {v['mb_per_s']} |")
+    rows += ["", f"CloudFilm / Orthanc: **{doc['ratio_cloudfilm_over_orthanc']}×** "
+                 "(target ≥ 1)"]
+    out.with_suffix(".md").write_text("\n".join(rows) + "\n")
+    print(f"saved {out.relative_to(ROOT)} and .md")
     return 0
 
 
