@@ -84,6 +84,9 @@ class FrameRenderer:
         self._exam_state = _TTLCache(100_000, ACCESS_TTL_S)
         self._pool = None
         self._pool_lock = threading.Lock()
+        self._series_loading: set = set()
+        from concurrent.futures import ThreadPoolExecutor
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="lookup")
         self._display: dict[str, dict] = {}
         self._verified: set[str] = set()
         self._series = _TTLCache(20_000, LOOKUP_TTL_S)
@@ -113,14 +116,32 @@ class FrameRenderer:
         ref = self._instances.get(key)
         if ref is not None:
             return ref
+        with database.connection_context():
+            row = (Instance.select(Instance, Series, Exam).join(Series).join(Exam)
+                   .where((Instance.sop_uid == sop_uid) & (Series.series_uid == series_uid)
+                          & (Exam.study_uid == study_uid)).first())
+        if row is None:
+            raise NotFound("no such instance in this series and study")
+        ref = self._ref(row, row.series, row.series.exam)
+        self._instances.put(key, ref)
+        self._exam_state.put(ref.exam_id, (ref.patient_db_id, ref.images_enabled))
+        # The first image answers at once; its neighbours' facts load in the background
+        # (one query for the series), since a viewer asks for them next.
+        skey = (study_uid, series_uid)
+        with self._pool_lock:
+            if self._series.get(skey) is None and skey not in self._series_loading:
+                self._series_loading.add(skey)
+                self._background.submit(self._load_series_quietly, study_uid, series_uid)
+        return ref
+
+    def _load_series_quietly(self, study_uid, series_uid) -> None:
         try:
             self.lookup_series(study_uid, series_uid)
-        except NotFound:
-            raise NotFound("no such instance in this series and study") from None
-        ref = self._instances.get(key)
-        if ref is None:
-            raise NotFound("no such instance in this series and study")
-        return ref
+        except Exception:  # noqa: BLE001 - only a cache warm-up
+            log.debug("series warm-up failed", exc_info=True)
+        finally:
+            with self._pool_lock:
+                self._series_loading.discard((study_uid, series_uid))
 
     def lookup_series(self, study_uid, series_uid) -> list[InstanceRef]:
         """All instances of a series, in instance-number order. Raises NotFound."""
@@ -274,6 +295,7 @@ class FrameRenderer:
             return self._pool
 
     def close(self) -> None:
+        self._background.shutdown(wait=False, cancel_futures=True)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -94,7 +94,12 @@ class RenderedHandler(BaseHandler):
             raise ApiError(404, f"frame {frame_index + 1} does not exist: this instance has "
                                 f"{ref.frames} frame(s), numbered from 1")
         key = (ref.sop_uid, frame_index, tuple(sorted(params.items())))
-        etag = etag_for(ref.sha256, key)
+        await self.send_image(ref.sha256, key, params["fmt"],
+                              functools.partial(self.renders.render, ref, frame_index, **params))
+
+    async def send_image(self, etag_seed: str, key, fmt: str, produce) -> None:
+        """ETag and 304, then the encoded-image cache, then produce() in the render pool."""
+        etag = etag_for(etag_seed, key)
         self.set_header("ETag", etag)
         self.set_header("Cache-Control", "private, max-age=3600")
         if etag in self.request.headers.get("If-None-Match", ""):
@@ -103,9 +108,9 @@ class RenderedHandler(BaseHandler):
             return
         body = self.renders.encoded.get(key)
         if body is None:
-            body = await self.renders.run(self.renders.render, ref, frame_index, **params)
+            body = await self.renders.run(produce)
             self.renders.encoded.put(key, body)
-        self.set_header("Content-Type", "image/png" if params["fmt"] == "png" else "image/jpeg")
+        self.set_header("Content-Type", "image/png" if fmt == "png" else "image/jpeg")
         self.finish(body)
 
 
@@ -198,20 +203,9 @@ class SeriesRenderHandler(RenderedHandler):
                     pitch=_float_arg(self, "pitch", 0.0, -360, 360))
 
     async def send_series_render(self, refs, key, fn, params) -> None:
-        etag = etag_for("|".join(r.sha256 for r in refs[:3]) + str(len(refs)), key)
-        self.set_header("ETag", etag)
-        self.set_header("Cache-Control", "private, max-age=3600")
-        if etag in self.request.headers.get("If-None-Match", ""):
-            self.set_status(304)
-            self.finish()
-            return
-        body = self.renders.encoded.get(key)
-        if body is None:
-            body = await self.renders.run(fn, refs, **params)
-            self.renders.encoded.put(key, body)
-        self.set_header("Content-Type", "image/png" if params.get("fmt") == "png"
-                        else "image/jpeg")
-        self.finish(body)
+        seed = "|".join(r.sha256 for r in refs[:3]) + str(len(refs))
+        await self.send_image(seed, key, params.get("fmt", "jpeg"),
+                              functools.partial(fn, refs, **params))
 
 
 class MprHandler(SeriesRenderHandler):
@@ -273,20 +267,8 @@ class TileHandler(RenderedHandler):
         params = dict(tile_size=tile_size, window=p["window"], quality=p["quality"],
                       fmt=p["fmt"], invert=p["invert"])
         key = ("tile", sop, n, int(level), int(tx), int(ty), tuple(sorted(params.items())))
-        etag = etag_for(ref.sha256, key)
-        self.set_header("ETag", etag)
-        self.set_header("Cache-Control", "private, max-age=3600")
-        if etag in self.request.headers.get("If-None-Match", ""):
-            self.set_status(304)
-            self.finish()
-            return
-        body = self.renders.encoded.get(key)
-        if body is None:
-            body = await self.renders.run(self.renders.tile, ref, n - 1, int(level), int(tx),
-                                          int(ty), **params)
-            self.renders.encoded.put(key, body)
-        self.set_header("Content-Type", "image/png" if p["fmt"] == "png" else "image/jpeg")
-        self.finish(body)
+        await self.send_image(ref.sha256, key, p["fmt"], functools.partial(
+            self.renders.tile, ref, n - 1, int(level), int(tx), int(ty), **params))
 
 
 class ImageInfoHandler(RenderedHandler):
