@@ -21,8 +21,6 @@ from .base import ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
 
-MAX_FAILURES = 5
-LOCK_MINUTES = 30
 # An unknown user name costs the same scrypt work as a known one (no user enumeration).
 _DUMMY_HASH = hash_password("timing-equaliser-Aa1!")
 

@@ -215,11 +215,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
 def _with_db(fn, *args, **kwargs):
     from models.db import database
-    try:
-        with database.connection_context():
-            return fn(*args, **kwargs)
-    except Exception:
-        raise
+    with database.connection_context():
+        return fn(*args, **kwargs)
 
 
 class NotFoundHandler(BaseHandler):

@@ -21,10 +21,7 @@ UID = r"([0-9][0-9.]{0,63})"
 
 class IntegrationHandler(BaseHandler):
     def guard(self, permission: str) -> None:
-        """Staff permission check, when staff login is available (server/policy.py)."""
-        require = getattr(self, "require", None)
-        if callable(require):
-            require(permission)
+        self.require(permission)
 
     async def db(self, fn, *args, **kwargs):
         return await self.in_db(fn, *args, **kwargs)

@@ -41,10 +41,6 @@ PAGES = (
     ("security", "/staff/security", "安全管理", "Security admin", "security.manage"),
     ("audit", "/staff/audit", "安全审计", "Audit", "audit.read"),
 )
-# Permissions only admin roles hold: their pages and APIs answer only from the admin
-# network allow-list of the security policy.
-ADMIN_PERMISSIONS = {p for r in policy.ADMIN_ROLES for p in policy.PERMISSIONS[r]} - {
-    p for r in set(policy.ROLES) - policy.ADMIN_ROLES for p in policy.PERMISSIONS[r]}
 
 
 def pages_for(principal) -> list[dict]:
@@ -61,14 +57,9 @@ def actor_of(handler: BaseHandler) -> svc.Actor:
 
 class StaffHandler(BaseHandler):
     def guard(self, permission: str):
-        """Route-level permission; admin permissions also need an allowed network."""
-        p = self.require(permission)
-        if permission in ADMIN_PERMISSIONS:
-            pol = svc.security_policy(self.ctx.config.as_dict())
-            if not svc.ip_in_networks(self.client_ip(), pol["admin_allow_list"]):
-                raise ApiError(403, "管理功能只能从管理网络白名单内的地址使用 / admin functions "
-                                    "are only available from the admin allow-list")
-        return p
+        """Route-level permission (BaseHandler.require also applies the admin allow-list to
+        admin-only permissions)."""
+        return self.require(permission)
 
     def policy_now(self) -> dict:
         return svc.security_policy(self.ctx.config.as_dict())
