@@ -398,8 +398,18 @@ class Catalog:
             raise NotFound("no exam with this Study Instance UID")
         return exam
 
+    def exam_by_id(self, exam_id: int) -> Exam:
+        exam = (Exam.select(Exam, Patient).join(Patient).where(Exam.id == exam_id).first())
+        if exam is None:
+            raise NotFound("no such exam")
+        return exam
+
     def get_study(self, study_uid: str) -> dict:
-        exam = self.exam_by_uid(study_uid)
+        return self.study_json(self.exam_by_uid(study_uid))
+
+    def study_json(self, exam: Exam) -> dict:
+        """The exam, its series and instances and its report (an exam ordered over HL7
+        whose images have not arrived has no Study Instance UID and no series yet)."""
         out = exam_summary(exam)
         series_out = []
         for s in exam.series.order_by(Series.series_number, Series.id):

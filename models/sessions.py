@@ -59,6 +59,15 @@ def end_session(session: Session) -> None:
     Session.update(ended_at=utcnow()).where(Session.id == session.id).execute()
 
 
+def end_sessions(tokens) -> int:
+    """End the live sessions behind these cookie values (unknown ones are ignored)."""
+    hashes = [token_hash(t) for t in tokens if t and len(t) <= 128]
+    if not hashes:
+        return 0
+    return Session.update(ended_at=utcnow()).where(
+        Session.token_hash.in_(hashes) & Session.ended_at.is_null()).execute()
+
+
 def end_sessions_of_share(share: Share) -> int:
     return Session.update(ended_at=utcnow()).where(
         (Session.share == share) & Session.ended_at.is_null()).execute()

@@ -18,7 +18,7 @@ UID = r"([0-9][0-9.]{0,63})"
 # Each module of server/handlers/ named here contributes `routes(ctx) -> list`; a feature
 # adds its own module instead of editing one shared table. Order matters only for
 # overlapping patterns (none so far).
-ROUTE_MODULES = ("render", "report", "pages", "auth", "staff", "shares", "patient",
+ROUTE_MODULES = ("render", "report", "pages", "visitor", "auth", "staff", "shares", "patient",
                  "download", "integration", "wechat", "admin", "security", "openapi")
 
 
@@ -28,6 +28,7 @@ def make_routes(ctx: AppContext) -> list:
         (r"/healthz", HealthHandler, d),
         (r"/api/studies", StudiesHandler, d),
         (rf"/api/studies/{UID}", StudyHandler, d),
+        (r"/api/exams/([0-9]{1,12})", StudyHandler, d),
     ]
     for name in ROUTE_MODULES:
         try:

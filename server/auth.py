@@ -17,6 +17,8 @@ from models.sessions import load_api_token, load_session
 from .policy import Principal
 
 COOKIE = "cf_session"
+KEEP_COOKIE = "cf_keep"        # the browser's other patient and share sessions, '.'-joined
+MAX_KEPT = 8
 CACHE_TTL_S = 1.0
 
 

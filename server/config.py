@@ -137,6 +137,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting('watch_interval_s', 2, int,
             'Seconds between two scans of the watched folder.', minimum=1, maximum=3600),
     # patient access
+    Setting("hospital_name", "云胶片示例医院", str,
+            "Hospital name shown to patients on the code page, portal, film view, refusal pages "
+            "and printed slips."),
+    Setting("hospital_phone", "", str,
+            "Phone number patients call about their films (shown with every refusal). Empty: "
+            "not shown."),
+    Setting("hospital_hours", "", str,
+            "Opening hours of that phone line, e.g. 周一至周五 8:00-17:30. Empty: not shown."),
+    Setting("hospital_logo_file", "", str,
+            "PNG, JPEG or SVG logo shown beside the hospital name (at most 512 KiB). Empty: "
+            "no logo."),
     Setting("share_default_max_opens", 5, int,
             "Opens a new share allows when its creator names none.", minimum=1, maximum=1000),
     Setting("share_default_days", 7, int,

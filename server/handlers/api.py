@@ -99,21 +99,26 @@ class StudiesHandler(BaseHandler):
 
 
 class StudyHandler(BaseHandler):
-    async def get(self, study_uid: str) -> None:
-        if not valid_uid(study_uid):
+    """GET /api/studies/{study_uid}, and GET /api/exams/{id} for an exam whose images have
+    not arrived (no Study Instance UID yet: the report still shows)."""
+
+    async def get(self, ref: str) -> None:
+        by_id = self.request.path.startswith("/api/exams/")
+        if not by_id and not valid_uid(ref):
             raise ApiError(400, "the study UID is not a valid DICOM UID")
 
         def load():
-            exam = self.ctx.catalog.exam_by_uid(study_uid)
-            policy.check_exam(self.principal, exam_id=exam.id, patient_db_id=exam.patient_id,
-                              images_enabled=exam.images_enabled, need="report")
-            study = self.ctx.catalog.get_study(study_uid)
+            catalog = self.ctx.catalog
+            exam = catalog.exam_by_id(int(ref)) if by_id else catalog.exam_by_uid(ref)
+            self.check_exam(exam_id=exam.id, patient_db_id=exam.patient_id,
+                            images_enabled=exam.images_enabled, need="report")
+            study = catalog.study_json(exam)
             for se in study["series"]:
                 if se["instances"]:
                     mid = se["instances"][len(se["instances"]) // 2]
-                    ref = self.ctx.renders.lookup_instance(study_uid, se["series_uid"],
-                                                           mid["sop_uid"])
-                    se["display"] = self.ctx.renders.display_defaults(ref)
+                    ref_ = self.ctx.renders.lookup_instance(exam.study_uid, se["series_uid"],
+                                                            mid["sop_uid"])
+                    se["display"] = self.ctx.renders.display_defaults(ref_)
             return study, exam
         result, exam = await self.in_db(load)
         self.ctx.views.seen(self, "exam.view", "exam", exam.accession_number or exam.id)
@@ -121,5 +126,6 @@ class StudyHandler(BaseHandler):
             result["patient"] = mask_patient(result["patient"])
             if not result["images_enabled"]:
                 result["series"] = []
+        result["exam_id"] = exam.id
         result["ok"] = True
         self.write_json(result)

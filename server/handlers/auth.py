@@ -15,7 +15,7 @@ from models.schema import StaffUser, utcnow
 from models.sessions import create_session, end_session, load_session
 from models.staff import ip_in_networks, security_policy
 
-from ..auth import COOKIE
+from ..auth import COOKIE, KEEP_COOKIE, MAX_KEPT
 from ..policy import ADMIN_ROLES
 from .base import ApiError, BaseHandler
 
@@ -25,14 +25,36 @@ log = logging.getLogger(__name__)
 _DUMMY_HASH = hash_password("timing-equaliser-Aa1!")
 
 
-def set_session_cookie(handler: BaseHandler, token: str, max_age_s: int) -> None:
+KEEP_MAX_AGE_S = 90 * 24 * 3600     # the sessions inside end on their own, sooner
+
+
+def set_session_cookie(handler: BaseHandler, token: str, max_age_s: int, *,
+                       drop: tuple[str, ...] = ()) -> None:
+    """Make `token` the browser's primary session. The patient and share sessions it held
+    until now stay usable (cf_keep, newest first) unless named in `drop` (ended ones)."""
     handler.set_cookie(COOKIE, token, path="/", httponly=True, samesite="Lax",
                        secure=handler.request.protocol == "https",
                        expires_days=None, max_age=max_age_s)
+    keep = [cred for cred, p in handler.held
+            if p.kind != "staff" and cred != token and cred not in drop]
+    write_keep_cookie(handler, keep)
 
 
-def clear_session_cookie(handler: BaseHandler) -> None:
+def write_keep_cookie(handler: BaseHandler, creds: list[str]) -> None:
+    creds = list(dict.fromkeys(creds))[:MAX_KEPT]
+    if creds:
+        handler.set_cookie(KEEP_COOKIE, ".".join(creds), path="/", httponly=True,
+                           samesite="Lax", secure=handler.request.protocol == "https",
+                           expires_days=None, max_age=KEEP_MAX_AGE_S)
+    elif handler.get_cookie(KEEP_COOKIE) is not None:
+        handler.clear_cookie(KEEP_COOKIE, path="/")
+
+
+def clear_session_cookie(handler: BaseHandler, *, keep_others: bool = True) -> None:
+    """Sign out of the primary session; the other kept sessions move up (or go too)."""
     handler.clear_cookie(COOKIE, path="/")
+    if not keep_others:
+        write_keep_cookie(handler, [])
 
 
 class LoginHandler(BaseHandler):

@@ -12,7 +12,7 @@ import tornado.web
 from models.catalog import CatalogError
 
 from .. import policy
-from ..auth import COOKIE
+from ..auth import COOKIE, KEEP_COOKIE, MAX_KEPT
 from ..policy import Principal
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,27 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
+class CsrfStale(ApiError):
+    """The page's proof is missing or from another session: the page fetches a fresh one
+    (GET /api/session/csrf) and repeats the request once; people never see this."""
+
+    code = "csrf_stale"
+
+    def __init__(self):
+        super().__init__(403, "页面已过期，请刷新后重试 / this page is out of date; reload it")
+
+
 class BaseHandler(tornado.web.RequestHandler):
     principal: Principal | None = None
     credential: str | None = None
+    # Every live session this browser holds, primary (cf_session) first, then the patient
+    # and share sessions kept in cf_keep: one WeChat browser keeps one cookie jar for every
+    # link a patient opens, so opening share B must not lock out share A or the portal.
+    held: tuple = ()
+    # True for handlers that start a session rather than act on one (share status/open,
+    # identity verification, sign-in): they need no CSRF proof of the session the browser
+    # happens to hold, only the sessionless rules (same origin, JSON body).
+    session_free = False
 
     def initialize(self, ctx) -> None:
         self.ctx = ctx
@@ -76,17 +94,80 @@ class BaseHandler(tornado.web.RequestHandler):
         bearer = auth.startswith("Bearer ")
         credential = auth[7:].strip() if bearer else (self.get_cookie(COOKIE) or "")
         self.credential = credential or None
+        held = []
         if credential:
-            resolver = self.ctx.principals
-            hit, principal = resolver.cached(credential)
-            if not hit:
-                principal = await self.in_db(resolver.resolve, credential, bearer)
-            self.principal = principal
-            if bearer and principal is None:
+            self.principal = await self.resolve_credential(credential, bearer)
+            if bearer and self.principal is None:
                 raise ApiError(401, "API 令牌无效或已过期 / the API token is invalid, revoked "
                                     "or expired")
+            if self.principal is not None:
+                held.append((credential, self.principal))
+        if not bearer:
+            for cred in self.kept_credentials():
+                if cred == credential:
+                    continue
+                p = await self.resolve_credential(cred, False)
+                if p is not None and p.kind != "staff":
+                    held.append((cred, p))
+        self.held = tuple(held)
+        if self.principal is None and self.held:
+            # the primary session ended (expired, logged out): the newest kept one stands in
+            self.credential, self.principal = self.held[0]
         if self.request.method in UNSAFE_METHODS:
             self.check_csrf(bearer)
+
+    async def resolve_credential(self, credential: str, bearer: bool) -> Principal | None:
+        resolver = self.ctx.principals
+        hit, principal = resolver.cached(credential)
+        if not hit:
+            principal = await self.in_db(resolver.resolve, credential, bearer)
+        return principal
+
+    def kept_credentials(self) -> list[str]:
+        raw = self.get_cookie(KEEP_COOKIE) or ""
+        out = []
+        for cred in raw.split("."):
+            if 20 <= len(cred) <= 128 and cred not in out:
+                out.append(cred)
+        return out[:MAX_KEPT]
+
+    def held_of(self, kind: str) -> Principal | None:
+        """The newest held session of one kind (patient / share / staff)."""
+        for _, p in self.held:
+            if p.kind == kind:
+                return p
+        return None
+
+    def held_creds(self, kind: str) -> tuple[str, ...]:
+        return tuple(cred for cred, p in self.held if p.kind == kind)
+
+    def held_share(self, share_id: int) -> Principal | None:
+        for _, p in self.held:
+            if p.kind == "share" and p.share_id == share_id:
+                return p
+        return None
+
+    def check_exam(self, *, exam_id: int, patient_db_id: int, images_enabled: bool,
+                   need: str) -> Principal:
+        """policy.check_exam against every session this browser holds; the first that
+        grants access becomes self.principal (the actor of logs and audit records). When
+        none does, the most telling refusal is raised (one about this exam before 'not
+        found')."""
+        candidates = [p for _, p in self.held] or [self.principal]
+        if self.principal is not None and self.principal.kind == "staff":
+            candidates = [self.principal]
+        first_error = None
+        for p in candidates:
+            try:
+                policy.check_exam(p, exam_id=exam_id, patient_db_id=patient_db_id,
+                                  images_enabled=images_enabled, need=need)
+            except policy.AccessError as exc:
+                if first_error is None or (first_error.status == 404 and exc.status != 404):
+                    first_error = exc
+                continue
+            self.principal = p
+            return p
+        raise first_error  # type: ignore[misc]
 
     def check_csrf(self, bearer: bool) -> None:
         if bearer:
@@ -96,11 +177,11 @@ class BaseHandler(tornado.web.RequestHandler):
             from urllib.parse import urlparse
             if urlparse(origin).netloc != self.request.host:
                 raise ApiError(403, "跨站请求被拒绝 / cross-site request refused")
-        if self.principal is not None and self.principal.csrf_token:
-            sent = self.request.headers.get("X-CSRF-Token", "")
-            if not hmac.compare_digest(sent.encode(), self.principal.csrf_token.encode()):
-                raise ApiError(403, "页面已过期，请刷新后重试 / the form is stale (CSRF token "
-                                    "missing or wrong); reload the page and try again")
+        tokens = [p.csrf_token for _, p in self.held if p.csrf_token]
+        if tokens and not self.session_free:
+            sent = self.request.headers.get("X-CSRF-Token", "").encode()
+            if not any(hmac.compare_digest(sent, t.encode()) for t in tokens):
+                raise CsrfStale()
         else:
             # Without a session: only JSON bodies (a cross-site form cannot send them
             # without a CORS preflight, which we never grant).
@@ -170,10 +251,21 @@ class BaseHandler(tornado.web.RequestHandler):
             if status_code >= 500:
                 message = "服务器内部错误，请稍后再试 / internal server error"
         self.clear_header("Content-Disposition")
-        self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps({"ok": False, "status": status_code, "error": message},
-                               ensure_ascii=False))
+        from .visitor import error_page, wants_html
+        if wants_html(self):
+            # a browser navigated here: a page in the visitor's language, never raw JSON
+            for name in ("Content-Length", "Content-Range", "ETag", "Accept-Ranges"):
+                self.clear_header(name)
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(error_page(self, status_code, message))
+            return
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        body = {"ok": False, "status": status_code, "error": message}
+        code = getattr(exc_info[1], "code", None) if exc_info else None
+        if isinstance(code, str):
+            body["code"] = code
+        self.finish(json.dumps(body, ensure_ascii=False))
 
     def log_exception(self, typ, value, tb) -> None:
         mapped = error_status(value) if value is not None else None
@@ -236,11 +328,26 @@ class StaticFiles(tornado.web.StaticFileHandler):
         if self.request.protocol == "https":
             self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
 
+    immutable = False
+
     def parse_url_path(self, url_path: str) -> str:
         # Tornado's own handler answers 500 to "/static/%00" (os.stat: embedded null byte)
         if "\x00" in url_path or len(url_path) > 1024:
             raise tornado.web.HTTPError(404)
+        from .pages import BUILD, VERSION_PREFIX
+        m = VERSION_PREFIX.match(url_path)
+        if m:
+            # /static/v-{BUILD}/…: the pages' versioned URLs (see pages.py). An older build's
+            # URL still gets the current file, but is not cached for long.
+            url_path = url_path[m.end():]
+            self.immutable = m.group(1) == BUILD
         return super().parse_url_path(url_path)
+
+    def set_extra_headers(self, path: str) -> None:
+        if self.immutable:
+            self.set_header("Cache-Control", "public, max-age=31536000, immutable")
+        else:
+            self.set_header("Cache-Control", "no-cache")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         try:

@@ -43,7 +43,7 @@ class DownloadHandler(BaseHandler):
 
     def load(self, study, series, sop):
         exam = self.ctx.catalog.exam_by_uid(study)
-        policy.check_exam(self.principal, exam_id=exam.id, patient_db_id=exam.patient_id,
+        self.check_exam(exam_id=exam.id, patient_db_id=exam.patient_id,
                           images_enabled=exam.images_enabled, need="download")
         q = (Instance.select(Instance, Series).join(Series)
              .where(Series.exam == exam))

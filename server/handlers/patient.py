@@ -24,7 +24,7 @@ import logging
 from models import shares as svc
 from models.catalog import mask_phone
 from models.schema import Exam
-from models.sessions import end_session, load_session
+from models.sessions import end_sessions
 from models.storage import valid_uid
 
 from .auth import clear_session_cookie, set_session_cookie
@@ -53,6 +53,8 @@ class VerifyMethodsHandler(BaseHandler):
 
 
 class SmsSendHandler(BaseHandler):
+    session_free = True
+
     async def post(self) -> None:
         body = self.json_body(2048)
         cfg = await self.in_db(svc.verification_config)
@@ -88,11 +90,13 @@ def parse_exam_ref(ref) -> tuple[str, str] | None:
 
 
 class VerifyHandler(BaseHandler):
+    session_free = True
+
     async def post(self) -> None:
         body = self.json_body(4096)
         ref = parse_exam_ref(body.get("exam_ref"))
         ip, ua = self.client_ip(), self.request.headers.get("User-Agent", "")
-        old = self.credential
+        old = self.held_creds("patient")     # the browser's share sessions stay usable
 
         def run():
             bound = None
@@ -103,10 +107,7 @@ class VerifyHandler(BaseHandler):
                                     auditor=self.ctx.auditor, ip=ip,
                                     ip_limit=self.ctx.config.access_ip_max_failures,
                                     bound_exam_id=bound)
-            if old:
-                s = load_session(old)
-                if s is not None and s.kind != "staff":
-                    end_session(s)
+            end_sessions(old)
             new = svc.start_patient_session(v.patient, ip=ip, user_agent=ua)
             study = None
             if ref:
@@ -114,18 +115,20 @@ class VerifyHandler(BaseHandler):
                 study = e.study_uid if e else None
             return new, study, v.methods
         new, study, methods = await self.in_db(run)
-        if old:
-            self.ctx.principals.forget(old)
-        set_session_cookie(self, new.token, svc.PATIENT_SESSION_MAX_S)
+        for cred in old:
+            self.ctx.principals.forget(cred)
+        set_session_cookie(self, new.token, svc.PATIENT_SESSION_MAX_S, drop=old)
         self.write_json({"ok": True, "csrf_token": new.session.csrf_token, "methods": methods,
                          "open_study_uid": study})
 
 
 class PatientBase(BaseHandler):
     def patient(self):
-        p = self.require_principal()
-        if p.kind != "patient":
+        p = self.held_of("patient")
+        if p is None:
+            self.require_principal()           # 401 without any session
             raise ApiError(403, "请先验证身份 / verify your identity first")
+        self.principal = p
         return p
 
 
@@ -183,16 +186,19 @@ class PatientDownloadsHandler(PatientBase):
 
 
 class PatientLogoutHandler(BaseHandler):
+    """Sign out on a phone that may be shared: every patient and share session this browser
+    holds ends (a staff session of the same browser is left alone)."""
+
     async def post(self) -> None:
-        cred = self.credential
-        if cred and self.principal is not None and self.principal.kind != "staff":
-            def out():
-                s = load_session(cred)
-                if s is not None:
-                    end_session(s)
-            await self.in_db(out)
+        creds = tuple(cred for cred, p in self.held if p.kind != "staff")
+        await self.in_db(end_sessions, creds)
+        for cred in creds:
             self.ctx.principals.forget(cred)
-        clear_session_cookie(self)
+        if self.principal is None or self.principal.kind != "staff":
+            clear_session_cookie(self, keep_others=False)
+        else:
+            from .auth import write_keep_cookie
+            write_keep_cookie(self, [])
         self.write_json({"ok": True})
 
 

@@ -85,7 +85,7 @@ class RenderedHandler(BaseHandler):
         if state is None:
             state = await self.in_db(self.renders.exam_state, ref.exam_id)
         patient_db_id, images_enabled = state
-        policy.check_exam(self.principal, exam_id=ref.exam_id, patient_db_id=patient_db_id,
+        self.check_exam(exam_id=ref.exam_id, patient_db_id=patient_db_id,
                           images_enabled=images_enabled, need="images")
         self.ctx.views.seen(self, "series.view", "series", ref.series_uid)
 

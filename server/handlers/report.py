@@ -29,7 +29,7 @@ class ReportBase(BaseHandler):
         return data, report.pdf_sha256, exam
 
     def check_access(self, exam) -> None:
-        policy.check_exam(self.principal, exam_id=exam.id, patient_db_id=exam.patient_id,
+        self.check_exam(exam_id=exam.id, patient_db_id=exam.patient_id,
                           images_enabled=exam.images_enabled, need="report")
 
     async def pdf(self, study_uid):

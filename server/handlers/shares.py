@@ -110,53 +110,85 @@ class ShareRevokeHandler(BaseHandler):
         self.write_json({"ok": True})
 
 
+def share_view_json(sh, held) -> dict:
+    """What the code page and the film view show of a share the browser holds."""
+    return {"session": held is not None, "study_uid": sh.exam.study_uid,
+            "film_url": film_url(sh.exam), "allow_download": bool(sh.allow_download),
+            "include_images": bool(sh.include_images), "opens": sh.opens,
+            "max_opens": sh.max_opens, "expires_at": sh.expires_at.isoformat() + "Z"}
+
+
+def film_url(exam) -> str:
+    """The film view of an exam; one whose images have not arrived has no study UID yet."""
+    if exam.study_uid:
+        return f"/film/{exam.study_uid}"
+    return f"/film/exam/{exam.id}"
+
+
 class ShareStatusHandler(BaseHandler):
+    session_free = True
+
     async def post(self) -> None:
         body = self.json_body(4096)
         token = str(body.get("token") or "")
         out = await self.in_db(svc.share_status, token)
-        p = self.principal
         out["session"] = False
-        if p is not None and p.kind == "share":
-            sh = await self.in_db(svc.find_share, token)
-            out["session"] = sh is not None and sh.id == p.share_id
-            if out["session"]:
-                out["study_uid"] = sh.exam.study_uid
-                out["allow_download"] = bool(sh.allow_download)
+        sh = await self.in_db(svc.find_share, token)
+        held = self.held_share(sh.id) if sh is not None else None
+        if held is not None:
+            out.update(share_view_json(sh, held))
+        else:
+            out.update(opens=sh.opens, max_opens=sh.max_opens)
         out["ok"] = True
         self.write_json(out)
 
 
 class ShareOpenHandler(BaseHandler):
+    session_free = True
+
     async def post(self) -> None:
         body = self.json_body(4096)
         token = str(body.get("token") or "")
         code = body.get("code")
+        sh = await self.in_db(svc.find_share, token)
+        held = self.held_share(sh.id) if sh is not None else None
+        if held is not None and held.csrf_token:
+            # this browser opened the share already (back, reload, the link again): no
+            # second open is counted, the film view just opens
+            self.write_json({"ok": True, "reused": True, "csrf_token": held.csrf_token,
+                             **share_view_json(sh, held)})
+            return
         opened = await self.in_db(svc.open_share, token, None if code is None else str(code),
                                   key=self.ctx.secret_key, auditor=self.ctx.auditor,
                                   ip=self.client_ip(),
                                   user_agent=self.request.headers.get("User-Agent", ""),
                                   ip_limit=self.ctx.config.access_ip_max_failures)
-        if self.credential:
-            self.ctx.principals.forget(self.credential)
         s = opened.session.session
         set_session_cookie(self, opened.session.token,
                            int((s.expires_at - s.created_at).total_seconds()))
         sh = opened.share
-        self.write_json({"ok": True, "study_uid": opened.study_uid,
-                         "film_url": f"/film/{opened.study_uid}",
-                         "csrf_token": s.csrf_token,
-                         "include_images": bool(sh.include_images),
-                         "allow_download": bool(sh.allow_download),
-                         "opens": sh.opens, "max_opens": sh.max_opens,
-                         "expires_at": sh.expires_at.isoformat() + "Z"})
+        self.write_json({"ok": True, "reused": False, "csrf_token": s.csrf_token,
+                         **share_view_json(sh, True)})
 
 
-class ShareMeHandler(BaseHandler):
-    async def get(self) -> None:
-        p = self.require_principal()
-        if p.kind != "share":
+class ShareSessionBase(BaseHandler):
+    def share_principal(self, study_uid: str | None):
+        """The held share session of one exam (or the newest one)."""
+        shares = [p for _, p in self.held if p.kind == "share"]
+        if study_uid:
+            if not valid_uid(study_uid):
+                raise ApiError(400, "study_uid 不是有效的 DICOM UID / study_uid is not a valid UID")
+            exam = self.ctx.catalog.exam_by_uid(study_uid) if shares else None
+            shares = [p for p in shares if exam is not None and p.share_exam_id == exam.id]
+        if not shares:
+            self.require_principal()           # 401 without any session
             raise ApiError(403, "不是分享会话 / this is not a share session")
+        return shares[0]
+
+
+class ShareMeHandler(ShareSessionBase):
+    async def get(self) -> None:
+        p = await self.in_db(self.share_principal, self.str_arg("study_uid", 64))
 
         def load():
             from models.schema import Share
@@ -167,17 +199,18 @@ class ShareMeHandler(BaseHandler):
                          "freshly_verified": p.freshly_verified()})
 
 
-class ShareReverifyHandler(BaseHandler):
+class ShareReverifyHandler(ShareSessionBase):
     async def post(self) -> None:
-        p = self.require_principal()
-        if p.kind != "share":
-            raise ApiError(403, "不是分享会话 / this is not a share session")
         body = self.json_body(4096)
+        study_uid = str(body.get("study_uid") or "") or None
+        p = await self.in_db(self.share_principal, study_uid)
         await self.in_db(svc.reverify_share_session, p.session_id, p.share_id,
                          str(body.get("code") or ""), key=self.ctx.secret_key,
                          auditor=self.ctx.auditor, ip=self.client_ip(),
                          ip_limit=self.ctx.config.access_ip_max_failures)
-        self.ctx.principals.forget(self.credential)
+        for cred, held in self.held:
+            if held.session_id == p.session_id:
+                self.ctx.principals.forget(cred)
         self.write_json({"ok": True})
 
 
@@ -228,7 +261,8 @@ class StaticPage(BaseHandler):
     def get(self, *args) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        self.finish((STATIC / self.page).read_bytes())
+        from .pages import page_bytes
+        self.finish(page_bytes(self.page))
 
 
 # PACS-printed QR codes ---------------------------------------------------------------------
@@ -278,7 +312,7 @@ class PacsQrHandler(BaseHandler):
             s = opened.session.session
             set_session_cookie(self, opened.session.token,
                                int((s.expires_at - s.created_at).total_seconds()))
-            self.redirect(f"/film/{opened.study_uid}")
+            self.redirect(film_url(opened.share.exam))
             return
         # unsigned: guessable, so the patient verifies their identity first
         if self.field == "study_uid" and not valid_uid(value):

@@ -69,18 +69,14 @@ class StaffHandler(BaseHandler):
 class StaffPageHandler(StaffHandler):
     """One HTML file of viewer_static/staff/, for the roles holding `permission`."""
 
-    _cache: dict[str, bytes] = {}
-
     def initialize(self, ctx, page: str, permission: str | None = None) -> None:
         super().initialize(ctx)
         self.page = page
         self.permission = permission
 
     def html(self, name: str, status: int = 200) -> None:
-        data = self._cache.get(name)
-        if data is None or self.settings.get("debug"):
-            data = (STATIC / name).read_bytes()
-            self._cache[name] = data
+        from .pages import page_bytes
+        data = page_bytes(f"staff/{name}", debug=bool(self.settings.get("debug")))
         self.set_status(status)
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")

@@ -37,7 +37,7 @@ from adapters.wechat import (CallbackRefused, WechatApiError, check_callback_que
 from models import shares as access
 from models import wechat as store
 from models.db import write_transaction
-from models.sessions import create_session, end_session, load_session
+from models.sessions import create_session, end_session, end_sessions, load_session
 
 from .. import wechat_service as wx
 from .auth import clear_session_cookie, set_session_cookie
@@ -81,15 +81,13 @@ class WechatBase(BaseHandler):
 
     def patient_session(self, patient, *, verified: bool, binding_id: int | None,
                         methods: str = ""):
-        """End this browser's previous patient session and start one for `patient`."""
-        old = self.credential
+        """End this browser's previous patient sessions (its share sessions stay) and start
+        one for `patient`."""
+        old = self.held_creds("patient")
         ip, ua = self.client_ip(), self.request.headers.get("User-Agent", "")
 
         def run():
-            if old:
-                s = load_session(old)
-                if s is not None and s.kind != "staff":
-                    end_session(s)
+            end_sessions(old)
             with write_transaction():
                 new = create_session("patient", patient=patient,
                                      idle_timeout_s=access.PATIENT_SESSION_IDLE_S,
@@ -107,9 +105,9 @@ class WechatBase(BaseHandler):
         run, old = self.patient_session(patient, verified=verified, binding_id=binding_id,
                                         methods=methods)
         new = await self.in_db(run)
-        if old:
-            self.ctx.principals.forget(old)
-        set_session_cookie(self, new.token, access.PATIENT_SESSION_MAX_S)
+        for cred in old:
+            self.ctx.principals.forget(cred)
+        set_session_cookie(self, new.token, access.PATIENT_SESSION_MAX_S, drop=old)
         return new
 
 
@@ -137,8 +135,8 @@ class WechatPageHandler(WechatBase):
                 return
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        from .shares import STATIC
-        self.finish((STATIC / "wechat/index.html").read_bytes())
+        from .pages import page_bytes
+        self.finish(page_bytes("wechat/index.html"))
 
 
 class OAuthStartHandler(WechatBase):

@@ -70,6 +70,28 @@ export async function getImage(url, signal) {
   return resp.blob();
 }
 
+let csrfToken = '';
+export function setCsrf(v) { if (v) csrfToken = v; }
+
+/** A JSON POST with the page's CSRF proof. Another link opened in this browser may have
+ *  started a session since this page loaded: a stale proof is answered 403 with code
+ *  'csrf_stale', and the call fetches a fresh proof and is sent once more. */
+export async function postJSON(url, body, retried = false) {
+  const headers = { Accept: 'application/json', 'Content-Type': 'application/json' };
+  if (csrfToken) headers['X-CSRF-Token'] = csrfToken;
+  const resp = await fetch(url, { method: 'POST', credentials: 'same-origin', headers, body: JSON.stringify(body || {}) });
+  if (resp.status === 403 && !retried) {
+    const data = await resp.clone().json().catch(() => null);
+    if (data && data.code === 'csrf_stale') {
+      const f = await getJSON('/api/session/csrf').catch(() => null);
+      csrfToken = (f && f.csrf_token) || '';
+      return postJSON(url, body, true);
+    }
+  }
+  if (!resp.ok) throw await errorOf(resp);
+  return resp.json();
+}
+
 export const api = {
   studies: (q, signal) => getJSON(urls.studies(q), signal),
   study: (s, signal, priority) => getJSON(urls.study(s), signal, priority),

@@ -71,6 +71,8 @@ export function langButton(onChange) {
     lang = otherLang(lang);
     dict = lang === 'en' ? (await import('./i18n/en.js')).default : zh;
     try { localStorage.setItem('cf-lang', lang); } catch (e) { /* ignore */ }
+    // a cookie too: pages the server writes (refusals) follow the choice
+    document.cookie = `cf_lang=${lang}; path=/; max-age=31536000; samesite=lax`;
     document.documentElement.lang = lang;
     b.textContent = t('lang.switch');
     applyI18n(document);
@@ -79,8 +81,9 @@ export function langButton(onChange) {
   return b;
 }
 
-/** A page-wide notice (session expired, not found …). */
-export function fatal(message, action) {
+/** A page-wide notice (session expired, not found …) with its next steps: each action is
+ *  {label, run} (a button) or {label, href} (a link). */
+export function fatal(message, ...actions) {
   let box = document.getElementById('fatal');
   if (!box) {
     box = el('div', 'fatal');
@@ -89,16 +92,53 @@ export function fatal(message, action) {
   }
   box.textContent = '';
   box.append(el('p', 'fatal-text', message));
-  if (action) {
-    const b = el('button', 'btn', action.label);
-    b.addEventListener('click', action.run);
+  for (const action of actions) {
+    if (!action) continue;
+    const b = el(action.href ? 'a' : 'button', 'btn', action.label);
+    if (action.id) b.id = action.id;
+    if (action.href) b.href = action.href; else b.addEventListener('click', action.run);
     box.append(b);
   }
 }
 
+const NEXT = {
+  'zh-CN': { expired: '查看时间已结束或分享已失效，请重新输入访问码或验证身份后查看。',
+    code: '重新输入访问码', portal: '验证身份，查看我的检查', call: '联系医院' },
+  en: { expired: 'Your viewing time has ended or the share is no longer valid. Enter the access code again or verify your identity.',
+    code: 'Enter the access code again', portal: 'Verify your identity', call: 'Contact the hospital' },
+};
+
+/** Where this exam's share link is, if this browser opened the exam through one. */
+function shareLinkFor(uid) {
+  try {
+    const l = localStorage.getItem(`cf-share:${uid}`);
+    return l && /^\/s\/[A-Za-z0-9_-]+$/.test(l) ? l : null;
+  } catch (e) { return null; }
+}
+
+/** An expired or revoked session: never reload the same failing page; offer the share's
+ *  code page (when known), identity verification and the hospital's phone. */
 export function watchSession() {
-  window.addEventListener('cf-session-expired', () => {
-    fatal(t('state.expired'), { label: t('state.expired.action'), run: () => window.location.reload() });
+  window.addEventListener('cf-session-expired', async () => {
+    if (!location.pathname.startsWith('/film/')) {
+      // staff pages (workspace): sign in again and come back here
+      fatal(t('state.expired'), { label: t('state.expired.action'), href: `/login?next=${encodeURIComponent(location.pathname + location.search)}`, id: 'relogin-staff' });
+      return;
+    }
+    const w = NEXT[lang === 'en' ? 'en' : 'zh-CN'];
+    const uid = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
+    const link = location.pathname.startsWith('/film/') ? shareLinkFor(uid) : null;
+    const portal = /^[0-9.]+$/.test(uid) && location.pathname.startsWith('/film/')
+      ? `/portal#exam=${encodeURIComponent(`study_uid:${uid}`)}` : '/portal';
+    const steps = [link && { label: w.code, href: link, id: 'relogin-code' },
+      { label: w.portal, href: portal, id: 'relogin-portal' }];
+    fatal(w.expired, ...steps);
+    try {
+      const h = await (await fetch('/api/hospital', { headers: { Accept: 'application/json' } })).json();
+      if (h && h.phone) {
+        fatal(w.expired, ...steps, { label: `${w.call} ${h.phone}`, href: `tel:${String(h.phone).replace(/[^0-9+-]/g, '')}`, id: 'relogin-call' });
+      }
+    } catch (e) { /* the two steps above still work */ }
   });
 }
 

@@ -1,11 +1,16 @@
 // Shared helpers of the share and portal pages: strings (zh-CN default, en), JSON calls
 // with the CSRF token, small DOM helpers. No third-party code, no inline script or style.
+import { storeLang } from '../js/hospital.js';
 
 const STRINGS = {
   'zh-CN': {
     'title.share': '云胶片分享', 'title.portal': '我的云胶片', 'title.desk': '创建分享 · 打印凭条',
     'code.label': '请输入6位访问码', 'code.open': '打开', 'code.format': '访问码应为6位数字',
     'share.expires': '有效期至 {t}', 'share.reportonly': '此分享仅包含报告',
+    'share.opens': '已打开 {o}/{m} 次', 'share.opening': '正在打开影像…',
+    'share.portal': '验证身份，查看我的检查', 'entry.title': '我的云胶片', 'entry.portal': '我的云胶片（验证身份）',
+    'entry.link': '输入分享链接或分享码', 'entry.go': '打开分享', 'entry.bad': '请粘贴完整的分享链接（以 /s/ 开头的网址）',
+    'entry.staff': '医护人员登录', 'entry.hint': '扫描检查凭条上的二维码，或粘贴收到的分享链接',
     'share.view': '查看报告与影像', 'share.download': '下载原始影像（DICOM）',
     'share.reverify': '下载前请再次输入访问码', 'share.confirm': '确认',
     'verify.title': '验证身份', 'verify.hint': '可用的验证方式：{c}',
@@ -31,6 +36,10 @@ const STRINGS = {
     'title.share': 'Cloud film share', 'title.portal': 'My cloud films', 'title.desk': 'Create a share · print the slip',
     'code.label': 'Enter the 6-digit access code', 'code.open': 'Open', 'code.format': 'The code has 6 digits',
     'share.expires': 'Valid until {t}', 'share.reportonly': 'This share holds the report only',
+    'share.opens': 'Opened {o} of {m} times', 'share.opening': 'Opening the images…',
+    'share.portal': 'Verify your identity to see my exams', 'entry.title': 'My cloud films', 'entry.portal': 'My cloud films (verify identity)',
+    'entry.link': 'Paste a share link', 'entry.go': 'Open the share', 'entry.bad': 'Paste the whole share link (an address containing /s/)',
+    'entry.staff': 'Staff sign-in', 'entry.hint': 'Scan the QR code on your exam slip, or paste the share link you received',
     'share.view': 'View report and images', 'share.download': 'Download original images (DICOM)',
     'share.reverify': 'Enter the access code again to download', 'share.confirm': 'Confirm',
     'verify.title': 'Verify your identity', 'verify.hint': 'Accepted: {c}',
@@ -68,7 +77,7 @@ export function langButton(onChange) {
   b.type = 'button';
   b.addEventListener('click', () => {
     lang = lang === 'en' ? 'zh-CN' : 'en';
-    try { localStorage.setItem('cf-lang', lang); } catch (e) { /* ignore */ }
+    storeLang(lang);
     document.documentElement.lang = lang;
     b.textContent = t('lang');
     onChange();
@@ -90,7 +99,20 @@ export class HttpError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-export async function call(method, url, body) {
+export function currentLang() { return lang; }
+
+/** The language part of a server message ('中文 / English'). */
+export function localMsg(m) {
+  const s = String(m || '');
+  const i = s.indexOf(' / ');
+  if (i < 0) return s;
+  return lang === 'en' ? s.slice(i + 3).trim() : s.slice(0, i).trim();
+}
+
+/** A JSON call. Another link opened in this browser may have started a session since this
+ *  page loaded: a stale proof is answered with code 'csrf_stale', and the call fetches a
+ *  fresh proof and is sent once more, so the person never sees it. */
+export async function call(method, url, body, retried = false) {
   const opts = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
   if (body !== undefined) {
     opts.headers['Content-Type'] = 'application/json';
@@ -100,7 +122,13 @@ export async function call(method, url, body) {
   const resp = await fetch(url, opts);
   let data = null;
   try { data = await resp.json(); } catch (e) { /* not JSON */ }
-  if (!resp.ok) throw new HttpError(resp.status, (data && data.error) || `HTTP ${resp.status}`);
+  if (resp.status === 403 && data && data.code === 'csrf_stale' && !retried) {
+    const fresh = await fetch('/api/session/csrf', { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+    const f = fresh.ok ? await fresh.json() : null;
+    csrf = (f && f.csrf_token) || '';
+    return call(method, url, body, true);
+  }
+  if (!resp.ok) throw new HttpError(resp.status, localMsg((data && data.error) || `HTTP ${resp.status}`));
   return data;
 }
 

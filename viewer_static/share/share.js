@@ -1,59 +1,77 @@
-// The share page (/s/{token}): type the access code, then the film view opens.
-import { t, el, call, setCsrf, localTime, codeInput, langButton } from './common.js';
+// The share page (/s/{token}): type the access code and the film view opens at once (the
+// film view has the download buttons). A browser that opened this share before goes
+// straight to the images without a code and without counting another open.
+import { t, el, call, setCsrf, localTime, codeInput, langButton, currentLang } from './common.js';
+import { loadHospital, hospitalBlock, rememberShare } from '../js/hospital.js';
 
 const $ = (id) => document.getElementById(id);
 const token = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
 let status = null;
-let opened = null;
+let hospital = null;
+
+// the film view's files, fetched while the code is typed (versioned, cached as immutable)
+const FILM_FILES = ['js/film.js', 'js/api.js', 'js/film_view.js', 'js/viewport.js', 'js/ui.js',
+  'js/loader.js', 'js/prefetch.js', 'js/viewport_math.js', 'js/series.js', 'js/presets.js',
+  'js/i18n/zh-CN.js', 'css/viewer.css'];
+
+function prefetchFilm() {
+  const base = new URL('../', import.meta.url);
+  for (const f of FILM_FILES) {
+    const l = document.createElement('link');
+    l.rel = f.endsWith('.js') ? 'modulepreload' : 'prefetch';
+    if (l.rel === 'prefetch') l.as = 'style';
+    l.href = new URL(f, base).href;
+    document.head.append(l);
+  }
+}
+
+function facts() {
+  if (!status) return '';
+  const parts = [t('share.expires', { t: localTime(status.expires_at) })];
+  if (status.max_opens) parts.push(t('share.opens', { o: status.opens, m: status.max_opens }));
+  if (!status.include_images) parts.push(t('share.reportonly'));
+  return parts.join(' · ');
+}
 
 function texts() {
   document.title = t('title.share');
   $('title').textContent = t('title.share');
   $('code-label').textContent = t('code.label');
   $('open').textContent = t('code.open');
-  $('view').textContent = t('share.view');
-  $('reverify-btn').textContent = t('share.confirm');
-  $('dl-link').textContent = t('share.download');
-  if (status) $('expiry').textContent = t('share.expires', { t: localTime(status.expires_at) })
-    + (status.include_images ? '' : ` · ${t('share.reportonly')}`);
+  $('next-portal').textContent = t('share.portal');
+  $('expiry').textContent = facts();
+  showHospital();
+}
+
+function showHospital() {
+  const slot = $('hospital-slot');
+  if (!slot || !hospital) return;
+  slot.textContent = '';
+  slot.append(hospitalBlock(hospital, currentLang()));
+  if (hospital.name) $('hosp-name').textContent = hospital.name;
 }
 
 function refuse(message) {
   $('codeform').classList.add('hidden');
-  $('menu').classList.add('hidden');
+  $('expiry').classList.add('hidden');
   const r = $('refusal');
   r.textContent = message;
   r.classList.remove('hidden');
+  $('next').classList.remove('hidden');
 }
 
-function showMenu(studyUid, allowDownload) {
+function go(filmUrl, studyUid) {
+  if (studyUid) rememberShare(studyUid, location.pathname);
   $('codeform').classList.add('hidden');
-  $('menu').classList.remove('hidden');
-  $('view').href = `/film/${encodeURIComponent(studyUid)}`;
-  if (!allowDownload) return;
-  $('dl').classList.remove('hidden');
-  $('dl-link').href = `/api/download/studies/${encodeURIComponent(studyUid)}.zip`;
-  prepareDownload();
-}
-
-async function prepareDownload() {
-  const me = await call('GET', '/api/share/me');
-  setCsrf(me.csrf_token);
-  if (me.freshly_verified) {
-    $('reverify').classList.add('hidden');
-    $('dl-link').classList.remove('hidden');
-    $('dl-hint').textContent = '';
-  } else {
-    $('dl-link').classList.add('hidden');
-    $('reverify').classList.remove('hidden');
-    $('dl-hint').textContent = t('share.reverify');
-  }
+  $('opening').textContent = t('share.opening');
+  $('opening').classList.remove('hidden');
+  location.replace(filmUrl);
 }
 
 async function main() {
   $('lang').append(langButton(texts));
   $('code-slot').append(codeInput('code'));
-  $('reverify-slot').append(codeInput('code2'));
+  loadHospital().then((h) => { hospital = h; showHospital(); });
   try {
     status = await call('POST', '/api/share/status', { token });
   } catch (e) {
@@ -62,10 +80,11 @@ async function main() {
     return;
   }
   texts();
-  if (status.session) { showMenu(status.study_uid, status.allow_download); return; }
+  if (status.session) { go(status.film_url, status.study_uid); return; }
   if (status.state !== 'open') { refuse(status.message); return; }
   $('codeform').classList.remove('hidden');
   $('code').focus();
+  prefetchFilm();
   $('codeform').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const code = $('code').value.trim();
@@ -73,25 +92,13 @@ async function main() {
     $('open').disabled = true;
     $('msg').textContent = '';
     try {
-      opened = await call('POST', '/api/share/open', { token, code });
+      const opened = await call('POST', '/api/share/open', { token, code });
       setCsrf(opened.csrf_token);
-      if (opened.allow_download) showMenu(opened.study_uid, true);
-      else location.replace(opened.film_url);
+      go(opened.film_url, opened.study_uid);
     } catch (e) {
-      if (e.status === 403) { $('msg').textContent = e.message; $('code').select(); }
-      else refuse(e.message);
-    } finally {
       $('open').disabled = false;
+      if (e.status === 403) { $('msg').textContent = e.message; $('code').select(); } else refuse(e.message);
     }
-  });
-  $('reverify-btn').addEventListener('click', async () => {
-    const code = $('code2').value.trim();
-    if (!/^[0-9]{6}$/.test(code)) { $('dl-msg').textContent = t('code.format'); return; }
-    try {
-      await call('POST', '/api/share/reverify', { code });
-      $('dl-msg').textContent = '';
-      await prepareDownload();
-    } catch (e) { $('dl-msg').textContent = e.message; }
   });
 }
 
