@@ -65,6 +65,7 @@ def make_app(ctx: AppContext, **settings) -> tornado.web.Application:
         default_handler_args={"ctx": ctx},
         static_path=str(ROOT / "viewer_static"),
         static_url_prefix="/static/",
+        static_handler_args={"ctx": ctx},
         xheaders=False,
         compress_response=True,
     )

@@ -330,6 +330,10 @@ class StaticFiles(tornado.web.StaticFileHandler):
 
     immutable = False
 
+    def initialize(self, path: str, default_filename: str | None = None, ctx=None) -> None:
+        super().initialize(path, default_filename)
+        self.ctx = ctx
+
     def parse_url_path(self, url_path: str) -> str:
         # Tornado's own handler answers 500 to "/static/%00" (os.stat: embedded null byte)
         if "\x00" in url_path or len(url_path) > 1024:
@@ -356,8 +360,15 @@ class StaticFiles(tornado.web.StaticFileHandler):
             message = "error"
         if status_code >= 500:
             message = "服务器内部错误，请稍后再试 / internal server error"
+        elif status_code == 404:
+            message = "没有找到该页面 / no such page"
         self.clear_header("Content-Disposition")
-        self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        from .visitor import error_page, wants_html
+        if self.ctx is not None and wants_html(self):
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(error_page(self, status_code, message))
+            return
+        self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps({"ok": False, "status": status_code, "error": message},
                                ensure_ascii=False))

@@ -55,12 +55,29 @@ def ui_lang(handler) -> str:
     return "en" if handler.get_cookie(LANG_COOKIE) == "en" else "zh-CN"
 
 
-def local_part(message: str, lang: str) -> str:
-    """Server messages read 'chinese / english': the visitor sees one language only."""
+_CJK = re.compile(r"[\u3400-\u9fff]")
+PLAIN = {
+    "zh-CN": {400: "链接不完整或有误，请检查后重试。", 401: "查看时间已结束，请重新输入访问码或验证身份。",
+              403: "您暂时无法查看此内容。", 404: "没有找到您要查看的内容，链接可能有误或已失效。",
+              429: "尝试次数过多，请稍后再试。", 500: "服务暂时不可用，请稍后再试。"},
+    "en": {400: "The link is incomplete or wrong.", 401: "Your viewing time has ended; enter "
+           "the access code again or verify your identity.", 403: "This cannot be shown to you.",
+           404: "What you asked for was not found; the link may be wrong or no longer valid.",
+           429: "Too many attempts; please try again later.",
+           500: "The service is not available right now; please try again later."},
+}
+
+
+def local_part(message: str, lang: str, status: int = 400) -> str:
+    """Server messages read 'chinese / english': the visitor sees one language only, and a
+    technical message that has no Chinese (a UID parser's, say) becomes a plain sentence."""
     zh, sep, en = message.partition(" / ")
-    if not sep:
-        return message
-    return en.strip() if lang == "en" else zh.strip()
+    text = (en if lang == "en" else zh).strip() if sep else message
+    if (lang != "en" and not _CJK.search(text)) or (lang == "en" and not sep
+                                                    and _CJK.search(text)):
+        plain = PLAIN[lang]
+        return plain.get(status) or plain[500 if status >= 500 else 400]
+    return text
 
 
 # film view --------------------------------------------------------------------------------
@@ -152,8 +169,7 @@ class SessionCsrfHandler(BaseHandler):
 
 class HospitalHandler(BaseHandler):
     def get(self) -> None:
-        self.set_header("Cache-Control", "no-cache")
-        self.write_json(hospital_json(self.ctx), personal=False)
+        self.write_json(hospital_json(self.ctx))
 
 
 class HospitalLogoHandler(BaseHandler):
@@ -241,7 +257,7 @@ def error_page(handler, status: int, message: str) -> bytes:
     ctx = handler.ctx
     hosp = hospital_json(ctx)
     title = TITLES[lang].get(status) or TITLES[lang][500 if status >= 500 else 400]
-    text = local_part(message, lang)
+    text = local_part(message, lang, status)
     path = handler.request.path
     m = _STUDY_IN_PATH.match(path)
     study = m.group(1) if m else ""

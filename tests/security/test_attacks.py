@@ -479,3 +479,34 @@ def test_default_app_serves_static_files_hardened(ctx):
     from server.handlers.base import StaticFiles
     app = make_app(ctx)
     assert app.settings["static_handler_class"] is StaticFiles
+
+
+def test_every_navigable_error_is_an_html_page(live, world):
+    """A browser that navigates to any GET route (a link, a QR code, a bookmark, a download
+    after its 10 minutes) and is refused sees a page in its language with a next step,
+    never raw JSON; the same route still answers API clients with the JSON error shape."""
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    problems, pages = [], 0
+    for op in operations(live.server.request_callback):
+        if op["method"] != "get":
+            continue
+        for other in (False, True):
+            path = fill_path(op, world, other=other)
+            st, h, b = send(live, "get", path, headers=browser)
+            if st < 400:
+                continue
+            ctype = h.get("Content-Type", "")
+            text = b.decode("utf-8", "replace")
+            if op["path"] == "/wechat/callback":
+                continue               # Tencent's servers call it, never a browser
+            if not ctype.startswith("text/html"):
+                problems.append(f"GET {path}: {st} {ctype}: {text[:100]}")
+                continue
+            if "cf-error-page" in text and 'id="next-steps"' not in text or "CSRF" in text:
+                problems.append(f"GET {path}: page without a next step: {text[:100]}")
+            pages += 1
+    st, h, _ = send(live, "get", f"/api/studies/{world.study_a}",
+                    headers={"Accept": "application/json"})
+    assert st == 401 and h["Content-Type"].startswith("application/json")
+    assert pages > 20
+    assert not problems, "\n".join(problems)
