@@ -98,6 +98,23 @@ class StudiesHandler(BaseHandler):
         self.write_json(result)
 
 
+def study_payload(ctx, exam, principal) -> dict:
+    """The study JSON of the film view as `principal` may see it (blocking: db pool)."""
+    study = ctx.catalog.study_json(exam)
+    for se in study["series"]:
+        if se["instances"]:
+            mid = se["instances"][len(se["instances"]) // 2]
+            ref = ctx.renders.lookup_instance(exam.study_uid, se["series_uid"], mid["sop_uid"])
+            se["display"] = ctx.renders.display_defaults(ref)
+    if principal.masks_personal_data():
+        study["patient"] = mask_patient(study["patient"])
+        if not study["images_enabled"]:
+            study["series"] = []
+    study["exam_id"] = exam.id
+    study["ok"] = True
+    return study
+
+
 class StudyHandler(BaseHandler):
     """GET /api/studies/{study_uid}, and GET /api/exams/{id} for an exam whose images have
     not arrived (no Study Instance UID yet: the report still shows)."""
@@ -110,22 +127,9 @@ class StudyHandler(BaseHandler):
         def load():
             catalog = self.ctx.catalog
             exam = catalog.exam_by_id(int(ref)) if by_id else catalog.exam_by_uid(ref)
-            self.check_exam(exam_id=exam.id, patient_db_id=exam.patient_id,
-                            images_enabled=exam.images_enabled, need="report")
-            study = catalog.study_json(exam)
-            for se in study["series"]:
-                if se["instances"]:
-                    mid = se["instances"][len(se["instances"]) // 2]
-                    ref_ = self.ctx.renders.lookup_instance(exam.study_uid, se["series_uid"],
-                                                            mid["sop_uid"])
-                    se["display"] = self.ctx.renders.display_defaults(ref_)
-            return study, exam
+            p = self.check_exam(exam_id=exam.id, patient_db_id=exam.patient_id,
+                                images_enabled=exam.images_enabled, need="report")
+            return study_payload(self.ctx, exam, p), exam
         result, exam = await self.in_db(load)
         self.ctx.views.seen(self, "exam.view", "exam", exam.accession_number or exam.id)
-        if self.principal.masks_personal_data():
-            result["patient"] = mask_patient(result["patient"])
-            if not result["images_enabled"]:
-                result["series"] = []
-        result["exam_id"] = exam.id
-        result["ok"] = True
         self.write_json(result)

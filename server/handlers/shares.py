@@ -167,8 +167,20 @@ class ShareOpenHandler(BaseHandler):
         set_session_cookie(self, opened.session.token,
                            int((s.expires_at - s.created_at).total_seconds()))
         sh = opened.share
-        self.write_json({"ok": True, "reused": False, "csrf_token": s.csrf_token,
-                         **share_view_json(sh, True)})
+        out = {"ok": True, "reused": False, "csrf_token": s.csrf_token,
+               **share_view_json(sh, True)}
+        if body.get("include_study") is True:
+            # the film view's data in the same answer: one round trip less before the first
+            # image on a slow phone link (the page hands it over in sessionStorage)
+            from ..auth import principal_from_session
+            from .api import study_payload
+
+            def study():
+                self.principal = principal_from_session(s)
+                return study_payload(self.ctx, sh.exam, self.principal)
+            out["study"] = await self.in_db(study)
+            self.ctx.views.seen(self, "exam.view", "exam", sh.exam.accession_number or sh.exam.id)
+        self.write_json(out)
 
 
 class ShareSessionBase(BaseHandler):

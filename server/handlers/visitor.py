@@ -48,7 +48,15 @@ def hospital_json(ctx) -> dict:
     logo = c.hospital_logo_file
     return {"name": c.hospital_name, "phone": c.hospital_phone, "hours": c.hospital_hours,
             "logo_url": "/hospital/logo" if logo and Path(logo).suffix.lower() in LOGO_TYPES
-            else None}
+            else None, "wechat": wechat_configured(ctx)}
+
+
+def wechat_configured(ctx) -> bool:
+    try:
+        from .. import wechat_service
+        return wechat_service.wechat_settings(ctx) is not None
+    except Exception:           # a broken WeChat setting shows on /wechat/admin, not here
+        return False
 
 
 def ui_lang(handler) -> str:

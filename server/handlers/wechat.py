@@ -334,19 +334,23 @@ class WechatLogoutHandler(WechatBase):
         self.write_json({"ok": True})
 
 
+SHARE_PAGE_RE = re.compile(r"^/s/[A-Za-z0-9_\-]{16,64}$")
 JS_API_LIST = ["updateAppMessageShareData", "updateTimelineShareData", "onMenuShareAppMessage"]
 
 
 class JssdkHandler(WechatBase):
     async def get(self) -> None:
         self.settings_or_404()
-        await self.openid()
         url = self.get_query_argument("url", "")
         base = urlparse(self.ctx.config.base_url)
         u = urlparse(url)
         if len(url) > 1024 or (u.scheme, u.netloc) != (base.scheme, base.netloc):
             raise ApiError(400, "url 必须是本站页面地址 / url must be a page of this server "
                                 f"({base.scheme}://{base.netloc})")
+        if not SHARE_PAGE_RE.match(u.path):
+            # a share's code page shows no patient data and is opened from a chat without
+            # our web authorisation: its share card (发送给朋友) is signed for anyone
+            await self.openid()
         svc = wx.service(self.ctx)
         try:
             cfg = await wx.in_db_thread(svc.jssdk_config, url)

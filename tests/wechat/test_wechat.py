@@ -373,6 +373,13 @@ def test_jssdk_signature(wlive, people, fake):
         == 400
     import requests
     assert requests.get(wlive.url + f"/api/wechat/jssdk?url={page}").status_code == 401
+    # a share's code page (no patient data) is signed without the web authorisation, so its
+    # share card works for whoever the link was forwarded to
+    share_page = wlive.url + "/s/" + "A" * 32
+    r = requests.get(wlive.url + f"/api/wechat/jssdk?url={share_page}")
+    assert r.status_code == 200 and r.json()["signature"]
+    r = requests.get(wlive.url + f"/api/wechat/jssdk?url={share_page}/x")
+    assert r.status_code == 401
 
 
 def test_admin_status_configured_and_working(wlive, people, fake):

@@ -60,6 +60,22 @@ function refuse(message) {
   $('next').classList.remove('hidden');
 }
 
+/** Inside WeChat with the Official Account configured: 发送给朋友 sends a card with the
+ *  hospital's name and this code page's link (the code stays with the patient), no patient
+ *  data. Quietly does nothing elsewhere. */
+async function wechatCard() {
+  if (!/MicroMessenger/i.test(navigator.userAgent)) return;
+  const h0 = hospital || await loadHospital();
+  if (!h0.wechat) return;
+  try {
+    const cfg = await call('GET', `/api/wechat/jssdk?url=${encodeURIComponent(location.href.split('#')[0])}`);
+    const wx = await import('../wechat/jsbridge.js');
+    const bridge = await wx.configure(cfg);
+    const h = hospital || await loadHospital();
+    await wx.setShare(bridge, { title: `${h.name || ''} ${t('title.share')}`.trim(), desc: t('share.card'), link: location.href.split('#')[0] });
+  } catch (e) { /* WeChat not configured here, or no bridge: the link can still be copied */ }
+}
+
 function go(filmUrl, studyUid) {
   if (studyUid) rememberShare(studyUid, location.pathname);
   $('codeform').classList.add('hidden');
@@ -85,6 +101,7 @@ async function main() {
   $('codeform').classList.remove('hidden');
   $('code').focus();
   prefetchFilm();
+  wechatCard();
   $('codeform').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const code = $('code').value.trim();
@@ -92,8 +109,12 @@ async function main() {
     $('open').disabled = true;
     $('msg').textContent = '';
     try {
-      const opened = await call('POST', '/api/share/open', { token, code });
+      const opened = await call('POST', '/api/share/open', { token, code, include_study: true });
       setCsrf(opened.csrf_token);
+      // the film view takes its data from here instead of asking again (one round trip less)
+      if (opened.study && opened.study_uid) {
+        try { sessionStorage.setItem(`cf-study:${opened.study_uid}`, JSON.stringify({ at: Date.now(), study: opened.study })); } catch (e) { /* full or private */ }
+      }
       go(opened.film_url, opened.study_uid);
     } catch (e) {
       $('open').disabled = false;
