@@ -84,6 +84,8 @@ class BaseHandler(tornado.web.RequestHandler):
     # identity verification, sign-in): they need no CSRF proof of the session the browser
     # happens to hold, only the sessionless rules (same origin, JSON body).
     session_free = False
+    # the browser sent a session that has ended (expired, revoked, signed out)
+    ended_sessions = False
 
     def initialize(self, ctx) -> None:
         self.ctx = ctx
@@ -102,6 +104,8 @@ class BaseHandler(tornado.web.RequestHandler):
                                     "or expired")
             if self.principal is not None:
                 held.append((credential, self.principal))
+            elif not bearer:
+                self.ended_sessions = True
         if not bearer:
             for cred in self.kept_credentials():
                 if cred == credential:
@@ -109,6 +113,8 @@ class BaseHandler(tornado.web.RequestHandler):
                 p = await self.resolve_credential(cred, False)
                 if p is not None and p.kind != "staff":
                     held.append((cred, p))
+                elif p is None:
+                    self.ended_sessions = True
         self.held = tuple(held)
         if self.principal is None and self.held:
             # the primary session ended (expired, logged out): the newest kept one stands in
@@ -167,6 +173,12 @@ class BaseHandler(tornado.web.RequestHandler):
                 continue
             self.principal = p
             return p
+        if first_error.status == 404 and self.ended_sessions:
+            # the session that showed this exam in this browser has ended (another one, say
+            # a portal sign-in, is still live): say so, so the page offers the code again
+            raise policy.Unauthenticated("查看时间已结束，请重新输入访问码或验证身份 / your "
+                                         "viewing time has ended; enter the access code again "
+                                         "or verify your identity")
         raise first_error  # type: ignore[misc]
 
     def check_csrf(self, bearer: bool) -> None:

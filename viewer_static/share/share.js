@@ -1,7 +1,7 @@
 // The share page (/s/{token}): type the access code and the film view opens at once (the
 // film view has the download buttons). A browser that opened this share before goes
 // straight to the images without a code and without counting another open.
-import { t, el, call, setCsrf, localTime, codeInput, langButton, currentLang } from './common.js';
+import { t, call, setCsrf, localTime, codeInput, langButton, currentLang, localMsg } from './common.js';
 import { loadHospital, hospitalBlock, rememberShare } from '../js/hospital.js';
 
 const $ = (id) => document.getElementById(id);
@@ -97,7 +97,7 @@ async function main() {
   }
   texts();
   if (status.session) { go(status.film_url, status.study_uid); return; }
-  if (status.state !== 'open') { refuse(status.message); return; }
+  if (status.state !== 'open') { refuse(localMsg(status.message)); return; }
   $('codeform').classList.remove('hidden');
   $('code').focus();
   prefetchFilm();
