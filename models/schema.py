@@ -266,3 +266,32 @@ class AuditHead(BaseModel):
 
 
 ALL_MODELS.extend([Session, ApiToken, RuntimeSetting, AuditHead])
+
+
+class PatientShare(BaseModel):
+    """A patient-level QR code (R1.4): after identity verification it leads to all of one
+    patient's exams, current and later ones. Counted, expiring and revocable like an exam
+    share. The link token is derived from the server key and `link_nonce` (so its owner can
+    be shown the link again); only the token's SHA-256 is stored."""
+    patient = pw.ForeignKeyField(Patient, backref="patient_shares", on_delete="CASCADE")
+    token_hash = pw.CharField(max_length=64, unique=True)
+    link_nonce = pw.CharField(max_length=32)
+    max_opens = pw.IntegerField(default=5)
+    opens = pw.IntegerField(default=0)
+    expires_at = pw.DateTimeField()
+    revoked_at = pw.DateTimeField(null=True)
+    failed_attempts = pw.IntegerField(default=0)
+    locked_until = pw.DateTimeField(null=True)
+    created_by_kind = pw.CharField(max_length=16, default="staff")
+    created_by = pw.CharField(max_length=64, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class PatientShareSession(BaseModel):
+    """The patient sessions opened with a patient QR (revoking the QR ends them)."""
+    patient_share = pw.ForeignKeyField(PatientShare, backref="sessions", on_delete="CASCADE")
+    session = pw.ForeignKeyField(Session, unique=True, on_delete="CASCADE")
+
+
+PATIENT_QR_MODELS = [PatientShare, PatientShareSession]
+ALL_MODELS.extend(PATIENT_QR_MODELS)

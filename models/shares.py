@@ -22,8 +22,8 @@ import peewee as pw
 
 from .catalog import CatalogError, validate_id_number
 from .db import write_transaction
-from .schema import (AuditEvent, BaseModel, DownloadLog, Exam, Patient, RuntimeSetting,
-                     Session, Share, utcnow)
+from .schema import (AuditEvent, BaseModel, DownloadLog, Exam, Patient, PatientShare,
+                     PatientShareSession, RuntimeSetting, Session, Share, utcnow)
 from .sessions import NewSession, create_session, end_sessions_of_share, mark_verified
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ MSG_EXHAUSTED = "分享的打开次数已用完 / this share has been opened as 
 MSG_LOCKED = (f"访问码连续错误 {MAX_CODE_FAILURES} 次，该分享已锁定 {LOCK_MINUTES} 分钟 / too "
               f"many wrong codes: this share is locked for {LOCK_MINUTES} minutes")
 MSG_IP_LIMIT = "尝试次数过多，请稍后再试 / too many attempts from your network; try again later"
+MSG_OTHER_PATIENT = ("此二维码不是您本人的：您填写的身份信息属于另一位患者。请使用您本人的二维码，或"
+                     "在“我的云胶片”中直接验证身份查看您本人的检查 / this QR code belongs to "
+                     "another patient: use your own QR code, or verify in My cloud films")
 MSG_NO_MATCH = ("身份信息不匹配，请核对后重试 / the identity data do not match our records; "
                 "check them and try again")
 
@@ -137,6 +140,7 @@ def parse_duration(text: str) -> dt.timedelta:
 
 
 # per-IP limits (counted from the audit trail, so every process sees the same numbers) -----
+# (a patient QR's failures are counted as "verify" failures: identity data were wrong)
 LIMITED_ACTIONS = ("share.open", "verify", "share.reverify")
 
 
@@ -260,24 +264,43 @@ class OpenedShare:
     study_uid: str
 
 
-def _refuse_code(sh: Share, *, auditor, ip: str) -> AccessRefused:
-    """Count one wrong code (atomically); lock the share at the fifth."""
+def _count_open(model, row_id: int, now: dt.datetime) -> int:
+    """Count one open of a share or patient QR with one conditional UPDATE (opens <
+    max_opens, not revoked, not expired): 1 when counted, 0 when refused. Concurrent
+    openings never exceed the limit on SQLite or MySQL. Call inside a write transaction."""
+    return model.update(opens=model.opens + 1, failed_attempts=0).where(
+        (model.id == row_id) & (model.opens < model.max_opens)
+        & model.revoked_at.is_null() & (model.expires_at > now)).execute()
+
+
+def _count_failure(model, row_id: int, *, auditor, ip: str, action: str, object_type: str,
+                   detail: str, what: str) -> int | None:
+    """Count one failed attempt on a share or patient QR (atomically) and lock it for
+    LOCK_MINUTES at the MAX_CODE_FAILURES-th. Returns the tries left, None once locked."""
     now = utcnow()
     with write_transaction():
-        Share.update(failed_attempts=Share.failed_attempts + 1).where(
-            Share.id == sh.id).execute()
-        failures = Share.select(Share.failed_attempts).where(Share.id == sh.id).scalar()
-        auditor.record("share.open", actor_kind="anonymous", ip=ip, object_type="share",
-                       object_id=str(sh.id), outcome="fail", detail="wrong code")
+        model.update(failed_attempts=model.failed_attempts + 1).where(
+            model.id == row_id).execute()
+        failures = model.select(model.failed_attempts).where(model.id == row_id).scalar()
+        auditor.record(action, actor_kind="anonymous", ip=ip, object_type=object_type,
+                       object_id=str(row_id), outcome="fail", detail=detail)
         if failures >= MAX_CODE_FAILURES:
-            Share.update(failed_attempts=0,
+            model.update(failed_attempts=0,
                          locked_until=now + dt.timedelta(minutes=LOCK_MINUTES)).where(
-                Share.id == sh.id).execute()
-            auditor.record("share.locked", actor_kind="system", ip=ip, object_type="share",
-                           object_id=str(sh.id), outcome="alert",
-                           detail=f"{MAX_CODE_FAILURES} wrong codes; locked {LOCK_MINUTES} min")
-            return AccessRefused(429, MSG_LOCKED, "locked")
-    left = MAX_CODE_FAILURES - failures
+                model.id == row_id).execute()
+            auditor.record(f"{object_type}.locked", actor_kind="system", ip=ip,
+                           object_type=object_type, object_id=str(row_id), outcome="alert",
+                           detail=f"{MAX_CODE_FAILURES} {what}; locked {LOCK_MINUTES} min")
+            return None
+    return MAX_CODE_FAILURES - failures
+
+
+def _refuse_code(sh: Share, *, auditor, ip: str) -> AccessRefused:
+    """Count one wrong code (atomically); lock the share at the fifth."""
+    left = _count_failure(Share, sh.id, auditor=auditor, ip=ip, action="share.open",
+                          object_type="share", detail="wrong code", what="wrong codes")
+    if left is None:
+        return AccessRefused(429, MSG_LOCKED, "locked")
     return AccessRefused(403, f"访问码错误，还可尝试 {left} 次 / wrong access code ({left} "
                               f"tries left)", "wrong")
 
@@ -316,9 +339,7 @@ def open_share(token: str, code: str | None, *, key: bytes, auditor, ip: str = "
     if state in ("revoked", "expired"):
         raise _refuse_state(sh, state, auditor=auditor, ip=ip)
     with write_transaction():
-        counted = Share.update(opens=Share.opens + 1, failed_attempts=0).where(
-            (Share.id == sh.id) & (Share.opens < Share.max_opens)
-            & Share.revoked_at.is_null() & (Share.expires_at > now)).execute()
+        counted = _count_open(Share, sh.id, now)
         if counted == 1:
             lifetime = int(min(SHARE_SESSION_MAX_S, (sh.expires_at - now).total_seconds()))
             new = create_session("share", share=sh, idle_timeout_s=SHARE_SESSION_IDLE_S,
@@ -390,6 +411,234 @@ def list_shares(*, exam: Exam | None = None, patient_db_id: int | None = None,
         q = q.where(Exam.patient == patient_db_id)
     return [share_json(s, s.exam) for s in q.order_by(Share.created_at.desc(),
                                                       Share.id.desc()).limit(limit)]
+
+
+# patient-level QR codes (R1.4) -------------------------------------------------------------
+# One QR code leads to ALL of a patient's exams (current and later ones) after identity
+# verification; the verified identity must be the QR's patient. Opens, expiry, lockout and
+# revocation follow the exam shares' rules (and their code: _count_open, _count_failure).
+MSG_PQR_UNKNOWN = "二维码无效，请核对二维码或链接 / this QR code is not valid"
+MSG_PQR_EXPIRED = "二维码已过期 / this QR code has expired"
+MSG_PQR_REVOKED = "二维码已被撤销 / this QR code was revoked"
+MSG_PQR_EXHAUSTED = "二维码的打开次数已用完 / this QR code has been used as often as allowed"
+MSG_PQR_LOCKED = (f"身份信息连续错误 {MAX_CODE_FAILURES} 次，该二维码已锁定 {LOCK_MINUTES} 分钟 / "
+                  f"too many failed verifications: this QR code is locked for {LOCK_MINUTES} "
+                  "minutes")
+
+
+@dataclass
+class NewPatientQr:
+    token: str            # in the URL / QR; only its hash is stored
+    qr: PatientShare
+
+
+def patient_qr_token(key: bytes, nonce: str) -> str:
+    """The link token of a patient QR: derived from the server key and the stored nonce, so
+    the database alone never reveals a usable link, yet its owner can see it again."""
+    import base64
+    mac = hmac.new(key, ("patient-qr-link\x1f" + nonce).encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")[:TOKEN_BYTES * 4 // 3]
+
+
+def patient_qr_token_hash(token: str) -> str:
+    return hashlib.sha256(("patient-qr:" + token).encode()).hexdigest()
+
+
+def _state_message_pqr(state: str, q: PatientShare) -> str:
+    return {"open": "", "revoked": MSG_PQR_REVOKED,
+            "expired": f"二维码已于 {_local(q.expires_at)} 过期 / this QR code expired on "
+                       f"{_local(q.expires_at)} (China time)",
+            "exhausted": MSG_PQR_EXHAUSTED, "locked": MSG_PQR_LOCKED}[state]
+
+
+def patient_qr_json(q: PatientShare, key: bytes | None = None) -> dict:
+    """What staff and the patient see of a patient QR; with the key, its link token (only
+    while it can still be opened)."""
+    state = share_state(q)
+    out = {"id": q.id, "kind": "patient_qr", "patient_db_id": q.patient_id,
+           "max_opens": q.max_opens, "opens": q.opens,
+           "expires_at": q.expires_at.isoformat() + "Z",
+           "revoked_at": q.revoked_at.isoformat() + "Z" if q.revoked_at else None,
+           "created_at": q.created_at.isoformat() + "Z", "created_by_kind": q.created_by_kind,
+           "created_by": q.created_by if q.created_by_kind != "patient" else "",
+           "state": state, "token": None}
+    if key is not None and state in ("open", "locked"):
+        out["token"] = patient_qr_token(key, q.link_nonce)
+    return out
+
+
+def _live_patient(patient_db_id: int) -> Patient:
+    """The patient record a QR leads to (following merges)."""
+    p = Patient.get_or_none(Patient.id == patient_db_id)
+    seen = set()
+    while p is not None and p.merged_into_id is not None and p.id not in seen:
+        seen.add(p.id)
+        p = Patient.get_or_none(Patient.id == p.merged_into_id)
+    if p is None:
+        raise AccessRefused(404, "没有找到该患者 / no such patient")
+    return p
+
+
+def create_patient_qr(patient_db_id: int, *, key: bytes, auditor, max_opens: int = 5,
+                      expires_in: dt.timedelta = dt.timedelta(days=30),
+                      max_expiry: dt.timedelta = dt.timedelta(days=365),
+                      created_by_kind: str = "staff", created_by: str = "",
+                      ip: str = "") -> NewPatientQr:
+    if isinstance(max_opens, bool) or not isinstance(max_opens, int) \
+            or not 1 <= max_opens <= 1000:
+        raise AccessRefused(400, "打开次数应为1到1000之间的整数 / max opens must be a whole "
+                                 "number from 1 to 1000")
+    if expires_in <= dt.timedelta(0) or expires_in > max_expiry:
+        raise AccessRefused(400, f"有效期应在1分钟到{max_expiry.days}天之间 / expiry must be "
+                                 f"between 1 minute and {max_expiry.days} days")
+    patient = _live_patient(patient_db_id)
+    nonce = secrets.token_hex(16)
+    token = patient_qr_token(key, nonce)
+    now = utcnow()
+    with write_transaction():
+        q = PatientShare.create(patient=patient, token_hash=patient_qr_token_hash(token),
+                                link_nonce=nonce, max_opens=max_opens, opens=0,
+                                expires_at=now + expires_in, created_by_kind=created_by_kind,
+                                created_by=str(created_by)[:64], created_at=now)
+        auditor.record("patient_qr.create", actor_kind=created_by_kind, actor_id=created_by,
+                       ip=ip, object_type="patient_qr", object_id=str(q.id),
+                       detail=f"patient={patient.patient_id} opens={max_opens} "
+                              f"expires={q.expires_at.isoformat()}")
+    return NewPatientQr(token, q)
+
+
+def find_patient_qr(token: str) -> PatientShare | None:
+    if not token or len(token) > 200:
+        return None
+    return PatientShare.get_or_none(PatientShare.token_hash == patient_qr_token_hash(token))
+
+
+def patient_qr_status(token: str) -> dict:
+    """What the QR page may show before verification (nothing about the patient)."""
+    q = find_patient_qr(token)
+    if q is None:
+        raise AccessRefused(404, MSG_PQR_UNKNOWN, "unknown")
+    state = share_state(q)
+    return {"state": state, "message": _state_message_pqr(state, q),
+            "expires_at": q.expires_at.isoformat() + "Z", "opens": q.opens,
+            "max_opens": q.max_opens}
+
+
+def check_patient_qr_open(token: str) -> PatientShare:
+    """The QR if it can be opened now, else the refusal (404 unknown, 410, 429 locked)."""
+    q = find_patient_qr(token)
+    if q is None:
+        raise AccessRefused(404, MSG_PQR_UNKNOWN, "unknown")
+    state = share_state(q)
+    if state != "open":
+        raise AccessRefused(429 if state == "locked" else 410, _state_message_pqr(state, q),
+                            state)
+    return q
+
+
+def _refuse_pqr(q: PatientShare, state: str, *, auditor, ip: str) -> AccessRefused:
+    with write_transaction():
+        auditor.record("patient_qr.open", actor_kind="anonymous", ip=ip,
+                       object_type="patient_qr", object_id=str(q.id), outcome="refused",
+                       detail=state)
+    return AccessRefused(429 if state == "locked" else 410, _state_message_pqr(state, q), state)
+
+
+@dataclass
+class OpenedPatientQr:
+    session: NewSession
+    qr: PatientShare
+    patient: Patient
+    methods: list[str]
+
+
+def open_patient_qr(token: str, factors: dict, *, catalog, key: bytes, auditor, ip: str = "",
+                    user_agent: str = "", ip_limit: int = 20) -> OpenedPatientQr:
+    """Verify identity against a patient QR: the identity must be the QR's patient. One
+    success is one open (one conditional UPDATE) and one new patient session, linked to the
+    QR so that revoking the QR ends it. Wrong or another patient's identity data count as a
+    failure of the QR (locked at the fifth in a row)."""
+    check_ip(ip, ip_limit, auditor, "verify")
+    q = find_patient_qr(token)
+    if q is None:
+        with write_transaction():
+            auditor.record("patient_qr.open", actor_kind="anonymous", ip=ip,
+                           object_type="patient_qr", outcome="fail", detail="unknown token")
+        raise AccessRefused(404, MSG_PQR_UNKNOWN, "unknown")
+    now = utcnow()
+    state = share_state(q, now)
+    if state != "open":          # refused before any SMS code is spent
+        raise _refuse_pqr(q, state, auditor=auditor, ip=ip)
+    patient = _live_patient(q.patient_id)
+    try:
+        v = verify_identity(factors, catalog=catalog, key=key, auditor=auditor, ip=ip,
+                            ip_limit=ip_limit, bound_patient_id=patient.id)
+    except AccessRefused as exc:
+        if exc.status in (403, 409):      # identity data wrong or another patient's
+            left = _count_failure(PatientShare, q.id, auditor=auditor, ip=ip,
+                                  action="patient_qr.open", object_type="patient_qr",
+                                  detail=exc.reason, what="failed verifications")
+            if left is None:
+                raise AccessRefused(429, MSG_PQR_LOCKED, "locked") from None
+            zh, sep, en = str(exc).partition(" / ")
+            raise AccessRefused(exc.status, f"{zh}（还可尝试 {left} 次） / {en} ({left} tries "
+                                            f"left)" if sep else str(exc), exc.reason) from None
+        raise
+    with write_transaction():
+        counted = _count_open(PatientShare, q.id, now)
+        if counted == 1:
+            lifetime = int(min(PATIENT_SESSION_MAX_S, (q.expires_at - now).total_seconds()))
+            new = create_session("patient", patient=v.patient,
+                                 idle_timeout_s=PATIENT_SESSION_IDLE_S,
+                                 lifetime_s=max(1, lifetime), ip=ip, user_agent=user_agent,
+                                 verified=True)
+            PatientShareSession.create(patient_share=q, session=new.session)
+            auditor.record("patient_qr.open", actor_kind="patient",
+                           actor_id=v.patient.patient_id, ip=ip, object_type="patient_qr",
+                           object_id=str(q.id), outcome="ok",
+                           detail=f"open {q.opens + 1}/{q.max_opens} "
+                                  f"methods={'+'.join(v.methods)}")
+    if counted != 1:
+        fresh = PatientShare.get_by_id(q.id)
+        st = share_state(fresh)
+        raise _refuse_pqr(fresh, st if st != "open" else "exhausted", auditor=auditor, ip=ip)
+    q.opens += 1
+    return OpenedPatientQr(new, q, v.patient, v.methods)
+
+
+def patient_qr_of_session(session_id: int) -> int | None:
+    """The patient QR a patient session was opened with (None: opened otherwise)."""
+    return (PatientShareSession.select(PatientShareSession.patient_share)
+            .where(PatientShareSession.session == session_id).scalar())
+
+
+def revoke_patient_qr(qr_id: int, *, auditor, actor_kind: str, actor_id: str, ip: str = "",
+                      patient_db_id: int | None = None) -> PatientShare:
+    """Revoke a patient QR and end every session opened with it. A patient may revoke only
+    their own (others look like a missing QR)."""
+    q = PatientShare.get_or_none(PatientShare.id == qr_id)
+    if q is None or (patient_db_id is not None and q.patient_id != patient_db_id):
+        raise AccessRefused(404, "没有找到该二维码 / no such QR code")
+    with write_transaction():
+        if q.revoked_at is None:
+            q.revoked_at = utcnow()
+            PatientShare.update(revoked_at=q.revoked_at).where(
+                PatientShare.id == q.id).execute()
+        ended = Session.update(ended_at=utcnow()).where(
+            Session.id.in_(PatientShareSession.select(PatientShareSession.session)
+                           .where(PatientShareSession.patient_share == q.id))
+            & Session.ended_at.is_null()).execute()
+        auditor.record("patient_qr.revoke", actor_kind=actor_kind, actor_id=actor_id, ip=ip,
+                       object_type="patient_qr", object_id=str(q.id),
+                       detail=f"sessions ended={ended}")
+    return q
+
+
+def list_patient_qrs(patient_db_id: int, *, key: bytes | None = None,
+                     limit: int = 100) -> list[dict]:
+    rows = (PatientShare.select().where(PatientShare.patient == patient_db_id)
+            .order_by(PatientShare.created_at.desc(), PatientShare.id.desc()).limit(limit))
+    return [patient_qr_json(q, key) for q in rows]
 
 
 # PACS-printed QR codes ---------------------------------------------------------------------
@@ -615,12 +864,15 @@ class Verified:
 
 
 def verify_identity(factors: dict, *, catalog, key: bytes, auditor, ip: str = "",
-                    ip_limit: int = 20, bound_exam_id: int | None = None) -> Verified:
+                    ip_limit: int = 20, bound_exam_id: int | None = None,
+                    bound_patient_id: int | None = None) -> Verified:
     """Check the identity data against the patient records under the enabled combinations.
 
     factors: phone, sms_code, id_number, accession (strings; empty = not given). Every given
     factor must match the same one patient. Malformed values are refused with the reason;
-    a mismatch gets one message that does not say which part was wrong.
+    a mismatch gets one message that does not say which part was wrong. bound_patient_id
+    (a patient QR): the identity must be that patient's; another patient's identity is
+    refused with MSG_OTHER_PATIENT (reason "other patient").
     """
     check_ip(ip, ip_limit, auditor, "verify")
     cfg = verification_config()
@@ -691,6 +943,10 @@ def verify_identity(factors: dict, *, catalog, key: bytes, auditor, ip: str = ""
     if bound_exam_id is not None:
         owner = Exam.select(Exam.patient).where(Exam.id == bound_exam_id).scalar()
         narrow([owner] if owner else [])
+    if bound_patient_id is not None:
+        if candidates and bound_patient_id not in candidates:
+            raise fail("other patient", MSG_OTHER_PATIENT)
+        narrow([bound_patient_id])
     if not candidates:
         raise fail("no match")
     if len(candidates) > 1:
@@ -723,7 +979,8 @@ def patient_overview(patient_db_id: int, *, mask_phone) -> dict:
     out = []
     for e in exams:
         r = reports.get(e.id)
-        out.append({"study_uid": e.study_uid, "accession_number": e.accession_number,
+        out.append({"exam_id": e.id, "study_uid": e.study_uid,
+                    "accession_number": e.accession_number,
                     "modality": e.modality, "category": e.category,
                     "exam_date": e.exam_date.isoformat() if e.exam_date else None,
                     "exam_time": e.exam_time.strftime("%H:%M") if e.exam_time else None,

@@ -19,7 +19,7 @@ UID = r"([0-9][0-9.]{0,63})"
 # adds its own module instead of editing one shared table. Order matters only for
 # overlapping patterns (none so far).
 ROUTE_MODULES = ("render", "report", "pages", "visitor", "auth", "staff", "shares", "patient",
-                 "download", "integration", "wechat", "admin", "security", "openapi")
+                 "patient_qr", "download", "integration", "wechat", "admin", "security", "openapi")
 
 
 def make_routes(ctx: AppContext) -> list:
@@ -41,7 +41,7 @@ def make_routes(ctx: AppContext) -> list:
     return routes
 
 
-_SECRET_IN_PATH = re.compile(r"^(/s/|/api/share/[a-z]+/)[A-Za-z0-9_\-]+")
+_SECRET_IN_PATH = re.compile(r"^(/s/|/p/|/api/share/[a-z]+/)[A-Za-z0-9_\-]+")
 access_log = logging.getLogger("tornado.access")
 
 

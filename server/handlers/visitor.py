@@ -101,6 +101,9 @@ def _download_state(p, exam) -> tuple[bool, bool]:
 
 
 class FilmContextHandler(BaseHandler):
+    """Who looks at this exam in this browser and what they may do there: opens used and
+    allowed, expiry, download (and how to verify for it), a link to 我的检查."""
+
     async def get(self, ref: str) -> None:
         by_id = "/exam/" in self.request.path
         if not by_id and not policy_uid(ref):
@@ -176,11 +179,15 @@ class SessionCsrfHandler(BaseHandler):
 
 
 class HospitalHandler(BaseHandler):
+    """The hospital's name, phone, opening hours and logo URL (public)."""
+
     def get(self) -> None:
         self.write_json(hospital_json(self.ctx))
 
 
 class HospitalLogoHandler(BaseHandler):
+    """The hospital's logo file (public)."""
+
     def get(self) -> None:
         path = self.ctx.config.hospital_logo_file
         ctype = LOGO_TYPES.get(Path(path).suffix.lower()) if path else None

@@ -226,6 +226,17 @@ EXPECTED = {
     ('GET', '/api/admin/verification'): (401, 403, 403, 200, 403, 403),
     ('PUT', '/api/admin/verification'): (401, 403, 403, 400, 403, 403),
     ('GET', '/portal'): (200, 200, 200, 200, 200, 200),
+    # patient-level QR codes (R1.4; the matrix uses patient 999999: unknown)
+    ('GET', '/api/patients/([0-9]{1,12})/qr'): (401, 404, 404, 403, 403, 403),
+    ('POST', '/api/patients/([0-9]{1,12})/qr'): (401, 404, 404, 403, 403, 403),
+    ('GET', '/api/patients/qr'): (401, 400, 400, 403, 403, 403),
+    ('POST', '/api/patients/qr/([0-9]{1,12})/revoke'): (401, 404, 404, 403, 403, 403),
+    ('GET', '/api/patient/qr'): (401, 403, 403, 403, 403, 403),
+    ('POST', '/api/patient/qr'): (401, 403, 403, 403, 403, 403),
+    ('POST', '/api/patient/qr/([0-9]{1,12})/revoke'): (401, 403, 403, 403, 403, 403),
+    ('POST', '/api/p/status'): (404, 404, 404, 404, 404, 404),
+    ('POST', '/api/p/open'): (404, 404, 404, 404, 404, 404),
+    ('GET', '/p/([A-Za-z0-9_\\-]{16,64})'): (404, 404, 404, 404, 404, 404),
     # wechat (issue 9; WeChat not configured in this demo: its endpoints answer 404)
     ('GET', '/wechat/?'): (200, 200, 200, 200, 200, 200),
     ('GET', '/wechat/oauth/start'): (302, 302, 302, 302, 302, 302),

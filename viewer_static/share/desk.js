@@ -1,6 +1,33 @@
 // Front desk (/share/desk?study=UID): create a share for one exam, print its slip (exam, QR,
 // code, expiry), see and revoke the exam's shares, switch the exam's images on or off.
-import { t, el, call, setCsrf, localTime, langButton } from './common.js';
+// 患者二维码（全部检查）: one QR code for all of the exam's patient's exams (R1.4), printed on
+// the same slip; the patient's QR codes listed with copy link and revoke.
+import { t, el, call, setCsrf, localTime, langButton, currentLang } from './common.js';
+import { linkRow } from './copylink.js';
+import { loadHospital, hospitalBlock } from '../js/hospital.js';
+
+const WORDS = {
+  'zh-CN': {
+    pqr: '患者二维码（全部检查）', title: '云胶片 · 全部检查二维码',
+    scan: '微信或手机相机扫码，验证身份后查看全部检查（包括以后的检查）',
+    who: '患者：{n}', facts: '可打开 {m} 次 · 有效期至 {t}', none: '暂无患者二维码',
+    state: '{c} · 已打开 {o}/{m} 次', copyhint: '链接',
+  },
+  en: {
+    pqr: 'Patient QR code (all exams)', title: 'Cloud film · QR code for all exams',
+    scan: 'Scan with WeChat or the camera, verify identity, see all exams (also later ones)',
+    who: 'Patient: {n}', facts: 'Opens allowed: {m} · valid until {t}', none: 'No patient QR codes',
+    state: '{c} · opened {o}/{m} times', copyhint: 'Link',
+  },
+};
+function w(key, params) {
+  let s = WORDS[currentLang() === 'en' ? 'en' : 'zh-CN'][key] ?? key;
+  if (params) s = s.replace(/\{(\w+)\}/g, (m, n) => (params[n] === undefined ? m : String(params[n])));
+  return s;
+}
+let patientDbId = null;
+let slipKind = 'share';
+let hospital = {};
 
 const $ = (id) => document.getElementById(id);
 const study = new URLSearchParams(location.search).get('study') || '';
@@ -21,8 +48,15 @@ function texts() {
   $('s-code-l').textContent = t('slip.code');
   $('s-scan').textContent = t('slip.scan');
   $('h-shares').textContent = t('me.shares');
+  $('pqr-create').textContent = w('pqr');
+  $('h-pqrs').textContent = w('pqr');
+  if (slipKind === 'patient') {
+    $('s-title').textContent = w('title');
+    $('s-scan').textContent = w('scan');
+  }
   if (exam) $('switch').textContent = exam.images_enabled ? t('desk.switch.on') : t('desk.switch.off');
-  if (created) $('s-expiry').textContent = `${t('slip.expires')} ${localTime(created.share.expires_at)}`;
+  if (created && slipKind === 'share') $('s-expiry').textContent = `${t('slip.expires')} ${localTime(created.share.expires_at)}`;
+  if (created && slipKind === 'patient') $('s-expiry').textContent = w('facts', { m: created.share.max_opens, t: localTime(created.share.expires_at) });
 }
 
 function examLine(e) {
@@ -39,10 +73,66 @@ async function loadShares() {
     li.append(el('div', '', `${localTime(s.created_at)} · ${t('shares.opens', { o: s.opens, m: s.max_opens })}`));
     const state = s.state === 'open' || s.state === 'locked' ? `${t('share.expires', { t: localTime(s.expires_at) })}` : t(`shares.${s.state}`);
     li.append(el('div', 'muted', state));
+    // only the hash of a share's token is kept: its link is shown (and copied) when created
+    if (s.url) li.append(linkRow(s.url));
     if (!s.revoked_at) {
       const b = el('button', 'btn small danger', t('shares.revoke'));
       b.type = 'button';
       b.addEventListener('click', async () => { await call('POST', `/api/shares/${s.id}/revoke`, {}); loadShares(); });
+      li.append(b);
+    }
+    ul.append(li);
+  }
+}
+
+function showSlip() {
+  $('s-hosp').textContent = '';
+  if (hospital && hospital.name) $('s-hosp').append(hospitalBlock(hospital, currentLang()));
+  $('s-qr').src = created.qr_png;
+  $('s-url').textContent = created.url;
+  $('s-copy').textContent = '';
+  $('s-copy').append(linkRow(created.url));
+  $('slip').classList.remove('hidden');
+  $('print').classList.remove('hidden');
+  $('slip').scrollIntoView({ block: 'nearest' });
+}
+
+function maskedName(n) { return n ? n[0] + '*'.repeat(Math.max(1, n.length - 1)) : ''; }
+
+async function createPatientQr() {
+  $('msg').textContent = '';
+  const opens = parseInt($('opens').value, 10);
+  try {
+    if (patientDbId === null) await loadPatientQrs();
+    created = await call('POST', `/api/patients/${patientDbId}/qr`, {
+      max_opens: Number.isFinite(opens) ? opens : 0, expires: $('expires').value,
+    });
+  } catch (e) { $('msg').textContent = e.message; return; }
+  slipKind = 'patient';
+  $('s-exam').textContent = w('who', { n: maskedName(exam.patient.name || '') });
+  $('s-code-box').classList.add('hidden');
+  $('s-code').textContent = '';
+  showSlip();
+  texts();
+  loadPatientQrs();
+}
+
+async function loadPatientQrs() {
+  const r = await call('GET', `/api/patients/qr?study_uid=${encodeURIComponent(study)}`);
+  patientDbId = r.patient_db_id;
+  const ul = $('pqrs');
+  ul.textContent = '';
+  if (!r.shares.length) ul.append(el('li', 'muted', w('none')));
+  for (const q of r.shares) {
+    const li = el('li');
+    li.append(el('div', '', w('state', { c: localTime(q.created_at), o: q.opens, m: q.max_opens })));
+    const state = q.state === 'open' || q.state === 'locked' ? t('share.expires', { t: localTime(q.expires_at) }) : t(`shares.${q.state}`);
+    li.append(el('div', 'muted', state));
+    if (q.url) li.append(linkRow(q.url));
+    if (!q.revoked_at) {
+      const b = el('button', 'btn small danger', t('shares.revoke'));
+      b.type = 'button';
+      b.addEventListener('click', async () => { await call('POST', `/api/patients/qr/${q.id}/revoke`, {}); loadPatientQrs(); });
       li.append(b);
     }
     ul.append(li);
@@ -80,17 +170,21 @@ async function main() {
         include_images: $('images').checked, allow_download: $('images').checked && $('download').checked,
       });
     } catch (e) { $('msg').textContent = e.message; return; }
+    slipKind = 'share';
+    $('s-title').textContent = t('slip.title');
+    $('s-scan').textContent = t('slip.scan');
     $('s-exam').textContent = `${t('slip.exam')}: ${examLine(exam)} ${exam.accession_number || ''}`;
-    $('s-qr').src = created.qr_png;
+    $('s-code-box').classList.remove('hidden');
+    showSlip();
     $('s-code').textContent = created.code;
-    $('s-url').textContent = created.url;
-    $('slip').classList.remove('hidden');
-    $('print').classList.remove('hidden');
     texts();
     loadShares();
   });
+  $('pqr-create').addEventListener('click', createPatientQr);
   $('print').addEventListener('click', () => window.print());
+  loadHospital().then((h) => { hospital = h || {}; });
   loadShares();
+  loadPatientQrs().catch((e) => { $('msg').textContent = e.message; });
 }
 
 main();
