@@ -126,10 +126,10 @@ export function watchSession() {
       return;
     }
     const w = NEXT[lang === 'en' ? 'en' : 'zh-CN'];
-    const uid = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
-    const link = location.pathname.startsWith('/film/') ? shareLinkFor(uid) : null;
-    const portal = /^[0-9.]+$/.test(uid) && location.pathname.startsWith('/film/')
-      ? `/portal#exam=${encodeURIComponent(`study_uid:${uid}`)}` : '/portal';
+    const m = location.pathname.match(/^\/film\/([0-9][0-9.]{0,63})$/);   // not /film/exam/N
+    const uid = m ? m[1] : null;
+    const link = uid ? shareLinkFor(uid) : null;
+    const portal = uid ? `/portal#exam=${encodeURIComponent(`study_uid:${uid}`)}` : '/portal';
     const steps = [link && { label: w.code, href: link, id: 'relogin-code' },
       { label: w.portal, href: portal, id: 'relogin-portal' }];
     fatal(w.expired, ...steps);
@@ -162,7 +162,7 @@ export function renderReport(box, study, { pages = true, deferImages = null } = 
   meta.textContent = [r.author && `${t('report.author')}: ${r.author}`, r.reviewer && `${t('report.reviewer')}: ${r.reviewer}`,
     r.signed_at && `${t('report.signed')}: ${String(r.signed_at).replace('T', ' ').slice(0, 16)}`].filter(Boolean).join('  ');
   box.append(meta);
-  if (!r.has_pdf) return;
+  if (!r.has_pdf || !study.study_uid) return;
   const a = el('a', 'btn report-pdf', t('report.pdf'));
   a.href = urls.reportPdf(study.study_uid, true);
   a.setAttribute('download', '');

@@ -23,6 +23,20 @@ function loadMeasure() {
 }
 const SVGNS = 'http://www.w3.org/2000/svg';
 
+/** Modalities whose images are pictures (photographs, slides), counted 图 n/m, not 层. */
+export const PICTURE_MODALITIES = ['ES', 'SM', 'XC', 'OP', 'GM'];
+
+/** How the images of a series are counted: 'picture' (endoscopy, pathology, photos and
+ *  ultrasound stills), 'frame' (one multi-frame instance: cine) or 'slice'. Pure. */
+export function countKind(series, studyModality) {
+  const insts = (series && series.instances) || [];
+  const m = String((series && series.modality) || studyModality || '').toUpperCase();
+  if (PICTURE_MODALITIES.includes(m)) return 'picture';
+  const multiframe = insts.length === 1 && (insts[0].frames || 1) > 1;
+  if (m === 'US' && insts.length && !multiframe && insts.every((i) => (i.frames || 1) <= 1)) return 'picture';
+  return multiframe ? 'frame' : 'slice';
+}
+
 export class StackViewport {
   constructor(root, opts = {}) {
     this.root = root;
@@ -103,6 +117,7 @@ export class StackViewport {
     this.study = study;
     this.series = series;
     this.stack = buildStack(series);
+    this.countKind = countKind(series, study.modality);
     this.measures = new Map();
     const items = this.stack.items;
     this.index = opts.index ?? (this.stack.multiframe ? 0 : Math.floor((items.length - 1) / 2));
@@ -370,7 +385,8 @@ export class StackViewport {
       `${t('ov.series', { n: this.series.series_number ?? '' })} ${this.series.description || ''}`.trim(),
     ].join('\n');
     const total = this.n;
-    const lines = [t(this.stack.multiframe ? 'ov.frame' : 'ov.slice', { n: this.index + 1, total })];
+    const key = { picture: 'ov.picture', frame: 'ov.frame' }[this.countKind] || (this.stack.multiframe ? 'ov.frame' : 'ov.slice');
+    const lines = [t(key, { n: this.index + 1, total })];
     const pos = this.position();
     if (pos && this.stack.normal) lines.push(t('ov.pos', { mm: dot(pos, this.stack.normal).toFixed(1) }));
     if (this.offset) lines.push(t('ov.offset', { mm: this.offset.toFixed(1) }));

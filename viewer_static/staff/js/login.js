@@ -63,7 +63,10 @@ $('login-form').addEventListener('submit', async (ev) => {
     } else if (r.second_factor === 'enrol') {
       ticket = r.ticket;
       const e = await api('POST', '/api/auth/totp/enrol', { ticket });
-      $('enrol-qr').src = `data:image/svg+xml;charset=utf-8,${encodeURIComponent(e.qr_svg)}`;
+      // qr_svg is already a data: URI (data:image/svg+xml;base64,…); wrapping it again gave a
+      // broken image. Raw SVG markup (as the share APIs answer) is wrapped here.
+      const qr = String(e.qr_svg || '');
+      $('enrol-qr').src = qr.startsWith('data:') ? qr : `data:image/svg+xml;charset=utf-8,${encodeURIComponent(qr)}`;
       $('enrol-secret').textContent = e.secret;
       only('enrol-form');
     } else {
