@@ -6,7 +6,6 @@ import logging
 from models import db as dbmod
 from models.storage import valid_uid
 
-from .. import policy
 from .base import ApiError, BaseHandler
 
 

@@ -26,7 +26,6 @@ from models import shares as svc
 from models.schema import Exam, Instance, Series
 from models.storage import valid_uid
 
-from .. import policy
 from .base import ApiError, BaseHandler
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ import logging
 
 from models.storage import valid_uid
 
-from .. import policy
 from ..render_service import etag_for
 from .base import ApiError, BaseHandler
 

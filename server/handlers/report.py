@@ -8,7 +8,6 @@ from adapters.pdf_pages import PdfError, page_count, render_page
 from models.schema import Report
 from models.storage import valid_uid
 
-from .. import policy
 from .base import ApiError, BaseHandler
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 Debian's Chromium driven by Playwright. Skipped only when Chromium is missing outside CI."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -29,13 +30,12 @@ def _need_chromium():
         pytest.skip(f"{CHROMIUM} missing (apt-get install chromium fonts-wqy-microhei)")
 
 
-@pytest.fixture(scope="module")
-def demo_server(tmp_path_factory):
-    _need_chromium()
+@contextlib.contextmanager
+def live_demo(tmp, **overrides):
+    """The demo exams (24-slice CTs) and a doctor account on a live server in `tmp`."""
     from server.cli import load_demo
     from server.config import load_config
     from server.context import open_context
-    tmp = tmp_path_factory.mktemp("viewer")
     config = load_config(path=tmp / "none.toml", env={}, overrides={
         "database_url": f"sqlite:///{tmp / 'test.db'}",
         "data_dir": str(tmp / "data"),
@@ -43,15 +43,25 @@ def demo_server(tmp_path_factory):
         "demo_data": False,
         "demo_ct_slices": 24,
         "render_threads": 4,
+        **overrides,
     })
     ctx = open_context(config)
     load_demo(ctx, out=io.StringIO())
     make_staff(USER, ("doctor",), PASSWORD)
     server = LiveServer(ctx)
-    yield server
-    server.stop()
-    ctx.close()
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+        ctx.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    _need_chromium()
+    with live_demo(tmp_path_factory.mktemp("viewer")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,15 @@ the hospital footer and the notices when no images show. Screenshots: tests/arti
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import re
-import shutil
 import time
 
 import pytest
 
-from tests.conftest import LiveServer, make_staff
 
 from . import test_viewer as tv
-from .conftest import ARTIFACTS, USER, _need_chromium, signed_in
+from .conftest import ARTIFACTS, _need_chromium, live_demo, signed_in
 
 pytestmark = pytest.mark.browser
 
@@ -35,23 +32,8 @@ PHONE = dict(viewport={"width": 360, "height": 640}, device_scale_factor=2, has_
 def demo_server(tmp_path_factory):
     """The e2e demo server, with the hospital's phone and hours set."""
     _need_chromium()
-    from server.cli import load_demo
-    from server.config import load_config
-    from server.context import open_context
-    from tests.e2e.conftest import PASSWORD
-    tmp = tmp_path_factory.mktemp("film_details")
-    config = load_config(path=tmp / "none.toml", env={}, overrides={
-        "database_url": f"sqlite:///{tmp / 'test.db'}", "data_dir": str(tmp / "data"),
-        "secret_key_file": str(tmp / "secret.key"), "demo_data": False,
-        "demo_ct_slices": 24, "render_threads": 4, **HOSPITAL})
-    ctx = open_context(config)
-    load_demo(ctx, out=io.StringIO())
-    make_staff(USER, ("doctor",), PASSWORD)
-    server = LiveServer(ctx)
-    yield server
-    server.stop()
-    ctx.close()
-    shutil.rmtree(tmp, ignore_errors=True)
+    with live_demo(tmp_path_factory.mktemp("film_details"), **HOSPITAL) as server:
+        yield server
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ selenium 4.51):
 from __future__ import annotations
 
 import glob
-import io
 import os
 import select
 import shutil
@@ -48,7 +47,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LiveServer, make_staff
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 APT = "apt-get install -y webkit2gtk-driver xvfb xauth"
@@ -149,26 +147,9 @@ def webkit(xvfb_display):
 def demo_server(tmp_path_factory):
     """The demo exams (24-slice CTs) on a live server for the module (as tests/e2e)."""
     need_webkit()
-    from server.cli import load_demo
-    from server.config import load_config
-    from server.context import open_context
-    tmp = tmp_path_factory.mktemp("webkit")
-    config = load_config(path=tmp / "none.toml", env={}, overrides={
-        "database_url": f"sqlite:///{tmp / 'test.db'}",
-        "data_dir": str(tmp / "data"),
-        "secret_key_file": str(tmp / "secret.key"),
-        "demo_data": False,
-        "demo_ct_slices": 24,
-        "render_threads": 2,
-    })
-    ctx = open_context(config)
-    load_demo(ctx, out=io.StringIO())
-    make_staff(USER, ("doctor",), PASSWORD)
-    server = LiveServer(ctx)
-    yield server
-    server.stop()
-    ctx.close()
-    shutil.rmtree(tmp, ignore_errors=True)
+    from tests.e2e.conftest import live_demo
+    with live_demo(tmp_path_factory.mktemp("webkit"), render_threads=2) as server:
+        yield server
 
 
 def fresh(driver, server):

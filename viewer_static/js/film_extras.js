@@ -10,6 +10,7 @@
 // image stays small.
 import { getJSON, postJSON, setCsrf, urls } from './api.js';
 import { el, t, translate, currentLang } from './ui.js';
+import { copyText, selectText } from './clipboard.js';
 
 const WORDS = {
   'zh-CN': {
@@ -410,37 +411,6 @@ function wechatTip() {
   row.append(b);
   box.append(row, done, shown);
   return box;
-}
-
-/** Copy to the clipboard: the async API where allowed, else a textarea and execCommand. */
-export async function copyText(text) {
-  try {
-    if (navigator.clipboard && window.isSecureContext) {
-      await navigator.clipboard.writeText(text);
-      return true;
-    }
-  } catch (e) { /* denied: try the old way */ }
-  const ta = document.createElement('textarea');
-  ta.value = text;
-  ta.setAttribute('readonly', '');
-  ta.style.cssText = 'position:fixed;top:0;left:0;width:1px;height:1px;opacity:0;';
-  document.body.append(ta);
-  ta.select();
-  ta.setSelectionRange(0, text.length);
-  let ok = false;
-  try { ok = document.execCommand('copy'); } catch (e) { ok = false; }
-  ta.remove();
-  return ok;
-}
-
-function selectText(node) {
-  try {
-    const r = document.createRange();
-    r.selectNodeContents(node);
-    const s = window.getSelection();
-    s.removeAllRanges();
-    s.addRange(r);
-  } catch (e) { /* nothing more to do */ }
 }
 
 // ------------------------------------------------------------------------- full-screen sheets

@@ -4,6 +4,8 @@
 // visible 已复制 confirmation either way, and the link selected for copying by hand when
 // both fail.
 import { currentLang } from './common.js';
+import { copyText, selectText } from '../js/clipboard.js';
+
 
 const WORDS = {
   'zh-CN': { copy: '复制链接', done: '已复制', fail: '无法自动复制，请长按链接手动复制' },
@@ -11,38 +13,6 @@ const WORDS = {
 };
 
 function words() { return WORDS[currentLang() === 'en' ? 'en' : 'zh-CN']; }
-
-function fallbackCopy(text) {
-  const ta = document.createElement('textarea');
-  ta.value = text;
-  ta.setAttribute('readonly', '');
-  ta.className = 'copy-buffer';
-  document.body.append(ta);
-  ta.select();
-  ta.setSelectionRange(0, text.length);
-  let ok = false;
-  try { ok = document.execCommand('copy'); } catch (e) { ok = false; }
-  ta.remove();
-  return ok;
-}
-
-/** Copy `text`; resolves true when it reached the clipboard. */
-export async function copyText(text) {
-  if (navigator.clipboard && window.isSecureContext) {
-    try { await navigator.clipboard.writeText(text); return true; } catch (e) { /* fall back */ }
-  }
-  return fallbackCopy(text);
-}
-
-function selectNode(node) {
-  try {
-    const r = document.createRange();
-    r.selectNodeContents(node);
-    const s = window.getSelection();
-    s.removeAllRanges();
-    s.addRange(r);
-  } catch (e) { /* ignore */ }
-}
 
 /** A row: the link (wrapping at any character), a 复制链接 button and its confirmation. */
 export function linkRow(url) {
@@ -67,7 +37,7 @@ export function linkRow(url) {
     const ok = await copyText(url);
     note.textContent = ok ? `✓ ${words().done}` : words().fail;
     note.classList.toggle('bad', !ok);
-    if (!ok) selectNode(link);
+    if (!ok) selectText(link);
     clearTimeout(timer);
     if (ok) timer = setTimeout(() => { note.textContent = ''; }, 4000);
   });
