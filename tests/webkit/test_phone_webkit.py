@@ -209,30 +209,76 @@ def test_portal_verification_my_exams_and_download(webkit, demo_server):
     shot(webkit, "10_portal_film")
 
 
-def test_two_shares_and_a_revoked_one_in_one_browser(webkit, demo_server):
-    """WeChat keeps one cookie jar for every link: share A, back, share B, A again, then B
-    revoked. Each step ends on the images or on the right message."""
+def test_every_link_in_one_browser(webkit, demo_server):
+    """WeChat keeps one cookie jar for every link: share A → film → back → share B → film →
+    /portal verify → 我的检查 → exam → series download → share A again → reload; then B's
+    session expires (the code page again), B is revoked (its page) and an invalid PACS QR
+    code (a page). Each step ends on the images or on the right message."""
+    import datetime as dt
+
     from models import shares as svc
+    from models.schema import Session, Share
     fresh(webkit, demo_server)
     exam_a, share_a, url_a = share_of(demo_server, CT_A, max_opens=3)
     exam_b, share_b, url_b = share_of(demo_server, "MR2606080023", max_opens=3)
+
+    def on_film(exam, what):
+        wait_for(webkit, "return location.pathname === arguments[0];", 30, what,
+                 f"/film/{exam.study_uid}")
+        wait_for(webkit, FIRST_IMAGE, 30, what + ": first image")
+
+    def opens(new):
+        with database.connection_context():
+            return Share.get_by_id(new.share.id).opens
+
     enter_code(webkit, url_a, share_a.code)
-    wait_for(webkit, "return location.pathname === arguments[0];", 30, "share A's film view",
-             f"/film/{exam_a.study_uid}")
-    wait_for(webkit, FIRST_IMAGE, 30, "share A's first image")
+    on_film(exam_a, "share A")
     webkit.back()
     enter_code(webkit, url_b, share_b.code)
-    wait_for(webkit, "return location.pathname === arguments[0];", 30, "share B's film view",
-             f"/film/{exam_b.study_uid}")
-    wait_for(webkit, FIRST_IMAGE, 30, "share B's first image")
+    on_film(exam_b, "share B")
     settle(webkit)
     shot(webkit, "11_second_share")
-    # share A's link again: straight to its images, no code
-    webkit.get(url_a)
-    wait_for(webkit, "return location.pathname === arguments[0];", 30, "share A again",
-             f"/film/{exam_a.study_uid}")
-    wait_for(webkit, FIRST_IMAGE, 30, "share A's first image again")
 
+    # the portal in the same browser: verify, 我的检查, an exam, a series download
+    with database.connection_context():
+        p = Patient.get(Patient.name == "张伟")
+    webkit.get(demo_server.url + "/portal")
+    visible(webkit, "#acc")
+    webkit.find_element("id", "phone").send_keys(p.phone)
+    webkit.find_element("id", "acc").send_keys(CT_A)
+    webkit.find_element("id", "v-submit").click()
+    visible(webkit, "#me")
+    webkit.find_element("css selector", f"#exams a[href='/film/{exam_a.study_uid}']").click()
+    on_film(exam_a, "exam A from 我的检查")
+    series = webkit.execute_script("return window.cfViewport.series.series_uid;")
+    status = webkit.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        " fetch(arguments[0], {method: 'HEAD', credentials: 'same-origin'})"
+        "   .then((r) => done(r.status), (e) => done(String(e)));",
+        f"/api/download/studies/{exam_a.study_uid}/series/{series}.zip")
+    assert status == 200, status
+
+    # share A's link again: straight to its images, no code, no open; a reload too
+    webkit.get(url_a)
+    on_film(exam_a, "share A again")
+    webkit.refresh()
+    wait_for(webkit, FIRST_IMAGE, 30, "share A after a reload")
+    webkit.get(url_b)
+    on_film(exam_b, "share B after the portal sign-in")
+    assert opens(share_a) == 1 and opens(share_b) == 1
+
+    # B's session expires: the film view offers B's code page again
+    with database.connection_context():
+        Session.update(expires_at=dt.datetime.utcnow() - dt.timedelta(minutes=1)).where(
+            Session.share == share_b.share).execute()
+    demo_server.ctx.principals.clear()
+    webkit.get(f"{demo_server.url}/film/{exam_b.study_uid}")
+    visible(webkit, "#relogin-code")
+    webkit.find_element("id", "relogin-code").click()
+    visible(webkit, "#code")
+    assert webkit.current_url == url_b
+
+    # B revoked: its page says so, in Chinese only
     with database.connection_context():
         svc.revoke_share(share_b.share.id, auditor=demo_server.ctx.auditor, actor_kind="staff",
                          actor_id="desk")
@@ -243,3 +289,10 @@ def test_two_shares_and_a_revoked_one_in_one_browser(webkit, demo_server):
     assert "撤销" in text and "revoked" not in text, text
     settle(webkit)
     shot(webkit, "12_revoked")
+
+    # an invalid PACS QR code: a page with next steps, never JSON
+    webkit.get(demo_server.url + "/pacs/t/not.a.valid-token")
+    visible(webkit, "#next-steps")
+    assert "{" not in text_of(webkit, "#error-text") and CJK.search(text_of(webkit, "#error-text"))
+    settle(webkit)
+    shot(webkit, "13_pacs_invalid")

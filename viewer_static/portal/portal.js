@@ -87,7 +87,7 @@ function texts() {
     const combos = methods.combinations.map((c) => c.map((m) => t(COMBO_NAMES[m])).join('+')).join(' / ');
     $('v-hint').textContent = t('verify.hint', { c: combos });
   }
-  if (qrToken) showHospital($('pqr-hosp'));
+  showHospital(qrToken ? $('pqr-hosp') : $('portal-hosp'));
   if (me) { renderMe(); loadQrs(); loadDownloads(); }
 }
 
@@ -393,7 +393,10 @@ async function submitVerify(ev) {
 async function main() {
   $('lang').append(langButton(texts));
   texts();
-  loadHospital().then((h) => { hospital = h || {}; if (qrToken) showHospital($('pqr-hosp')); });
+  loadHospital().then((h) => {
+    hospital = h || {};
+    showHospital(qrToken ? $('pqr-hosp') : $('portal-hosp'));
+  });
   $('send').addEventListener('click', async () => {
     $('v-msg').textContent = '';
     try {
