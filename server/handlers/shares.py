@@ -316,6 +316,11 @@ class PacsQrHandler(BaseHandler):
                                            auditor=self.ctx.auditor,
                                            max_opens=self.ctx.config.pacs_qr_max_opens,
                                            ip=self.client_ip())
+            sh = await self.in_db(svc.find_share, share_token)
+            if sh is not None and self.held_share(sh.id) is not None:
+                # scanned again, reloaded or back: this browser holds it, no open is counted
+                self.redirect(film_url(sh.exam))
+                return
             opened = await self.in_db(svc.open_share, share_token, None,
                                       key=self.ctx.secret_key, auditor=self.ctx.auditor,
                                       ip=self.client_ip(),

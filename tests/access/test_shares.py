@@ -270,6 +270,11 @@ def test_pacs_qr_signed_opens_unsigned_needs_verification(live, people):
     r = s.get(live.url + f"/pacs/t/{tok}", allow_redirects=False)
     assert r.status_code == 302 and r.headers["Location"] == f"/film/{a.study_uid}"
     assert s.get(live.url + f"/api/studies/{a.study_uid}").status_code == 200
+    # scanned again (or reloaded) in the same browser: no second open is counted
+    r = s.get(live.url + f"/pacs/t/{tok}", allow_redirects=False)
+    assert r.status_code == 302 and r.headers["Location"] == f"/film/{a.study_uid}"
+    from models.schema import Share
+    assert [sh.opens for sh in Share.select()] == [1]
     bad = tok[:-1] + ("0" if tok[-1] != "0" else "1")
     r = requests.get(live.url + f"/pacs/t/{bad}", allow_redirects=False)
     assert r.status_code == 404
