@@ -4,7 +4,8 @@
     .venv/bin/python bench/viewer_bench.py --url http://127.0.0.1:8095 --user doctor1 --password …
 
 Profiles: low-end phone (CPU 4× slower, 1.6 Mbit/s down, 150 ms RTT) and 4G (9 Mbit/s, 60 ms).
-Figures: bytes before the first image (target ≤ 80 KB), viewer code gzipped (≤ 60 KB), first
+Figures: bytes before the first image, the code's answer included (it carries the study
+JSON the film view uses) (target ≤ 80 KB), viewer code gzipped (≤ 60 KB), first
 CT image painted after the share code is submitted (≤ 1.0 s low-end, every page in between
 counted; also from the code accepted and from the film page's navigation), the same for a
 second share opened afterwards in the same browser (≤ 1.0 s, no static file fetched again), a preview of every slice (≤ 15 s after
@@ -106,7 +107,13 @@ ACCEPT_PROBE = """(() => {
   const f = window.fetch;
   window.fetch = async (...a) => {
     const r = await f(...a);
-    if (String(a[0]).includes('/api/share/open') && r.ok) sessionStorage.setItem('cfCodeAccepted', now());
+    if (String(a[0]).includes('/api/share/open') && r.ok) {
+      sessionStorage.setItem('cfCodeAccepted', now());
+      // the answer carries the film's study JSON: its bytes count before the first image
+      await r.clone().arrayBuffer();
+      const e = performance.getEntriesByType('resource').filter(x => x.name.includes('/api/share/open')).pop();
+      sessionStorage.setItem('cfOpenBytes', String(e ? (e.transferSize || e.encodedBodySize || 0) : 0));
+    }
     return r;
   };
 })();"""
@@ -158,6 +165,8 @@ def run_profile(browser, url, user, password, name, prof) -> dict:
         let bytes = nav ? nav.transferSize : 0, n = nav ? 1 : 0;
         for (const e of performance.getEntriesByType('resource'))
           if (e.responseEnd <= t + 1) { bytes += e.transferSize || e.encodedBodySize || 0; n++; }
+        const open = Number(sessionStorage.getItem('cfOpenBytes') || 0);
+        if (open) { bytes += open; n++; }
         return { bytes, n }; }""", first_ms)
     n = page.evaluate("() => window.cfViewport.n")
     wait_js(page, "() => document.querySelector('#viewport').dataset.progress === '1.000'",
