@@ -435,14 +435,6 @@ class Catalog:
         out["report"] = report_summary(report) if report else None
         return out
 
-    def instance_by_uids(self, study_uid: str, series_uid: str, sop_uid: str) -> Instance:
-        inst = (Instance.select(Instance, Series, Exam).join(Series).join(Exam)
-                .where((Instance.sop_uid == sop_uid) & (Series.series_uid == series_uid)
-                       & (Exam.study_uid == study_uid)).first())
-        if inst is None:
-            raise NotFound("no such instance in this series and study")
-        return inst
-
     def counts(self) -> dict:
         return {"patients": Patient.select().count(), "exams": Exam.select().count(),
                 "series": Series.select().count(), "instances": Instance.select().count(),

@@ -106,8 +106,3 @@ def load_api_token(token: str) -> ApiToken | None:
     if not t.staff_user.active:
         return None
     return t
-
-
-def revoke_api_token(token_id: int) -> bool:
-    return bool(ApiToken.update(revoked_at=utcnow()).where(
-        (ApiToken.id == token_id) & ApiToken.revoked_at.is_null()).execute())

@@ -50,7 +50,7 @@ COLOUR_PHOTOMETRICS = (
     "PALETTE COLOR",
 )
 
-# Which pydicom decoding plugin to prefer per transfer syntax (see performance-notes.md):
+# Which pydicom decoding plugin to prefer per transfer syntax (measured with bench/render_bench.py):
 # pyjpegls is 3x faster than pylibjpeg for JPEG-LS, pylibjpeg-rle 8x faster than pydicom's RLE,
 # openjpeg (pylibjpeg) handles every J2K bit depth, Pillow does not.
 _PREFERRED_PLUGIN = {
@@ -577,10 +577,6 @@ def default_window(img: DecodedImage) -> Window:
         lo, hi = float(cand.min()), float(cand.max())
     width = max(hi - lo + 1.0, 1.0)
     return Window(center=(lo + hi) / 2.0 + 0.5, width=width, function="LINEAR")
-
-
-def frame_count(img: DecodedImage) -> int:
-    return img.frames
 
 
 __all__: Sequence[str] = (

@@ -69,17 +69,6 @@ class Volume:
                 n += v.nbytes
         return n
 
-    @property
-    def affine(self) -> np.ndarray:
-        """4x4 matrix mapping (c, r, k, 1) voxel indices to patient mm."""
-        dz, dy, dx = self.spacing
-        m = np.eye(4)
-        m[:3, 0] = self.row_dir * dx
-        m[:3, 1] = self.col_dir * dy
-        m[:3, 2] = self.normal * dz
-        m[:3, 3] = self.origin
-        return m
-
     def index_to_patient(self, k: float, r: float, c: float) -> np.ndarray:
         dz, dy, dx = self.spacing
         return self.origin + c * dx * self.row_dir + r * dy * self.col_dir + k * dz * self.normal

@@ -72,10 +72,6 @@ class Principal:
     verified_at: dt.datetime | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
-    @property
-    def is_staff(self) -> bool:
-        return self.kind == "staff"
-
     def can(self, permission: str) -> bool:
         if self.kind != "staff":
             return False

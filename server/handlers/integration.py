@@ -30,9 +30,6 @@ class IntegrationHandler(BaseHandler):
 class ImportApiHandler(IntegrationHandler):
     """POST /api/import/v1/{patient|order|report|image}: one signed JSON document."""
 
-    def check_xsrf_cookie(self) -> None:      # signed requests, no cookies involved
-        pass
-
     async def prepare(self) -> None:
         # The import API has its own per-client authentication (HMAC of the body). A request
         # that carries a browser session or a staff token still goes through the staff
