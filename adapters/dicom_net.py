@@ -122,14 +122,12 @@ class InstanceSink:
     def _fast_copy(self, meta: dict) -> None:
         from concurrent.futures import ThreadPoolExecutor
         st = self.catalog.storage
-        src = st.abspath(st.instance_relpath(meta["study_uid"], meta["series_uid"],
-                                             meta["sop_uid"]))
-        dst = st.abspath(st.fast_copy_relpath(meta["study_uid"], meta["series_uid"],
-                                              meta["sop_uid"]))
+        uids = (meta["study_uid"], meta["series_uid"], meta["sop_uid"])
         with self._lock:
             if self._copy_pool is None:
                 self._copy_pool = ThreadPoolExecutor(1, thread_name_prefix="fastcopy")
-        self._copy_pool.submit(make_fast_copy, src, dst)
+        self._copy_pool.submit(make_fast_copy, st, st.instance_relpath(*uids),
+                               st.fast_copy_relpath(*uids))
 
 
 def _peer(event) -> str:

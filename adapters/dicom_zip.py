@@ -42,8 +42,10 @@ class ZipLayoutError(Exception):
 
 @dataclass(frozen=True)
 class Source:
-    """One original file to put into the archive."""
-    path: Path
+    """One original file to put into the archive: where it is stored (a
+    models.storage.StorageBackend and the file's relative path), its size and hash."""
+    storage: object
+    relpath: str
     size: int
     sop_uid: str
     sha256: str = ""
@@ -53,7 +55,7 @@ class Source:
 class Entry:
     name: str
     size: int
-    path: Path | None = None      # a file on disk, or
+    source: Source | None = None  # a stored file, or
     data: bytes | None = None     # bytes made here (the DICOMDIR)
     offset: int = 0               # of the local header
     key: str = ""                 # cache key of the CRC
@@ -131,7 +133,7 @@ class ZipLayout:
         v = _crc_get(e.key)
         if v is None:
             crc = 0
-            with open(e.path, "rb") as fh:
+            with e.source.storage.open(e.source.relpath) as fh:
                 while True:
                     b = fh.read(1 << 20)
                     if not b:
@@ -203,8 +205,8 @@ class ZipLayout:
             return
         whole = lo == 0 and hi == e.size and _crc_get(e.key) is None
         crc = 0
-        with open(e.path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size != e.size:
+        with e.source.storage.open(e.source.relpath) as fh:
+            if fh.seek(0, os.SEEK_END) != e.size:
                 raise ZipLayoutError(f"{e.name}: the stored file changed size")
             fh.seek(lo)
             left = hi - lo
@@ -258,7 +260,8 @@ def build_dicomdir(sources: list[Source]) -> tuple[bytes, dict[str, str]]:
     fs.ID = "CLOUDFILM"
     for s in sources:
         try:
-            ds = pydicom.dcmread(str(s.path), stop_before_pixels=True, force=True)
+            with s.storage.open(s.relpath) as fh:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
             _fill_for_record(ds)
             fs.add(ds)
         except Exception as exc:  # noqa: BLE001 - one odd file must not fail the download
@@ -299,12 +302,12 @@ def build_layout(sources: list[Source], when: dt.datetime,
         if name is None:
             name = f"OTHER/FILE{other:04d}.dcm"
             other += 1
-        st = os.stat(s.path)
-        if st.st_size != s.size:
-            raise ZipLayoutError(f"{s.sop_uid}: stored file size {st.st_size} differs from "
+        size = s.storage.size(s.relpath)
+        if size != s.size:
+            raise ZipLayoutError(f"{s.sop_uid}: stored file size {size} differs from "
                                  f"the index ({s.size})")
-        key = s.sha256 or f"{s.path}|{st.st_size}|{st.st_mtime_ns}"
-        entries.append(Entry(name, s.size, path=Path(s.path), key=key))
+        key = s.sha256 or f"{s.storage!r}|{s.relpath}|{size}"
+        entries.append(Entry(name, s.size, source=s, key=key))
     return ZipLayout(entries, when, force_zip64=force_zip64)
 
 
@@ -314,7 +317,8 @@ _layouts_lock = threading.Lock()
 
 def cached_layout(sources: list[Source], when: dt.datetime) -> ZipLayout:
     """build_layout with a small cache (a resumed download does not rebuild the DICOMDIR)."""
-    key = (when, tuple(sorted((s.sop_uid, s.size, s.sha256, str(s.path)) for s in sources)))
+    key = (when, tuple(sorted((s.sop_uid, s.size, s.sha256, s.relpath, repr(s.storage))
+                              for s in sources)))
     with _layouts_lock:
         hit = _layouts.get(key)
         if hit is not None:

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
+from pathlib import PurePosixPath
+
+from models.storage import StorageBackend
 
 log = logging.getLogger(__name__)
+
+SPOOL_BYTES = 64 << 20       # a decoded copy is built in memory up to this size, then on disk
 
 NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 JPEG_LS = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
@@ -27,55 +31,55 @@ def needs_fast_copy(transfer_syntax: str) -> bool:
     return bool(transfer_syntax) and transfer_syntax not in NO_COPY
 
 
-def make_fast_copy(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
-    """Decode src and write it uncompressed at dst (atomically). False if it cannot be done
-    (the viewer then decodes the original on demand)."""
+def make_fast_copy(storage: StorageBackend, src_rel: str, dst_rel: str) -> bool:
+    """Decode the original at src_rel and store it uncompressed at dst_rel (put_atomic; an
+    existing copy is kept). False if it cannot be done (the viewer then decodes the original
+    on demand)."""
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian
 
-    dst = Path(dst)
-    if dst.exists():
+    if storage.exists(dst_rel):
         return True
     try:
-        ds = pydicom.dcmread(src)
+        with storage.open(src_rel) as fh:
+            ds = pydicom.dcmread(fh)
         ts = str(ds.file_meta.TransferSyntaxUID)
         kwargs = {"decoding_plugin": "pyjpegls"} if ts in JPEG_LS else {}
         ds.decompress(as_rgb=True, **kwargs)
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     except Exception as exc:  # noqa: BLE001 - a file we cannot decode keeps its original only
-        log.info("no fast copy for %s: %s", Path(src).name, type(exc).__name__)
+        log.info("no fast copy for %s: %s", PurePosixPath(src_rel).name, type(exc).__name__)
         return False
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".tmp-{uuid.uuid4().hex}"
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as buf:
+        ds.save_as(buf, enforce_file_format=True)
+        buf.seek(0)
+        storage.put_atomic(dst_rel, buf, durable=False)     # derived data: no fsync needed
     return True
 
 
-def decode_keeping_copy(src: str, dst: str):
+def decode_keeping_copy(storage, src_rel: str, dst_rel: str):
     """Worker-process job: make the fast copy, then decode it (or the original when no copy
     can be made). Returns a render.decode.DecodedImage."""
     from render.decode import load_image
-    ok = make_fast_copy(src, dst)
-    return load_image(dst if ok else src)
+    ok = make_fast_copy(storage, src_rel, dst_rel)
+    with storage.path_or_file(dst_rel if ok else src_rel) as src:
+        return load_image(src)
 
 
-def _job(pair):
-    return make_fast_copy(*pair)
+def _job(job):
+    return make_fast_copy(*job)
 
 
-def make_fast_copies(pairs: list[tuple[Path, Path]], workers: int | None = None) -> int:
-    """Make copies for (src, dst) pairs using worker processes. Returns how many exist."""
+def make_fast_copies(storage, pairs: list[tuple[str, str]], workers: int | None = None) -> int:
+    """Make copies for (src_rel, dst_rel) pairs using worker processes. Returns how many
+    exist."""
     if not pairs:
         return 0
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(pairs) < 4:
-        return sum(make_fast_copy(s, d) for s, d in pairs)
+        return sum(make_fast_copy(storage, s, d) for s, d in pairs)
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")
+    jobs = [(storage, s, d) for s, d in pairs]
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        return sum(pool.map(_job, pairs, chunksize=8))
+        return sum(pool.map(_job, jobs, chunksize=8))

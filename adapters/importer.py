@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from models.catalog import ALREADY_PRESENT, CONFLICT, REJECTED, STORED, Catalog
+from models.catalog import ALREADY_PRESENT, REJECTED, STORED, Catalog
 from models.schema import Exam
 
 from .fast_copy import make_fast_copies, needs_fast_copy
-from .dicom_meta import ENCAPSULATED_PDF, MEDIA_STORAGE_DIRECTORY, DicomRejected, extract_meta
+from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Importer:
                  fast_copies: bool = True):
         self.catalog = catalog
         self.fast_copies = fast_copies
-        self._pending_copies: list[tuple[Path, Path]] = []
+        self._pending_copies: list[tuple[str, str]] = []     # (original, copy) relpaths
         self.charset_fallback = charset_fallback
         self.max_file_bytes = max_file_bytes
         self.source = source
@@ -207,10 +207,9 @@ class Importer:
             if self.fast_copies and needs_fast_copy(meta["transfer_syntax"]):
                 st = self.catalog.storage
                 self._pending_copies.append((
-                    st.abspath(st.instance_relpath(meta["study_uid"], meta["series_uid"],
-                                                   meta["sop_uid"])),
-                    st.abspath(st.fast_copy_relpath(meta["study_uid"], meta["series_uid"],
-                                                    meta["sop_uid"]))))
+                    st.instance_relpath(meta["study_uid"], meta["series_uid"], meta["sop_uid"]),
+                    st.fast_copy_relpath(meta["study_uid"], meta["series_uid"],
+                                         meta["sop_uid"])))
         elif result.outcome == ALREADY_PRESENT:
             summary.already_present += 1
         else:
@@ -249,7 +248,7 @@ class Importer:
             bar.done()
         if self._pending_copies:
             pairs, self._pending_copies = self._pending_copies, []
-            summary.fast_copies = make_fast_copies(pairs)
+            summary.fast_copies = make_fast_copies(self.catalog.storage, pairs)
         return summary
 
 

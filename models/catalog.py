@@ -158,10 +158,9 @@ class Catalog:
             rel = self.storage.instance_relpath(study_uid, meta["series_uid"], sop_uid)
         except StorageError as exc:
             return self._reject(data, str(exc), source, origin, sop_uid, study_uid)
-        wrote = self.storage.write_atomic(rel, data)
+        wrote = self.storage.put_atomic(rel, data).written
         if not wrote:
-            on_disk = self.storage.abspath(rel)
-            if sha256_bytes(on_disk.read_bytes()) != digest:
+            if self.storage.sha256(rel) != digest:
                 # A file without an index row (a crash between write and commit, or another
                 # writer right now) holds other bytes: keep the newcomer aside, never overwrite.
                 return self._conflict(data, sop_uid, study_uid, source, origin,
@@ -333,7 +332,7 @@ class Catalog:
                 raise CatalogError("the exam has no Study Instance UID yet; cannot file a PDF")
             pdf_sha = sha256_bytes(pdf)
             pdf_rel = self.storage.report_relpath(exam.study_uid, pdf_sha)
-            self.storage.write_atomic(pdf_rel, pdf)
+            self.storage.put_atomic(pdf_rel, pdf)
         with write_transaction():
             report = Report.get_or_none(Report.exam == exam)
             if report is None:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import peewee as pw
 
 from .accounts import PasswordPolicyError, check_password_strength, hash_password
-from .catalog import CatalogError, NotFound, mask_id_number, mask_phone, validate_id_number
+from .catalog import CatalogError, NotFound, mask_phone, validate_id_number
 from .db import write_transaction
 from .schema import (ApiToken, DownloadLog, Exam, Patient, Report, RuntimeSetting, Session,
                      StaffUser, utcnow)

@@ -1,10 +1,16 @@
-"""Files on disk: original DICOM instances, report PDFs and quarantined files.
+"""Stored files: original DICOM instances, report PDFs, quarantined files, fast copies.
 
-Originals are written atomically (temporary file in the target folder, fsync, rename,
-fsync of the folder) and never modified afterwards. Paths derive from UIDs, which are
+Storage is an interface (StorageBackend): everything that reads or writes a stored file goes
+through it by *relative path* (put_atomic, open, exists, size, sha256, remove, and
+local_path where the backend has files on this machine). The local folder (Storage) is the
+one backend today; a folder shared by several machines is the same backend mounted
+everywhere; an object store would be another subclass, and nothing else needs to change.
+
+Originals are written atomically (temporary file in the target folder, fsync, link, fsync of
+the folder) and never modified or replaced afterwards. Paths derive from UIDs, which are
 checked against the DICOM UID grammar first, so no received value can steer a path.
 
-Layout under data_dir:
+Layout (relative paths, "/" separated):
     dicom/<study uid>/<series uid>/<sop instance uid>.dcm
     derived/<study uid>/<series uid>/<sop instance uid>.dcm   (fast-decoding copies)
     reports/<study uid>/<sha256>.pdf
@@ -12,6 +18,8 @@ Layout under data_dir:
 """
 from __future__ import annotations
 
+import abc
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,11 +27,13 @@ import re
 import time
 import uuid
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 log = logging.getLogger(__name__)
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TMP_PREFIX = ".tmp-"
+BLOCK = 1 << 20
 
 
 class StorageError(Exception):
@@ -38,12 +48,20 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
+def sha256_stream(fh: BinaryIO) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+    for block in iter(lambda: fh.read(BLOCK), b""):
+        h.update(block)
     return h.hexdigest()
+
+
+def check_relpath(relpath: str) -> str:
+    """A stored file's name: "/"-separated, relative, no "." or ".." parts (StorageError)."""
+    parts = relpath.split("/") if isinstance(relpath, str) else []
+    if not relpath or relpath.startswith("/") or "\\" in relpath or "\0" in relpath \
+            or any(p in ("", ".", "..") for p in parts):
+        raise StorageError("path outside the data folder")
+    return relpath
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,15 +77,94 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class Storage:
-    def __init__(self, root: Path):
-        self.root = Path(root)
+class PutResult:
+    """What put_atomic did: written is False when a file was already there (left as it was);
+    size and sha256 are those of the data given (the hash of bytes is computed on first use:
+    callers usually know it already). True in a boolean context when written."""
 
-    def ensure(self) -> None:
-        for sub in ("dicom", "reports", "quarantine"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+    __slots__ = ("written", "size", "_sha256", "_data")
 
-    # paths -----------------------------------------------------------------------------
+    def __init__(self, written: bool, size: int, sha256: str | None = None,
+                 data: bytes | None = None):
+        self.written, self.size, self._sha256, self._data = written, size, sha256, data
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256, self._data = sha256_bytes(bytes(self._data)), None
+        return self._sha256
+
+    def __bool__(self) -> bool:
+        return self.written
+
+    def __repr__(self) -> str:
+        return f"PutResult(written={self.written}, size={self.size})"
+
+
+class StorageBackend(abc.ABC):
+    """Where stored files live. Every method takes a relative path (see check_relpath).
+
+    Missing files: open, size and sha256 raise FileNotFoundError; remove does nothing.
+    """
+
+    # the interface ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_atomic(self, relpath: str, data: bytes | BinaryIO, *,
+                   durable: bool = True) -> PutResult:
+        """Store data (bytes, or a binary file read to its end) at relpath, all or nothing,
+        unless a file is already there: an existing file is never replaced (callers compare
+        hashes). durable=False may skip the fsyncs (derived data that can be made again)."""
+
+    @abc.abstractmethod
+    def open(self, relpath: str) -> BinaryIO:
+        """The stored file for reading: a seekable binary file object (close it)."""
+
+    @abc.abstractmethod
+    def exists(self, relpath: str) -> bool: ...
+
+    @abc.abstractmethod
+    def size(self, relpath: str) -> int: ...
+
+    @abc.abstractmethod
+    def remove(self, relpath: str) -> None: ...
+
+    @abc.abstractmethod
+    def local_path(self, relpath: str) -> Path | None:
+        """The file's path on this machine for code that needs one (None: the backend has no
+        local files; use open)."""
+
+    def sha256(self, relpath: str) -> str:
+        """SHA-256 of the stored file (streamed, hex)."""
+        with self.open(relpath) as fh:
+            return sha256_stream(fh)
+
+    # built on the interface ---------------------------------------------------------------
+    def read(self, relpath: str) -> bytes:
+        with self.open(relpath) as fh:
+            return fh.read()
+
+    def write_atomic(self, relpath: str, data: bytes) -> bool:
+        """put_atomic(...).written: True if this call wrote the file."""
+        return self.put_atomic(relpath, data).written
+
+    @contextlib.contextmanager
+    def path_or_file(self, relpath: str) -> Iterator[Path | BinaryIO]:
+        """The local path where one exists, else the open file: for readers such as pydicom
+        that take either."""
+        p = self.local_path(relpath)
+        if p is not None:
+            yield p
+            return
+        with self.open(relpath) as fh:
+            yield fh
+
+    def quarantine(self, data: bytes) -> str:
+        digest = sha256_bytes(data)
+        rel = f"quarantine/{time.strftime('%Y%m%d')}/{digest}.bin"
+        self.put_atomic(rel, data)
+        return rel
+
+    # names --------------------------------------------------------------------------------
     def instance_relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         for label, uid in (("Study Instance UID", study_uid), ("Series Instance UID", series_uid),
                            ("SOP Instance UID", sop_uid)):
@@ -86,36 +183,75 @@ class Storage:
             raise StorageError(f"Study Instance UID {study_uid[:80]!r} is not a valid DICOM UID")
         return f"reports/{study_uid}/{sha256}.pdf"
 
+    # housekeeping (a backend without local folders has nothing to do) ----------------------
+    def ensure(self) -> None:
+        pass
+
+    def clean_stale_temp_files(self, older_than_s: float = 600) -> int:
+        return 0
+
+    def writable(self) -> bool:
+        return True
+
+
+class Storage(StorageBackend):
+    """The local-folder backend: files under root (a local disk or a shared mount)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Storage({str(self.root)!r})"
+
+    def ensure(self) -> None:
+        for sub in ("dicom", "reports", "quarantine"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # paths -----------------------------------------------------------------------------
     def abspath(self, relpath: str) -> Path:
-        p = (self.root / relpath).resolve()
+        p = (self.root / check_relpath(relpath)).resolve()
         if not p.is_relative_to(self.root.resolve()):
             raise StorageError("path outside the data folder")
         return p
 
-    # writing ---------------------------------------------------------------------------
-    def write_atomic(self, relpath: str, data: bytes) -> bool:
-        """Write data at relpath unless a file is already there. True if this call wrote it.
+    def local_path(self, relpath: str) -> Path:
+        return self.abspath(relpath)
 
-        An existing file is never replaced: callers compare hashes first.
-        """
+    # reading ---------------------------------------------------------------------------
+    def open(self, relpath: str) -> BinaryIO:
+        return open(self.abspath(relpath), "rb")
+
+    def exists(self, relpath: str) -> bool:
+        return self.abspath(relpath).is_file()
+
+    def size(self, relpath: str) -> int:
+        return self.abspath(relpath).stat().st_size
+
+    # writing ---------------------------------------------------------------------------
+    def put_atomic(self, relpath: str, data: bytes | BinaryIO, *,
+                   durable: bool = True) -> PutResult:
+        """Temporary file in the target folder, fsync, link (fails if the target appeared
+        meanwhile: an original is never overwritten), fsync of the folder."""
         target = self.abspath(relpath)
         if target.exists():
-            return False
+            return _result(False, data)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                done = _copy_into(data, fh)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
             try:
-                # link() fails if the target appeared meanwhile: never overwrite an original.
                 os.link(tmp, target)
             except FileExistsError:
-                return False
-            _fsync_dir(target.parent)
-            return True
+                done.written = False
+                return done
+            if durable:
+                _fsync_dir(target.parent)
+            return done
         finally:
             try:
                 os.unlink(tmp)
@@ -127,15 +263,6 @@ class Storage:
             self.abspath(relpath).unlink()
         except FileNotFoundError:
             pass
-
-    def read(self, relpath: str) -> bytes:
-        return self.abspath(relpath).read_bytes()
-
-    def quarantine(self, data: bytes) -> str:
-        digest = sha256_bytes(data)
-        rel = f"quarantine/{time.strftime('%Y%m%d')}/{digest}.bin"
-        self.write_atomic(rel, data)
-        return rel
 
     # housekeeping ----------------------------------------------------------------------
     def clean_stale_temp_files(self, older_than_s: float = 600) -> int:
@@ -171,3 +298,29 @@ class Storage:
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
+
+
+def _copy_into(data: bytes | BinaryIO, out: BinaryIO) -> PutResult:
+    """Write data (bytes, or a binary file read to its end) to out; written=True."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        out.write(data)
+        return PutResult(True, len(data), data=data)
+    h = hashlib.sha256()
+    size = 0
+    for block in iter(lambda: data.read(BLOCK), b""):
+        out.write(block)
+        h.update(block)
+        size += len(block)
+    return PutResult(True, size, h.hexdigest())
+
+
+def _result(written: bool, data: bytes | BinaryIO) -> PutResult:
+    """The PutResult of data that is not written (read to its end if a file)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return PutResult(written, len(data), data=data)
+    h = hashlib.sha256()
+    size = 0
+    for block in iter(lambda: data.read(BLOCK), b""):
+        h.update(block)
+        size += len(block)
+    return PutResult(written, size, h.hexdigest())

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import peewee as pw
 
 from .db import write_transaction
+from .leases import claim_row
 from .schema import BaseModel, Exam, Outbox, Patient, utcnow
 
 log = logging.getLogger(__name__)
@@ -366,19 +367,14 @@ def claim_refresh(appid: str, kind: str, owner: str, lease_s: float,
     token became fresh meanwhile (expires after `fresh_until`, or differs from the
     `stale_value` the caller found invalid)."""
     row = _cred_row(appid, kind)
-    now = utcnow()
-    cond = ((WechatCredential.id == row.id)
-            & (WechatCredential.lease_until.is_null() | (WechatCredential.lease_until < now)))
+    cond = WechatCredential.id == row.id
     if fresh_until is not None:
         cond &= (WechatCredential.expires_at.is_null()
                  | (WechatCredential.expires_at <= fresh_until))
     if stale_value is not None:
         cond &= (WechatCredential.value == stale_value)
-    with write_transaction():
-        n = WechatCredential.update(lease_owner=owner[:64],
-                                    lease_until=now + dt.timedelta(seconds=lease_s)).where(
-            cond).execute()
-    return n == 1
+    return claim_row(WechatCredential, cond, WechatCredential.lease_owner,
+                     WechatCredential.lease_until, owner, lease_s)
 
 
 def store_credential(appid: str, kind: str, owner: str, value: str, expires_in: int) -> None:

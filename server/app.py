@@ -15,11 +15,17 @@ from .handlers.base import NotFoundHandler
 UID = r"([0-9][0-9.]{0,63})"
 
 
-# Each module of server/handlers/ named here contributes `routes(ctx) -> list`; a feature
-# adds its own module instead of editing one shared table. Order matters only for
-# overlapping patterns (none so far).
+# Each module of server/handlers/ named here contributes `routes(ctx) -> list` (only the
+# routes, no side effect) and may have `startup(ctx)` for what it needs running (stored
+# settings, timers, outbox senders); a feature adds its own module instead of editing one
+# shared table. Every module named is required: one that fails to import stops start-up
+# with its error. Order matters only for overlapping patterns (none so far).
 ROUTE_MODULES = ("render", "report", "pages", "visitor", "auth", "staff", "shares", "patient",
                  "patient_qr", "download", "integration", "wechat", "admin", "security", "openapi")
+
+
+def route_modules() -> list:
+    return [importlib.import_module(f"{__package__}.handlers.{name}") for name in ROUTE_MODULES]
 
 
 def make_routes(ctx: AppContext) -> list:
@@ -30,15 +36,18 @@ def make_routes(ctx: AppContext) -> list:
         (rf"/api/studies/{UID}", StudyHandler, d),
         (r"/api/exams/([0-9]{1,12})", StudyHandler, d),
     ]
-    for name in ROUTE_MODULES:
-        try:
-            mod = importlib.import_module(f"{__package__}.handlers.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.handlers.{name}":
-                raise
-            continue
+    for mod in route_modules():
         routes += mod.routes(ctx)
     return routes
+
+
+def startup(ctx: AppContext) -> None:
+    """Run every route module's `startup(ctx)`, in ROUTE_MODULES order: once per process,
+    before it serves (server/cli.py serve_forever; tests/conftest.py LiveServer)."""
+    for mod in route_modules():
+        start = getattr(mod, "startup", None)
+        if start is not None:
+            start(ctx)
 
 
 _SECRET_IN_PATH = re.compile(r"^(/s/|/p/|/api/share/[a-z]+/)[A-Za-z0-9_\-]+")

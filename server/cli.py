@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,8 +18,17 @@ from .config import ROOT, ConfigError, load_config, settings_markdown
 log = logging.getLogger("cloudfilm")
 
 DEMO_MARKER = "demo-loaded"
-# Modules of server/ with `async start_background(ctx, primary: bool)`, started by serve.
+# Modules of server/ with `async start_background(ctx, primary: bool)`, started by serve
+# (every one is required: an import error stops start-up). Listeners that bind a port run in
+# the primary process of each machine; singleton jobs run wherever their lease is held.
 BACKGROUND_MODULES = ("integration", "wechat_service", "maintenance")
+
+
+async def start_background(ctx, primary: bool) -> None:
+    """Start every BACKGROUND_MODULES module, in order."""
+    for name in BACKGROUND_MODULES:
+        mod = importlib.import_module(f"server.{name}")
+        await mod.start_background(ctx, primary=primary)
 
 
 def _setup_logging(level: str) -> None:
@@ -129,7 +137,7 @@ def serve_forever(config, args) -> int:
     import tornado.netutil
     import tornado.process
 
-    from .app import make_app
+    from .app import make_app, startup
     from .context import open_context
 
     nproc = config.processes or os.cpu_count() or 1
@@ -148,7 +156,11 @@ def serve_forever(config, args) -> int:
             return 2
 
     async def main():
+        # Start-up order: context (database, storage) → the route modules' startup (stored
+        # settings, settings refresh, outbox senders, integrity hook) → routes and sockets →
+        # background modules (listeners in the primary process, leased singleton jobs).
         ctx = open_context(config, migrate_db=False)
+        startup(ctx)
         from .handlers.base import StaticFiles      # security: no version, JSON errors
         app = make_app(ctx, static_handler_class=StaticFiles)
         server = tornado.httpserver.HTTPServer(app, xheaders=False, ssl_options=ssl_options,
@@ -157,17 +169,11 @@ def serve_forever(config, args) -> int:
                                                reuse_port=nproc > 1)
         server.add_sockets(sockets)
         asyncio.get_running_loop().run_in_executor(ctx.executor, ctx.renders.warm_up)
-        # Background services (DICOM/HL7 listeners, outbox worker, …) run in one process
-        # only: the first worker, or the only process.
+        # Listeners (DICOM, HL7) bind their ports in one process per machine: the first
+        # worker, or the only process. Singleton jobs (outbox, scrub, watched folder, WeChat
+        # token) are tried by every process and run in the one holding their lease.
         primary = nproc == 1 or tornado.process.task_id() == 0
-        for name in BACKGROUND_MODULES:
-            try:
-                mod = importlib.import_module(f"server.{name}")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"server.{name}":
-                    raise
-                continue
-            await mod.start_background(ctx, primary=primary)
+        await start_background(ctx, primary)
         await asyncio.Event().wait()
 
     try:

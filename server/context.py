@@ -64,6 +64,14 @@ class AppContext:
     auditor: object = field(default=None)                 # models.audit.Auditor
     views: object = field(default=None)                   # server.views.ViewAudit
     version: str = VERSION
+    # made on first use, at run time (None until then):
+    sms_gateway: object = None              # adapters.sms gateway (handlers/patient.py)
+    health_probe: object = None             # handlers/api.py HealthProbe
+    import_api: tuple | None = None         # (ImportApi, clients) (server/integration.py)
+    # set by the route modules' startup(ctx) (server/app.py startup):
+    conf_base: dict | None = None           # conf values before stored settings (staff.py)
+    conf_base_origins: dict | None = None
+    settings_refresh: object = None         # the settings refresh PeriodicCallback
 
     def close(self) -> None:
         if self.renders is not None:
@@ -75,14 +83,15 @@ class AppContext:
             dbmod.database.close()
 
 
-def open_context(config: Config, *, migrate_db: bool = True) -> AppContext:
+def open_context(config: Config, *, migrate_db: bool = True, storage=None) -> AppContext:
+    """storage: a models.storage.StorageBackend (default: the local folder data_dir)."""
     key = load_secret_key(config.path("secret_key_file"))
     dbmod.connect(config.database_url, root=ROOT)
     if migrate_db:
         ran = migrate()
         if ran:
             log.info("database migrated: %s", ", ".join(ran))
-    storage = Storage(config.path("data_dir"))
+    storage = storage if storage is not None else Storage(config.path("data_dir"))
     storage.ensure()
     storage.clean_stale_temp_files()
     catalog = Catalog(storage, key)

@@ -1,7 +1,9 @@
-"""Start the integration services in the server's event loop (primary process only):
-the DICOM listener (its own threads), the HL7 MLLP listener (asyncio, database work in a
-thread pool), the watched folder and the outbox worker. Each runs only when enabled in the
-settings; the outbox worker is on by default (it only sends what was configured).
+"""Start the integration services in the server's event loop: the DICOM listener (its
+own threads) and the HL7 MLLP listener (asyncio, database work in a thread pool) in the
+primary process of each machine (they bind ports); the watched folder and the outbox worker
+in the one process of the deployment that holds their lease (models/leases.py: 'watch_folder',
+'outbox'). Each runs only when enabled in the settings; the outbox worker is on by default
+(it only sends what was configured).
 
 `SERVICES` is the running set, read by the admin status view and the PACS handlers.
 """
@@ -20,6 +22,7 @@ from adapters.outbox import OutboxSettings, OutboxWorker
 from adapters.watch_folder import WatchFolder
 from models.db import database
 from models.integration import note_event, retrieve_job_start, retrieve_job_update
+from models.leases import SingletonJob
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,10 @@ class Services:
     hl7: Hl7Inbound | None = None
     outbox: OutboxWorker | None = None
     watch: WatchFolder | None = None
+    watch_task: asyncio.Task | None = None
     hl7_executor: ThreadPoolExecutor | None = None
     tasks: list = field(default_factory=list)
+    jobs: list = field(default_factory=list)          # SingletonJob: outbox, watch_folder
 
     def describe(self) -> dict:
         out = {}
@@ -63,17 +68,16 @@ def receivers(config) -> list[str]:
 
 def import_api_for(ctx) -> tuple[ImportApi, dict[str, bytes]] | None:
     """The import API and its clients, or None when import_api_clients_file is empty."""
-    cached = getattr(ctx, "_import_api", None)
-    if cached is not None:
-        return cached
+    if ctx.import_api is not None:
+        return ctx.import_api
     path = ctx.config.import_api_clients_file
     if not path:
         return None
     clients = load_clients(ctx.config.path("import_api_clients_file"))
     api = ImportApi(ctx.catalog, receivers=receivers(ctx.config),
                     charset_fallback=ctx.config.charset_fallback)
-    ctx._import_api = (api, clients)
-    return ctx._import_api
+    ctx.import_api = (api, clients)
+    return ctx.import_api
 
 
 def _in_thread(fn):
@@ -108,9 +112,15 @@ async def start_hl7(ctx, host: str, port: int) -> MllpListener:
 
 
 async def start_background(ctx, primary: bool) -> Services:
+    c = ctx.config
+    if c.outbox_enabled:
+        SERVICES.jobs.append(SingletonJob("outbox", lambda: _start_outbox(c),
+                                          _stop_outbox).begin())
+    if c.watch_dir:
+        SERVICES.jobs.append(SingletonJob("watch_folder", lambda: _start_watch(ctx),
+                                          _stop_watch).begin())
     if not primary:
         return SERVICES
-    c = ctx.config
     loop = asyncio.get_running_loop()
     if c.dicom_scp_enabled:
         allowed = [a for a in c.dicom_allowed_aets.split(",") if a.strip()]
@@ -122,33 +132,61 @@ async def start_background(ctx, primary: bool) -> Services:
         await loop.run_in_executor(None, SERVICES.scp.start)
     if c.hl7_enabled:
         SERVICES.mllp = await start_hl7(ctx, c.hl7_bind, c.hl7_port)
-    if c.outbox_enabled:
-        SERVICES.outbox = OutboxWorker(OutboxSettings.from_config(c),
-                                       executor=ThreadPoolExecutor(
-                                           2, thread_name_prefix="outbox")).start()
-    if c.watch_dir:
-        SERVICES.watch = WatchFolder(ctx.catalog, ctx.config.path("watch_dir"),
-                                     receivers=receivers(c),
-                                     charset_fallback=c.charset_fallback)
-        SERVICES.tasks.append(loop.create_task(_watch_loop(SERVICES.watch,
-                                                           c.watch_interval_s)))
     if c.import_api_clients_file:
         import_api_for(ctx)      # a broken clients file stops start-up with its reason
     return SERVICES
 
 
+_outbox_pool: ThreadPoolExecutor | None = None
+
+
+def _start_outbox(c) -> None:
+    """This process took the 'outbox' lease: deliver the queue."""
+    global _outbox_pool
+    if _outbox_pool is None:
+        _outbox_pool = ThreadPoolExecutor(2, thread_name_prefix="outbox")
+    SERVICES.outbox = OutboxWorker(OutboxSettings.from_config(c), executor=_outbox_pool).start()
+
+
+async def _stop_outbox() -> None:
+    worker, SERVICES.outbox = SERVICES.outbox, None
+    if worker:
+        await worker.stop()
+
+
+def _start_watch(ctx) -> None:
+    """This process took the 'watch_folder' lease: scan the folder."""
+    c = ctx.config
+    SERVICES.watch = WatchFolder(ctx.catalog, c.path("watch_dir"), receivers=receivers(c),
+                                 charset_fallback=c.charset_fallback)
+    SERVICES.watch_task = asyncio.get_running_loop().create_task(
+        _watch_loop(SERVICES.watch, c.watch_interval_s))
+
+
+async def _stop_watch() -> None:
+    task = SERVICES.watch_task
+    SERVICES.watch = SERVICES.watch_task = None
+    if task is not None:
+        task.cancel()
+
+
 async def _watch_loop(watch: WatchFolder, interval: int) -> None:
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(1, thread_name_prefix="watch")
-    while True:
-        try:
-            await loop.run_in_executor(pool, _in_thread(watch.scan))
-        except Exception:  # noqa: BLE001 - keep watching
-            log.exception("watched folder scan failed")
-        await asyncio.sleep(interval)
+    try:
+        while True:
+            try:
+                await loop.run_in_executor(pool, _in_thread(watch.scan))
+            except Exception:  # noqa: BLE001 - keep watching
+                log.exception("watched folder scan failed")
+            await asyncio.sleep(interval)
+    finally:
+        pool.shutdown(wait=False)      # the lease moved on (or the server stops)
 
 
 async def stop_background() -> None:
+    for job in SERVICES.jobs:
+        await job.close()          # stops its job and releases the lease
     for t in SERVICES.tasks:
         t.cancel()
     SERVICES.tasks.clear()

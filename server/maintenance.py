@@ -20,9 +20,10 @@ import logging
 import time
 
 from models.db import database, write_transaction
+from models.leases import SingletonJob
 from models.schema import Instance, Report
 from models.security import record_finding
-from models.storage import StorageError, sha256_file
+from models.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,7 @@ def install_integrity_hook(ctx) -> None:
         return
 
     def hook(ref, actual):
-        relpath = str(ref.path.relative_to(ctx.storage.root.resolve())) \
-            if ref.path.is_relative_to(ctx.storage.root.resolve()) else str(ref.path)
-        report_mismatch(ctx, kind="instance", object_id=ref.sop_uid, relpath=relpath,
+        report_mismatch(ctx, kind="instance", object_id=ref.sop_uid, relpath=ref.relpath,
                         expected=ref.sha256, actual=actual, source="read")
     renders.integrity_hook = hook
 
@@ -66,7 +65,7 @@ def install_integrity_hook(ctx) -> None:
 def _check(ctx, relpath: str, expected: str) -> str | None:
     """The actual hash if it differs from expected ("" if missing), else None."""
     try:
-        actual = sha256_file(ctx.storage.abspath(relpath))
+        actual = ctx.storage.sha256(relpath)
     except (FileNotFoundError, StorageError):
         actual = ""
     return None if actual == expected else actual
@@ -126,12 +125,28 @@ async def _scrub_loop(ctx, hours: int) -> None:
 
 
 _tasks: list = []
+_jobs: list = []
 
 
 async def start_background(ctx, primary: bool) -> None:
-    """Started by `serve`: the read check in every process, the scrub in the primary one."""
+    """Started by `serve`: the read check in every process, the scrub in the one process
+    of the deployment holding the 'integrity_scrub' lease."""
     install_integrity_hook(ctx)
     hours = ctx.config.integrity_scrub_hours
-    if primary and hours > 0:
+    if hours <= 0:
+        return
+
+    def start():
         _tasks.append(asyncio.get_running_loop().create_task(_scrub_loop(ctx, hours)))
         log.info("integrity scrub every %d h (first in %d s)", hours, FIRST_SCRUB_DELAY_S)
+
+    def stop():
+        # a pass already running in the db pool finishes; no new one starts here
+        while _tasks:
+            _tasks.pop().cancel()
+    _jobs.append(SingletonJob("integrity_scrub", start, stop).begin())
+
+
+async def stop_background() -> None:
+    while _jobs:
+        await _jobs.pop().close()

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from adapters.fast_copy import decode_keeping_copy, needs_fast_copy
 from models.catalog import NotFound
@@ -34,17 +33,14 @@ class InstanceRef:
     sop_uid: str
     exam_id: int
     patient_db_id: int
-    path: Path              # the original file
-    fast_path: Path         # a native-syntax copy for compressed originals (may not exist)
+    relpath: str            # the original file (in the storage)
+    fast_relpath: str       # a native-syntax copy for compressed originals (may not exist)
     sha256: str
     frames: int
     rows: int
     columns: int
     transfer_syntax: str
     images_enabled: bool
-
-    def pixel_path(self) -> Path:
-        return self.fast_path if self.fast_path.exists() else self.path
 
 
 class _TTLCache:
@@ -92,16 +88,13 @@ class FrameRenderer:
         self._series = _TTLCache(20_000, LOOKUP_TTL_S)
 
     # lookups (database, cached for a few seconds) ------------------------------------------
-    def fast_copy_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return self.storage.abspath(self.storage.fast_copy_relpath(study_uid, series_uid,
-                                                                   sop_uid))
-
     def _ref(self, inst: Instance, series: Series, exam: Exam) -> InstanceRef:
         return InstanceRef(
             study_uid=exam.study_uid, series_uid=series.series_uid, sop_uid=inst.sop_uid,
             exam_id=exam.id, patient_db_id=exam.patient_id,
-            path=self.storage.abspath(inst.file_path),
-            fast_path=self.fast_copy_path(exam.study_uid, series.series_uid, inst.sop_uid),
+            relpath=inst.file_path,
+            fast_relpath=self.storage.fast_copy_relpath(exam.study_uid, series.series_uid,
+                                                        inst.sop_uid),
             sha256=inst.sha256, frames=inst.frames, rows=inst.rows, columns=inst.columns,
             transfer_syntax=inst.transfer_syntax, images_enabled=bool(exam.images_enabled))
 
@@ -204,11 +197,10 @@ class FrameRenderer:
 
         Checked at the first decode of each instance in this process (an evicted and reloaded
         image is not hashed again); the scheduled scrub re-checks every file."""
-        from models.storage import sha256_file
         if ref.sop_uid in self._verified:
             return
         try:
-            actual = sha256_file(ref.path)
+            actual = self.storage.sha256(ref.relpath)
         except FileNotFoundError:
             actual = ""
         if actual == ref.sha256:
@@ -231,14 +223,15 @@ class FrameRenderer:
 
         def load():
             self.verify_original(ref)       # never decode a tampered or missing original
-            path = ref.pixel_path()
-            if path == ref.path and needs_fast_copy(ref.transfer_syntax):
+            fast = self.storage.exists(ref.fast_relpath)
+            if not fast and needs_fast_copy(ref.transfer_syntax):
                 # Compressed decoders hold the GIL for 10-40 ms a frame: decode in a worker
                 # process (which also leaves a fast copy behind), so this process's event loop
                 # keeps answering while a never-seen JPEG 2000 series is scrolled.
-                return self._decode_pool().submit(decode_keeping_copy, str(ref.path),
-                                                  str(ref.fast_path)).result()
-            return load_image(path)
+                return self._decode_pool().submit(decode_keeping_copy, self.storage,
+                                                  ref.relpath, ref.fast_relpath).result()
+            with self.storage.path_or_file(ref.fast_relpath if fast else ref.relpath) as src:
+                return load_image(src)
         return self.decoded.get_or_load(ref.sop_uid, load)
 
     def warm_up(self) -> None:
@@ -266,7 +259,8 @@ class FrameRenderer:
         import pydicom
         out = {"window": None, "fps": None, "is_color": False}
         try:
-            ds = pydicom.dcmread(ref.path, stop_before_pixels=True)
+            with self.storage.open(ref.relpath) as fh:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True)
             c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
             if c is not None and w is not None:
                 c = c[0] if isinstance(c, pydicom.multival.MultiValue) else c

@@ -19,6 +19,7 @@ from adapters.wechat import (WechatApiError, WechatService, WechatSettings, chec
                              make_sender, parse_template_fields)
 from models import wechat as store
 from models.db import database
+from models.leases import SingletonJob
 from models.schema import utcnow
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,8 @@ def in_db_thread(fn, *args, **kwargs):
 
 
 def register(ctx) -> None:
-    """Register the 'wechat' outbox channel (every process; only the primary runs the
-    worker). Idempotent."""
+    """Register the 'wechat' outbox channel (every process; the one holding the 'outbox'
+    lease runs the worker). Idempotent."""
     outbox.register_sender(store.CHANNEL, make_sender(lambda: service(ctx), in_db_thread))
 
 
@@ -135,18 +136,30 @@ def _refresh_due(svc: WechatService) -> None:
 
 
 _tasks: list = []
+_jobs: list = []
 
 
 async def start_background(ctx, primary: bool):
+    """The 'wechat' outbox channel in every process; the token refresher in the one process
+    of the deployment holding the 'wechat_token' lease (requests in any process still
+    refresh an expired token themselves, under the credential's own refresh lease)."""
     register(ctx)
-    if primary:
+
+    def start():
         _tasks.append(asyncio.get_running_loop().create_task(refresh_loop(ctx)))
-        if wechat_settings(ctx) is None:
-            log.info("WeChat is off (not configured)")
+
+    def stop():
+        while _tasks:
+            _tasks.pop().cancel()
+    _jobs.append(SingletonJob("wechat_token", start, stop).begin())
+    if primary and wechat_settings(ctx) is None:
+        log.info("WeChat is off (not configured)")
     return _tasks
 
 
 async def stop_background() -> None:
+    while _jobs:
+        await _jobs.pop().close()
     for t in _tasks:
         t.cancel()
     _tasks.clear()

@@ -105,7 +105,7 @@ class LiveServer:
         import tornado.httpserver
         import tornado.netutil
 
-        from server.app import make_app
+        from server.app import make_app, startup
         self.ctx = ctx
         sock = tornado.netutil.bind_sockets(0, "127.0.0.1")
         self.port = sock[0].getsockname()[1]
@@ -115,6 +115,10 @@ class LiveServer:
         def run():
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
+            # as serve does: the route modules' startup (stored settings, the 'wechat' outbox
+            # sender, the integrity hook), here before the loop runs, so without the 5 s
+            # settings refresh timer (tests change settings through the API or the ctx)
+            startup(ctx)
             server = tornado.httpserver.HTTPServer(make_app(ctx))
             server.add_sockets(sock)
             self.server = server

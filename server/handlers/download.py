@@ -23,7 +23,7 @@ import tornado.iostream
 
 from adapters.dicom_zip import Source, ZipLayoutError, cached_layout
 from models import shares as svc
-from models.schema import Exam, Instance, Series
+from models.schema import Instance, Series
 from models.storage import valid_uid
 
 from .base import ApiError, BaseHandler
@@ -54,7 +54,7 @@ class DownloadHandler(BaseHandler):
         if not rows:
             raise ApiError(404, "没有找到该序列或图像 / no such series or image in this exam")
         storage = self.ctx.storage
-        sources = [Source(storage.abspath(i.file_path), i.file_size, i.sop_uid, i.sha256)
+        sources = [Source(storage, i.file_path, i.file_size, i.sop_uid, i.sha256)
                    for i in rows]
         return exam, sources
 
@@ -63,8 +63,9 @@ class DownloadHandler(BaseHandler):
         renders = self.ctx.renders
         for src in sources:
             ref = InstanceRef(study_uid=exam.study_uid, series_uid="", sop_uid=src.sop_uid,
-                              exam_id=exam.id, patient_db_id=exam.patient_id, path=src.path,
-                              fast_path=src.path, sha256=src.sha256, frames=0, rows=0,
+                              exam_id=exam.id, patient_db_id=exam.patient_id,
+                              relpath=src.relpath, fast_relpath=src.relpath,
+                              sha256=src.sha256, frames=0, rows=0,
                               columns=0, transfer_syntax="", images_enabled=True)
             renders.verify_original(ref)
 

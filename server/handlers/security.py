@@ -417,9 +417,12 @@ class IntegrityResolveHandler(BaseHandler):
         self.write_json({"ok": True})
 
 
-def routes(ctx) -> list:
+def startup(ctx) -> None:
     from ..maintenance import install_integrity_hook
     install_integrity_hook(ctx)      # refused originals become findings (any app instance)
+
+
+def routes(ctx) -> list:
     d = {"ctx": ctx}
     return [
         (r"/api/auth/totp", TotpLoginHandler, d),

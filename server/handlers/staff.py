@@ -19,7 +19,6 @@ import tornado.ioloop
 
 from models import db as dbmod
 from models import staff as svc
-from models.storage import valid_uid
 
 from .. import policy
 from ..config import ROOT, SETTINGS_BY_NAME, ConfigError, _coerce
@@ -282,9 +281,10 @@ def apply_overrides(ctx, stored: dict | None = None) -> None:
     """Make stored settings override the conf values of this process's Config."""
     stored = svc.stored_settings() if stored is None else stored
     values = ctx.config._values
-    base = ctx.__dict__.setdefault("_conf_base", dict(values))
     origins = ctx.config.origins
-    base_origins = ctx.__dict__.setdefault("_conf_base_origins", dict(origins))
+    if ctx.conf_base is None:
+        ctx.conf_base, ctx.conf_base_origins = dict(values), dict(origins)
+    base, base_origins = ctx.conf_base, ctx.conf_base_origins
     for name in runtime_settings():
         key = RUNTIME_PREFIX + name
         if key in stored:
@@ -301,7 +301,8 @@ def apply_overrides(ctx, stored: dict | None = None) -> None:
 class RuntimeSettingsHandler(StaffHandler):
     def describe(self) -> dict:
         rows = svc.setting_rows(RUNTIME_PREFIX)
-        base = self.ctx.__dict__.get("_conf_base", self.ctx.config.as_dict())
+        base = self.ctx.conf_base if self.ctx.conf_base is not None \
+            else self.ctx.config.as_dict()
         groups = []
         for group, label, _ in RUNTIME_GROUPS:
             items = []
@@ -411,11 +412,9 @@ class SystemHealthHandler(StaffHandler):
                          "caches": caches, **extra})
 
 
-def routes(ctx) -> list:
-    d = {"ctx": ctx}
-
-    def page(name, perm=None):
-        return {"ctx": ctx, "page": name, "permission": perm}
+def startup(ctx) -> None:
+    """Apply the stored run-time settings; in a running server (an event loop is running)
+    also re-read them every 5 s, for changes made through another worker process."""
     try:
         with dbmod.database.connection_context():
             apply_overrides(ctx)
@@ -424,11 +423,18 @@ def routes(ctx) -> list:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        pass                     # built outside a server (tests, tools): no refresh timer
+        pass                     # outside a server (tests, tools): no refresh timer
     else:
-        cb = tornado.ioloop.PeriodicCallback(lambda: _refresh(ctx), 5000)
-        cb.start()
-        ctx.__dict__["_settings_refresh"] = cb
+        if ctx.settings_refresh is None:
+            ctx.settings_refresh = tornado.ioloop.PeriodicCallback(lambda: _refresh(ctx), 5000)
+            ctx.settings_refresh.start()
+
+
+def routes(ctx) -> list:
+    d = {"ctx": ctx}
+
+    def page(name, perm=None):
+        return {"ctx": ctx, "page": name, "permission": perm}
     out = [
         (r"/login", StaffPageHandler, page("login.html")),
         (r"/staff", StaffHomeHandler, d),

@@ -456,8 +456,11 @@ class WechatCheckHandler(BaseHandler):
         self.write_json({"ok": True, "check": out, "status": status})
 
 
+def startup(ctx) -> None:
+    wx.register(ctx)                 # the 'wechat' outbox channel, in every process
+
+
 def routes(ctx) -> list:
-    wx.register(ctx)
     d = {"ctx": ctx}
     return [
         (r"/wechat/?", WechatPageHandler, d),

@@ -339,8 +339,7 @@ def test_idor_patient_and_share_cannot_reach_other_exams(live, world):
 
 def test_brute_force_share_code_is_locked(live, world):
     routes = {op["path"] for op in operations(live.server.request_callback)}
-    if "/api/share/open" not in routes or "/api/shares" not in routes:
-        pytest.skip("share routes not installed")
+    assert "/api/share/open" in routes and "/api/shares" in routes, "share routes missing"
     st, _, b = send(live, "POST", "/api/shares", body={"study_uid": world.study_a},
                     token=live.token)
     assert st == 201, b
@@ -357,8 +356,7 @@ def test_brute_force_share_code_is_locked(live, world):
 
 def test_brute_force_identity_checks_limited_per_ip(live, world):
     routes = {op["path"] for op in operations(live.server.request_callback)}
-    if "/api/verify" not in routes:
-        pytest.skip("patient verification not installed")
+    assert "/api/verify" in routes, "patient verification route missing"
     statuses = []
     for i in range(30):
         statuses.append(send(live, "POST", "/api/verify",
