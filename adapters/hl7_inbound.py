@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from models.catalog import Catalog
+from models.storage import valid_uid
 from models.integration import (IntegrationError, ReportFields, Unsupported, apply_inbound,
                                 file_report, find_exam, merge_patients, record_failure,
                                 upsert_order, upsert_patient, write_report_pdf)
@@ -197,7 +198,7 @@ class Hl7Inbound:
 
     def study_uid(self, msg: Message) -> str:
         uid = msg.get("ZDS", 1) or msg.get("IPC", 3)
-        if uid and not re.fullmatch(r"[0-9][0-9.]{0,63}", uid):
+        if uid and not valid_uid(uid):
             raise IntegrationError(f"Study Instance UID {uid[:70]!r} (ZDS-1 / IPC-3) is not a "
                                    "DICOM UID")
         return uid

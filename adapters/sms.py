@@ -20,6 +20,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from models.catalog import mask_phone
+
 log = logging.getLogger(__name__)
 
 
@@ -27,8 +29,6 @@ class SmsError(Exception):
     pass
 
 
-def _masked(phone: str) -> str:
-    return phone[:3] + "****" + phone[-4:] if len(phone) >= 11 else "****"
 
 
 class LogOnlyGateway:
@@ -44,7 +44,7 @@ class LogOnlyGateway:
     def send(self, phone: str, message: str) -> None:
         with self._lock:
             self.sent.append((phone, message))
-        log.info("SMS (log-only gateway, not sent) to %s: %d characters", _masked(phone),
+        log.info("SMS (log-only gateway, not sent) to %s: %d characters", mask_phone(phone),
                  len(message))
 
     def last_to(self, phone: str) -> str | None:
@@ -93,7 +93,7 @@ class HttpGateway:
             raise SmsError(f"SMS platform unreachable: {type(exc).__name__}") from None
         if not 200 <= status < 300:
             raise SmsError(f"SMS platform answered HTTP {status}")
-        log.info("SMS sent to %s via the hospital SMS platform", _masked(phone))
+        log.info("SMS sent to %s via the hospital SMS platform", mask_phone(phone))
 
 
 def make_gateway(kind: str, url: str = "", token_file: str | Path = "",

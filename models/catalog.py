@@ -87,6 +87,16 @@ def validate_id_number(value: str) -> str:
     return v
 
 
+# Masking: the one home of how personal data is shown to patients, share visitors, logs.
+def mask_name(name: str | None) -> str:
+    return (name[0] + "*" * max(1, len(name) - 1)) if name else ""
+
+
+def mask_patient_id(pid: str | None) -> str:
+    pid = pid or ""
+    return (pid[:2] + "*" * max(0, len(pid) - 4) + pid[-2:]) if len(pid) > 4 else "*" * len(pid)
+
+
 def mask_id_number(v: str) -> str:
     return v[:4] + "*" * (len(v) - 8) + v[-4:]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
+from .catalog import mask_name
 from .db import write_transaction
 from .leases import claim_row
 from .schema import BaseModel, Exam, Outbox, Patient, utcnow
@@ -149,10 +150,6 @@ def end_visit(token: str) -> None:
 
 
 # bindings -------------------------------------------------------------------------------------
-def _mask_name(name: str) -> str:
-    return (name[0] + "*" * max(1, len(name) - 1)) if name else ""
-
-
 def active_bindings(openid: str) -> list[WechatBinding]:
     return list(WechatBinding.select(WechatBinding, Patient).join(Patient)
                 .where((WechatBinding.openid == openid) & WechatBinding.revoked_at.is_null())
@@ -163,7 +160,7 @@ def bindings_json(openid: str, current_patient_db_id: int | None = None) -> list
     out = []
     for b in active_bindings(openid):
         p = b.patient
-        out.append({"id": b.id, "name": _mask_name(p.name or ""), "sex": p.sex,
+        out.append({"id": b.id, "name": mask_name(p.name), "sex": p.sex,
                     "birth_year": p.birth_date.year if p.birth_date else None,
                     "bound_at": b.created_at.isoformat() + "Z", "notify": bool(b.notify),
                     "current": p.id == current_patient_db_id})

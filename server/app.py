@@ -10,9 +10,8 @@ import tornado.web
 from .config import ROOT
 from .context import AppContext
 from .handlers.api import HealthHandler, StudiesHandler, StudyHandler
-from .handlers.base import NotFoundHandler
+from .handlers.base import UID, NotFoundHandler
 
-UID = r"([0-9][0-9.]{0,63})"
 
 
 # Each module of server/handlers/ named here contributes `routes(ctx) -> list` (only the

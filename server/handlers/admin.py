@@ -20,7 +20,6 @@ from .staff import StaffHandler, actor_of
 
 log = logging.getLogger(__name__)
 
-UID = r"([0-9][0-9.]{0,63})"
 MAX_EXPORT_ROWS = 100_000
 
 

@@ -4,22 +4,14 @@ from __future__ import annotations
 import logging
 
 from models import db as dbmod
+from models.catalog import mask_name, mask_patient_id
 from models.storage import valid_uid
 
 from .base import ApiError, BaseHandler
 
 
-def mask_name(name: str) -> str:
-    if not name:
-        return ""
-    return name[0] + "*" * max(1, len(name) - 1)
-
-
 def mask_patient(p: dict) -> dict:
-    pid = p.get("patient_id") or ""
-    return dict(p, name=mask_name(p.get("name") or ""),
-                patient_id=(pid[:2] + "*" * max(0, len(pid) - 4) + pid[-2:]) if len(pid) > 4
-                else "*" * len(pid))
+    return dict(p, name=mask_name(p.get("name")), patient_id=mask_patient_id(p.get("patient_id")))
 
 log = logging.getLogger(__name__)
 

@@ -61,6 +61,8 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
 
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# A DICOM UID in a route (digits and dots, at most 64); handlers check it with valid_uid.
+UID = r"([0-9][0-9.]{0,63})"
 
 
 class CsrfStale(ApiError):

@@ -26,11 +26,10 @@ from models import shares as svc
 from models.schema import Instance, Series
 from models.storage import valid_uid
 
-from .base import ApiError, BaseHandler
+from .base import UID, ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
 
-UID = r"([0-9][0-9.]{0,63})"
 _pool = ThreadPoolExecutor(4, thread_name_prefix="zip")
 RANGE_RE = re.compile(r"^bytes=([0-9]{0,15})-([0-9]{0,15})$")
 

@@ -14,9 +14,8 @@ from models.integration import (outbox_resend, record_remote_studies, retrieve_p
                                 status_summary)
 
 from .. import integration as svc
-from .base import ApiError, BaseHandler
+from .base import UID, ApiError, BaseHandler
 
-UID = r"([0-9][0-9.]{0,63})"
 
 
 class IntegrationHandler(BaseHandler):

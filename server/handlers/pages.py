@@ -15,11 +15,10 @@ import logging
 import re
 
 from ..config import ROOT
-from .base import BaseHandler
+from .base import UID, BaseHandler
 
 log = logging.getLogger(__name__)
 
-UID = r"([0-9][0-9.]{0,63})"
 STATIC = ROOT / "viewer_static"
 VERSION_PREFIX = re.compile(r"^v-([0-9a-f]{12})/")
 

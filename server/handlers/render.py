@@ -19,11 +19,10 @@ import logging
 from models.storage import valid_uid
 
 from ..render_service import etag_for
-from .base import ApiError, BaseHandler
+from .base import UID, ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
 
-UID = r"([0-9][0-9.]{0,63})"
 BASE = rf"/dicomweb/studies/{UID}"
 THUMBNAIL_SIZE = 128
 

@@ -8,11 +8,10 @@ from adapters.pdf_pages import PdfError, page_count, render_page
 from models.schema import Report
 from models.storage import valid_uid
 
-from .base import ApiError, BaseHandler
+from .base import UID, ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
 
-UID = r"([0-9][0-9.]{0,63})"
 
 
 class ReportBase(BaseHandler):

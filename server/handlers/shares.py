@@ -27,11 +27,10 @@ from models.storage import valid_uid
 
 from ..config import ROOT
 from .auth import set_session_cookie
-from .base import ApiError, BaseHandler
+from .base import UID, ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
 
-UID = r"([0-9][0-9.]{0,63})"
 STATIC = ROOT / "viewer_static"
 
 

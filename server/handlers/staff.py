@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 STATIC = ROOT / "viewer_static" / "staff"
 STARTED = time.time()
-UID = r"([0-9][0-9.]{0,63})"
 USERNAME = r"([A-Za-z0-9_.-]{1,64})"
 PATIENT_ID = r"([^/]{1,64})"
 

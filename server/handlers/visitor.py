@@ -24,9 +24,8 @@ from models.schema import Share
 
 from .. import policy
 from ..config import ROOT
-from .base import ApiError, BaseHandler
+from .base import UID, ApiError, BaseHandler
 
-UID = r"([0-9][0-9.]{0,63})"
 STATIC = ROOT / "viewer_static"
 LOGO_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
               ".svg": "image/svg+xml"}
@@ -253,7 +252,7 @@ WORDS = {
            "help": "For help, contact {name}.", "lang": "中文"},
 }
 _STUDY_IN_PATH = re.compile(r"^/(?:film|api/download/studies|api/studies|dicomweb/studies)/"
-                            r"([0-9][0-9.]{0,63})")
+                            + UID)
 
 
 def wants_html(handler) -> bool:

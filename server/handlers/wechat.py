@@ -41,14 +41,14 @@ from models.sessions import create_session, end_session, end_sessions, load_sess
 
 from .. import wechat_service as wx
 from .auth import clear_session_cookie, set_session_cookie
-from .base import ApiError, BaseHandler
+from .base import UID, ApiError, BaseHandler
 from .shares import StaticPage
 
 log = logging.getLogger(__name__)
 
 VISIT_COOKIE = "cf_wx"
 STATE_COOKIE = "cf_wx_state"
-NEXT_RE = re.compile(r"^/(wechat/[A-Za-z0-9_\-/]*|film/[0-9][0-9.]{0,63})$")
+NEXT_RE = re.compile(r"^/(wechat/[A-Za-z0-9_\-/]*|film/" + UID[1:-1] + ")$")
 REPLY_BUDGET_S = 4.0                 # WeChat waits 5 s for the passive reply
 
 
