@@ -67,6 +67,11 @@ class RenderedHandler(BaseHandler):
         for name, value in (("window", window), ("viewport", viewport)):
             if isinstance(value, str) and len(value) > 100:
                 raise ApiError(400, f"{name} is too long")
+        # parsed here, once, into values: "40,400" and "40.0,400.0" are one cache entry and
+        # one ETag, and a malformed value is a 400 before anything is looked up
+        from render.pipeline import parse_viewport, parse_window
+        window = parse_window(window) if window is not None else None
+        viewport = parse_viewport(viewport) if viewport is not None else None
         return dict(window=window, viewport=viewport, quality=quality, fmt=self.media_type(),
                     rotate=rotate, flip_h="h" in flip, flip_v="v" in flip,
                     invert=invert in ("true", "1"))

@@ -70,6 +70,22 @@ def test_etag_gives_304(live, series):
     assert hdrs2["ETag"] != hdrs["ETag"]
 
 
+def test_equal_parameters_are_one_cache_entry(live, series):
+    """Parameters are parsed at the edge: spellings of the same window and viewport share
+    one ETag and one encoded-image cache entry."""
+    cache = live.ctx.renders.encoded
+    _, h1, b1 = live.get(frame_url(query="window=40,400&viewport=32,32"))
+    n = cache.stats()["entries"]
+    tags = {h1["ETag"]}
+    for q in ("window=40.0,400.0&viewport=32,32", "window=40,400,linear&viewport=32.0,32",
+              "window=%2040%20,400&viewport=32,32,,,,"):
+        st, h, b = live.get(frame_url(query=q))
+        assert st == 200 and b == b1, q
+        tags.add(h["ETag"])
+    assert len(tags) == 1
+    assert cache.stats()["entries"] == n
+
+
 def test_study_json_carries_display_defaults(live, series):
     st, body = live.json(f"/api/studies/{STUDY}")
     assert st == 200
