@@ -1,13 +1,14 @@
-// Every URL the viewer uses, and one fetch wrapper that turns the server's JSON errors
-// ({"ok": false, "status": 4xx, "error": "…"}) into ApiError. 401 and 403 are announced as
-// window events so each page shows one clear message.
+// The one API client of every page (request(): JSON errors as ApiError, the CSRF proof,
+// the 401 announcement) and every URL the viewer uses.
+import { localMsg } from './lang.js';
 
 const enc = encodeURIComponent;
 
 export class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, code = '') {
     super(message);
     this.status = status;
+    this.code = code;
   }
 }
 
@@ -42,55 +43,44 @@ export const urls = {
   workspaceStudies: (uids) => `/workspace/${uids.map(enc).join(',')}`,
 };
 
-function announce(status, message) {
-  if (typeof window === 'undefined') return;
-  if (status === 401) window.dispatchEvent(new CustomEvent('cf-session-expired', { detail: message }));
-}
+let csrf = '';
+export function setCsrf(v) { if (v) csrf = v; }
 
-async function errorOf(resp) {
-  let message = resp.statusText || `HTTP ${resp.status}`;
-  try {
-    const body = await resp.json();
-    if (body && body.error) message = body.error;
-  } catch (e) { /* not JSON */ }
-  announce(resp.status, message);
-  return new ApiError(resp.status, message);
-}
-
-export async function getJSON(url, signal, priority) {
-  const resp = await fetch(url, { signal, priority, credentials: 'same-origin', headers: { Accept: 'application/json' } });
-  if (!resp.ok) throw await errorOf(resp);
-  return resp.json();
-}
-
-/** An image as a blob; ApiError on HTTP errors, TypeError on network failure. */
-export async function getImage(url, signal) {
-  const resp = await fetch(url, { signal, credentials: 'same-origin', headers: { Accept: 'image/jpeg,image/png;q=0.9' } });
-  if (!resp.ok) throw await errorOf(resp);
-  return resp.blob();
-}
-
-let csrfToken = '';
-export function setCsrf(v) { if (v) csrfToken = v; }
-
-/** A JSON POST with the page's CSRF proof. Another link opened in this browser may have
- *  started a session since this page loaded: a stale proof is answered 403 with code
- *  'csrf_stale', and the call fetches a fresh proof and is sent once more. */
-export async function postJSON(url, body, retried = false) {
-  const headers = { Accept: 'application/json', 'Content-Type': 'application/json' };
-  if (csrfToken) headers['X-CSRF-Token'] = csrfToken;
-  const resp = await fetch(url, { method: 'POST', credentials: 'same-origin', headers, body: JSON.stringify(body || {}) });
-  if (resp.status === 403 && !retried) {
-    const data = await resp.clone().json().catch(() => null);
-    if (data && data.code === 'csrf_stale') {
-      const f = await getJSON('/api/session/csrf').catch(() => null);
-      csrfToken = (f && f.csrf_token) || '';
-      return postJSON(url, body, true);
-    }
+/** Every page's request: JSON (or o.as='blob') back; errors as ApiError(status, message in
+ *  the chosen language, code); a 401 announced ('cf-session-expired') to pages that listen;
+ *  a stale CSRF proof (403 'csrf_stale': another link started a session) renewed, sent again. */
+export async function request(method, url, body, o = {}, retried = false) {
+  const headers = { Accept: o.accept || 'application/json' };
+  const opts = { method, headers, signal: o.signal, priority: o.priority, credentials: 'same-origin' };
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    opts.body = JSON.stringify(body);
   }
-  if (!resp.ok) throw await errorOf(resp);
-  return resp.json();
+  if (csrf && method !== 'GET') headers['X-CSRF-Token'] = csrf;
+  const resp = await fetch(url, opts);
+  if (resp.ok) {
+    if (o.as === 'blob') return resp.blob();
+    const text = await resp.text();
+    return text ? JSON.parse(text) : null;
+  }
+  const data = await resp.json().catch(() => null);
+  const code = (data && data.code) || '';
+  if (resp.status === 403 && code === 'csrf_stale' && !retried) {
+    const f = await request('GET', '/api/session/csrf').catch(() => null);
+    csrf = (f && f.csrf_token) || '';
+    return request(method, url, body, o, true);
+  }
+  const message = localMsg((data && data.error) || resp.statusText || `HTTP ${resp.status}`);
+  if (resp.status === 401 && typeof window !== 'undefined') {
+    window.dispatchEvent(new CustomEvent('cf-session-expired', { detail: { message, url } }));
+  }
+  throw new ApiError(resp.status, message, code);
 }
+
+export const getJSON = (url, signal, priority) => request('GET', url, undefined, { signal, priority });
+/** An image as a blob; ApiError on HTTP errors, TypeError on network failure. */
+export const getImage = (url, signal) => request('GET', url, undefined, { signal, accept: 'image/jpeg,image/png;q=0.9', as: 'blob' });
+export const postJSON = (url, body) => request('POST', url, body || {});
 
 export const api = {
   studies: (q, signal) => getJSON(urls.studies(q), signal),

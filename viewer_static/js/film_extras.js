@@ -9,7 +9,8 @@
 // Its strings live here (both languages) so that the dictionary loaded before the first
 // image stays small.
 import { getJSON, postJSON, setCsrf, urls } from './api.js';
-import { el, t, translate, currentLang } from './ui.js';
+import { el, t } from './ui.js';
+import { strings } from './lang.js';
 import { copyText, selectText } from './clipboard.js';
 
 const WORDS = {
@@ -67,7 +68,7 @@ const WORDS = {
   },
 };
 
-const w = (key, params) => translate(WORDS[currentLang() === 'en' ? 'en' : 'zh-CN'], key, params, WORDS['zh-CN']);
+const w = strings(WORDS);
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
 
@@ -355,7 +356,7 @@ function showVerify() {
         await readContext();
       } catch (e) {
         ok.disabled = false;
-        msg.textContent = e.message ? String(e.message).split(' / ')[currentLang() === 'en' ? 1 : 0] || e.message : '';
+        msg.textContent = e.message || '';
         input.select();
         return;
       }

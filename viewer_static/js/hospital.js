@@ -1,12 +1,13 @@
 // The hospital's identity (name, logo, phone, opening hours) for every patient page: one
 // request, answered from the settings hospital_name / _logo_file / _phone / _hours.
+import { strings } from './lang.js';
+import { getJSON } from './api.js';
+
 let pending = null;
 
 export function loadHospital() {
   if (!pending) {
-    pending = fetch('/api/hospital', { credentials: 'same-origin', headers: { Accept: 'application/json' } })
-      .then((r) => (r.ok ? r.json() : {}))
-      .catch(() => ({}));
+    pending = getJSON('/api/hospital').catch(() => ({}));
   }
   return pending;
 }
@@ -16,6 +17,8 @@ const WORDS = {
   en: { call: 'Phone', hours: 'Hours', help: 'Questions? Contact {name}' },
 };
 
+const w = strings(WORDS);
+
 function node(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -24,9 +27,8 @@ function node(tag, cls, text) {
 }
 
 /** A small block: the hospital's name (and logo), "如有疑问…", its phone as a tel: link and
- *  its hours. `lang` is 'zh-CN' (default) or 'en'. */
-export function hospitalBlock(h, lang) {
-  const w = WORDS[lang === 'en' ? 'en' : 'zh-CN'];
+ *  its hours, in the chosen language. */
+export function hospitalBlock(h) {
   const box = node('div', 'hosp-contact');
   box.id = 'hospital';
   if (!h || !h.name) return box;
@@ -38,15 +40,15 @@ export function hospitalBlock(h, lang) {
     head.append(img);
   }
   head.append(node('span', 'hosp-name', h.name));
-  box.append(head, node('p', 'muted', w.help.replace('{name}', h.name)));
+  box.append(head, node('p', 'muted', w('help', { name: h.name })));
   if (h.phone) {
-    const p = node('p', 'muted', `${w.call}：`);
+    const p = node('p', 'muted', `${w('call')}：`);
     const a = node('a', 'hosp-phone', h.phone);
     a.href = `tel:${String(h.phone).replace(/[^0-9+-]/g, '')}`;
     p.append(a);
     box.append(p);
   }
-  if (h.hours) box.append(node('p', 'muted', `${w.hours}：${h.hours}`));
+  if (h.hours) box.append(node('p', 'muted', `${w('hours')}：${h.hours}`));
   return box;
 }
 
@@ -58,10 +60,4 @@ export function rememberShare(studyUid, shareUrl) {
 
 export function shareFor(studyUid) {
   try { return localStorage.getItem(`cf-share:${studyUid}`); } catch (e) { return null; }
-}
-
-/** The language choice is also a cookie, so pages the server writes (refusals) follow it. */
-export function storeLang(lang) {
-  try { localStorage.setItem('cf-lang', lang); } catch (e) { /* ignore */ }
-  document.cookie = `cf_lang=${lang === 'en' ? 'en' : 'zh-CN'}; path=/; max-age=31536000; samesite=lax`;
 }

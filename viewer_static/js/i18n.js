@@ -1,3 +1,2 @@
-// Strings: lookup with {name} parameters, language choice. The functions live in ui.js (the
-// pages load it anyway); this module names them for code that wants only the strings.
-export { LANGS, DEFAULT_LANG, translate, pickLang, otherLang } from './ui.js';
+// The string functions, for code that wants only them (the node tests): they live in lang.js.
+export { LANGS, DEFAULT_LANG, translate, pickLang, otherLang } from './lang.js';

@@ -1,9 +1,11 @@
 // Exam list: search, newest first, links to the film view and the comparison workspace.
 // Staff sign in here when the API answers 401.
-import { api, urls } from './api.js';
+import { api, urls, request } from './api.js';
 import { byDateDesc } from './series.js';
 import { el, t, initI18n, langButton, patientLine } from './ui.js';
+import words from './i18n/workspace.js';
 
+t.add(words);
 const $ = (id) => document.getElementById(id);
 
 async function search() {
@@ -55,12 +57,12 @@ function showLogin() {
 
 async function login(e) {
   e.preventDefault();
-  const resp = await fetch('/api/auth/login', {
-    method: 'POST', credentials: 'same-origin', headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ username: $('user').value, password: $('pass').value }),
-  });
-  const body = await resp.json().catch(() => ({}));
-  if (!resp.ok) { $('login-error').textContent = body.error || resp.statusText; return; }
+  try {
+    await request('POST', '/api/auth/login', { username: $('user').value, password: $('pass').value });
+  } catch (err) {
+    $('login-error').textContent = err.message;
+    return;
+  }
   search();
 }
 

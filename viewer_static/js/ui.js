@@ -1,35 +1,12 @@
-// Small DOM helpers shared by the pages: elements, strings, language switch, session and
-// access messages, the report panel.
+// Small DOM helpers shared by the viewer's pages: elements, the viewer's strings and language
+// switch (over lang.js), session and access messages, the report panel.
 import zh from './i18n/zh-CN.js';
-import { urls, api } from './api.js';
+import { urls, api, getJSON } from './api.js';
+import { strings, currentLang, langButton as switcher } from './lang.js';
 
-// Strings: lookup with {name} parameters, language choice (here rather than in a module of
-// their own: one request less before the film view's first image). The dictionaries live in
-// i18n/zh-CN.js (default) and i18n/en.js (loaded when chosen).
-export const LANGS = ['zh-CN', 'en'];
-export const DEFAULT_LANG = 'zh-CN';
-
-/** `dict[key]` with {param} substitution; falls back to `fallback[key]`, then the key. */
-export function translate(dict, key, params, fallback) {
-  let s = dict && Object.prototype.hasOwnProperty.call(dict, key) ? dict[key] : undefined;
-  if (s === undefined && fallback) s = fallback[key];
-  if (s === undefined) return key;
-  if (!params) return s;
-  return s.replace(/\{(\w+)\}/g, (m, name) => (params[name] === undefined ? m : String(params[name])));
-}
-
-/** The language to use: a stored choice if valid, else Chinese (the hospital's default). */
-export function pickLang(stored) {
-  return LANGS.includes(stored) ? stored : DEFAULT_LANG;
-}
-
-export function otherLang(lang) {
-  return lang === 'en' ? 'zh-CN' : 'en';
-}
-
-
-let dict = zh;
-let lang = 'zh-CN';
+export { currentLang } from './lang.js';
+// English is fetched only when chosen (i18n/en.js).
+export const t = strings({ 'zh-CN': zh, en: () => import('./i18n/en.js') });
 
 export function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -38,21 +15,10 @@ export function el(tag, cls, text) {
   return e;
 }
 
-export function t(key, params) {
-  return translate(dict, key, params, zh);
-}
-
-export function currentLang() {
-  return lang;
-}
-
-/** Load the stored language (English is fetched only when chosen). */
+/** Load the stored language's strings and write them into the page. */
 export async function initI18n() {
-  let stored = null;
-  try { stored = localStorage.getItem('cf-lang'); } catch (e) { /* private mode */ }
-  lang = pickLang(stored);
-  if (lang === 'en') dict = (await import('./i18n/en.js')).default;
-  document.documentElement.lang = lang;
+  await t.load();
+  document.documentElement.lang = currentLang();
   applyI18n(document);
 }
 
@@ -62,23 +28,9 @@ export function applyI18n(root) {
   for (const n of root.querySelectorAll('[data-i18n-title]')) n.title = t(n.dataset.i18nTitle);
 }
 
-/** A button that switches language and reloads the page's strings via `onChange`. */
+/** The language button of the viewer's pages; `onChange` redraws what applyI18n cannot. */
 export function langButton(onChange) {
-  const b = el('button', 'btn lang-btn', t('lang.switch'));
-  b.type = 'button';
-  b.id = 'lang-switch';
-  b.addEventListener('click', async () => {
-    lang = otherLang(lang);
-    dict = lang === 'en' ? (await import('./i18n/en.js')).default : zh;
-    try { localStorage.setItem('cf-lang', lang); } catch (e) { /* ignore */ }
-    // a cookie too: pages the server writes (refusals) follow the choice
-    document.cookie = `cf_lang=${lang}; path=/; max-age=31536000; samesite=lax`;
-    document.documentElement.lang = lang;
-    b.textContent = t('lang.switch');
-    applyI18n(document);
-    onChange && onChange();
-  });
-  return b;
+  return switcher(t, 'lang.switch', () => { applyI18n(document); if (onChange) onChange(); }, 'btn lang-btn');
 }
 
 /** A page-wide notice (session expired, not found …) with its next steps: each action is
@@ -101,13 +53,6 @@ export function fatal(message, ...actions) {
   }
 }
 
-const NEXT = {
-  'zh-CN': { expired: '查看时间已结束或分享已失效，请重新输入访问码或验证身份后查看。',
-    code: '重新输入访问码', portal: '验证身份，查看我的检查', call: '联系医院' },
-  en: { expired: 'Your viewing time has ended or the share is no longer valid. Enter the access code again or verify your identity.',
-    code: 'Enter the access code again', portal: 'Verify your identity', call: 'Contact the hospital' },
-};
-
 /** Where this exam's share link is, if this browser opened the exam through one. */
 function shareLinkFor(uid) {
   try {
@@ -125,18 +70,17 @@ export function watchSession() {
       fatal(t('state.expired'), { label: t('state.expired.action'), href: `/login?next=${encodeURIComponent(location.pathname + location.search)}`, id: 'relogin-staff' });
       return;
     }
-    const w = NEXT[lang === 'en' ? 'en' : 'zh-CN'];
     const m = location.pathname.match(/^\/film\/([0-9][0-9.]{0,63})$/);   // not /film/exam/N
     const uid = m ? m[1] : null;
     const link = uid ? shareLinkFor(uid) : null;
     const portal = uid ? `/portal#exam=${encodeURIComponent(`study_uid:${uid}`)}` : '/portal';
-    const steps = [link && { label: w.code, href: link, id: 'relogin-code' },
-      { label: w.portal, href: portal, id: 'relogin-portal' }];
-    fatal(w.expired, ...steps);
+    const steps = [link && { label: t('next.code'), href: link, id: 'relogin-code' },
+      { label: t('next.portal'), href: portal, id: 'relogin-portal' }];
+    fatal(t('next.expired'), ...steps);
     try {
-      const h = await (await fetch('/api/hospital', { headers: { Accept: 'application/json' } })).json();
+      const h = await getJSON('/api/hospital');
       if (h && h.phone) {
-        fatal(w.expired, ...steps, { label: `${w.call} ${h.phone}`, href: `tel:${String(h.phone).replace(/[^0-9+-]/g, '')}`, id: 'relogin-call' });
+        fatal(t('next.expired'), ...steps, { label: `${t('next.call')} ${h.phone}`, href: `tel:${String(h.phone).replace(/[^0-9+-]/g, '')}`, id: 'relogin-call' });
       }
     } catch (e) { /* the two steps above still work */ }
   });

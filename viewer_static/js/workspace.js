@@ -9,7 +9,9 @@ import { sortedSeries, byDateDesc } from './series.js';
 import { syncIndex, alignOffset, parallel } from './sync.js';
 import { transferView } from './viewport_math.js';
 import { el, t, initI18n, langButton, renderReport, watchSession, fatal, patientLine, applyI18n } from './ui.js';
+import words from './i18n/workspace.js';
 
+t.add(words);
 const $ = (id) => document.getElementById(id);
 const LAYOUTS = { '1x1': [1, 1], '1x2': [1, 2], '2x1': [2, 1], '2x2': [2, 2] };
 

@@ -8,8 +8,9 @@
 // used up, expired, revoked or unknown shows what happened and the next steps.
 // /portal#reverify=<study_uid> (from the film view): the form scrolled into view, then back
 // to that exam's film view after a successful verification.
-import { t, el, call, setCsrf, localTime, langButton, currentLang, localMsg } from '../share/common.js';
+import { t, el, call, setCsrf, localTime, langButton, localMsg } from '../share/common.js';
 import { linkRow } from '../share/copylink.js';
+import { strings } from '../js/lang.js';
 import { loadHospital, hospitalBlock } from '../js/hospital.js';
 
 const $ = (id) => document.getElementById(id);
@@ -53,11 +54,7 @@ const WORDS = {
   },
 };
 
-function w(key, params) {
-  let s = (WORDS[currentLang() === 'en' ? 'en' : 'zh-CN'][key]) ?? WORDS['zh-CN'][key] ?? key;
-  if (params) s = s.replace(/\{(\w+)\}/g, (m, n) => (params[n] === undefined ? m : String(params[n])));
-  return s;
-}
+const w = strings(WORDS);
 
 function texts() {
   document.title = qrToken ? `${w('pqr.title')} · ${t('title.portal')}` : t('title.portal');
@@ -93,7 +90,7 @@ function texts() {
 
 function showHospital(box) {
   box.textContent = '';
-  if (hospital && hospital.name) box.append(hospitalBlock(hospital, currentLang()));
+  if (hospital && hospital.name) box.append(hospitalBlock(hospital));
 }
 
 async function showVerify(note) {
@@ -233,13 +230,9 @@ function qrState(q) {
 async function showQr(q, png) {
   let src = png;
   if (!src) {
-    const resp = await fetch('/api/qr', {
-      method: 'POST', credentials: 'same-origin',
-      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': me.csrf_token },
-      body: JSON.stringify({ text: q.url, format: 'png' }),
-    });
-    if (!resp.ok) return;
-    src = URL.createObjectURL(await resp.blob());
+    const blob = await call('POST', '/api/qr', { text: q.url, format: 'png' }, { accept: 'image/png', as: 'blob' }).catch(() => null);
+    if (!blob) return;
+    src = URL.createObjectURL(blob);
   }
   const box = $('qr-new');
   box.textContent = '';

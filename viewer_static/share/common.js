@@ -1,6 +1,10 @@
-// Shared helpers of the share and portal pages: strings (zh-CN default, en), JSON calls
-// with the CSRF token, small DOM helpers. No third-party code, no inline script or style.
-import { storeLang } from '../js/hospital.js';
+// Shared helpers of the share and portal pages: their strings (zh-CN default, en; the
+// lookup and language choice are js/lang.js), small DOM helpers. JSON calls are js/api.js's
+// request(), re-exported as call(). No third-party code, no inline script or style.
+import { strings, langButton as switcher } from '../js/lang.js';
+
+export { currentLang, localMsg } from '../js/lang.js';
+export { request as call, setCsrf, ApiError as HttpError } from '../js/api.js';
 
 const STRINGS = {
   'zh-CN': {
@@ -63,73 +67,16 @@ const STRINGS = {
   },
 };
 
-let lang = 'zh-CN';
-try { if (localStorage.getItem('cf-lang') === 'en') lang = 'en'; } catch (e) { /* private mode */ }
+export const t = strings(STRINGS);
 
-export function t(key, params) {
-  let s = STRINGS[lang][key] ?? STRINGS['zh-CN'][key] ?? key;
-  if (params) s = s.replace(/\{(\w+)\}/g, (m, n) => (params[n] === undefined ? m : String(params[n])));
-  return s;
-}
-
-export function langButton(onChange) {
-  const b = el('button', 'btn small', t('lang'));
-  b.type = 'button';
-  b.addEventListener('click', () => {
-    lang = lang === 'en' ? 'zh-CN' : 'en';
-    storeLang(lang);
-    document.documentElement.lang = lang;
-    b.textContent = t('lang');
-    onChange();
-  });
-  return b;
-}
+/** The language button of the share, portal and desk pages. */
+export const langButton = (onChange) => switcher(t, 'lang', onChange);
 
 export function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
   if (text !== undefined && text !== null) e.textContent = text;
   return e;
-}
-
-let csrf = '';
-export function setCsrf(v) { if (v) csrf = v; }
-
-export class HttpError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
-
-export function currentLang() { return lang; }
-
-/** The language part of a server message ('中文 / English'). */
-export function localMsg(m) {
-  const s = String(m || '');
-  const i = s.indexOf(' / ');
-  if (i < 0) return s;
-  return lang === 'en' ? s.slice(i + 3).trim() : s.slice(0, i).trim();
-}
-
-/** A JSON call. Another link opened in this browser may have started a session since this
- *  page loaded: a stale proof is answered with code 'csrf_stale', and the call fetches a
- *  fresh proof and is sent once more, so the person never sees it. */
-export async function call(method, url, body, retried = false) {
-  const opts = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
-  if (body !== undefined) {
-    opts.headers['Content-Type'] = 'application/json';
-    opts.body = JSON.stringify(body);
-  }
-  if (csrf && method !== 'GET') opts.headers['X-CSRF-Token'] = csrf;
-  const resp = await fetch(url, opts);
-  let data = null;
-  try { data = await resp.json(); } catch (e) { /* not JSON */ }
-  if (resp.status === 403 && data && data.code === 'csrf_stale' && !retried) {
-    const fresh = await fetch('/api/session/csrf', { credentials: 'same-origin', headers: { Accept: 'application/json' } });
-    const f = fresh.ok ? await fresh.json() : null;
-    csrf = (f && f.csrf_token) || '';
-    return call(method, url, body, true);
-  }
-  if (!resp.ok) throw new HttpError(resp.status, localMsg((data && data.error) || `HTTP ${resp.status}`));
-  return data;
 }
 
 /** 'YYYY-MM-DD HH:MM' in China standard time for a UTC ISO string. */

@@ -3,16 +3,15 @@
 // document.execCommand('copy') (plain HTTP inside the hospital, older WeChat browsers); a
 // visible 已复制 confirmation either way, and the link selected for copying by hand when
 // both fail.
-import { currentLang } from './common.js';
+import { strings } from '../js/lang.js';
 import { copyText, selectText } from '../js/clipboard.js';
-
 
 const WORDS = {
   'zh-CN': { copy: '复制链接', done: '已复制', fail: '无法自动复制，请长按链接手动复制' },
   en: { copy: 'Copy link', done: 'Copied', fail: 'Could not copy: press and hold the link to copy it' },
 };
 
-function words() { return WORDS[currentLang() === 'en' ? 'en' : 'zh-CN']; }
+const w = strings(WORDS);
 
 /** A row: the link (wrapping at any character), a 复制链接 button and its confirmation. */
 export function linkRow(url) {
@@ -27,7 +26,7 @@ export function linkRow(url) {
   const b = document.createElement('button');
   b.type = 'button';
   b.className = 'btn small copy-link';
-  b.textContent = words().copy;
+  b.textContent = w('copy');
   const note = document.createElement('span');
   note.className = 'copied';
   note.setAttribute('role', 'status');
@@ -35,7 +34,7 @@ export function linkRow(url) {
   let timer = null;
   b.addEventListener('click', async () => {
     const ok = await copyText(url);
-    note.textContent = ok ? `✓ ${words().done}` : words().fail;
+    note.textContent = ok ? `✓ ${w('done')}` : w('fail');
     note.classList.toggle('bad', !ok);
     if (!ok) selectText(link);
     clearTimeout(timer);

@@ -2,8 +2,9 @@
 // code, expiry), see and revoke the exam's shares, switch the exam's images on or off.
 // 患者二维码（全部检查）: one QR code for all of the exam's patient's exams (R1.4), printed on
 // the same slip; the patient's QR codes listed with copy link and revoke.
-import { t, el, call, setCsrf, localTime, langButton, currentLang } from './common.js';
+import { t, el, call, setCsrf, localTime, langButton } from './common.js';
 import { linkRow } from './copylink.js';
+import { strings } from '../js/lang.js';
 import { loadHospital, hospitalBlock } from '../js/hospital.js';
 
 const WORDS = {
@@ -20,11 +21,7 @@ const WORDS = {
     state: '{c} · opened {o}/{m} times', copyhint: 'Link',
   },
 };
-function w(key, params) {
-  let s = WORDS[currentLang() === 'en' ? 'en' : 'zh-CN'][key] ?? key;
-  if (params) s = s.replace(/\{(\w+)\}/g, (m, n) => (params[n] === undefined ? m : String(params[n])));
-  return s;
-}
+const w = strings(WORDS);
 let patientDbId = null;
 let slipKind = 'share';
 let hospital = {};
@@ -87,7 +84,7 @@ async function loadShares() {
 
 function showSlip() {
   $('s-hosp').textContent = '';
-  if (hospital && hospital.name) $('s-hosp').append(hospitalBlock(hospital, currentLang()));
+  if (hospital && hospital.name) $('s-hosp').append(hospitalBlock(hospital));
   $('s-qr').src = created.qr_png;
   $('s-url').textContent = created.url;
   $('s-copy').textContent = '';

@@ -1,6 +1,6 @@
 // The site root on a phone: the patient's two ways in (我的云胶片 after verification, or a
 // share link) and, small, the staff sign-in.
-import { t, langButton, currentLang } from './common.js';
+import { t, langButton } from './common.js';
 import { loadHospital, hospitalBlock } from '../js/hospital.js';
 
 const $ = (id) => document.getElementById(id);
@@ -17,7 +17,7 @@ function texts() {
   if (hospital) {
     $('hosp-name').textContent = hospital.name || '';
     $('hospital-slot').textContent = '';
-    $('hospital-slot').append(hospitalBlock(hospital, currentLang()));
+    $('hospital-slot').append(hospitalBlock(hospital));
   }
 }
 

@@ -1,6 +1,7 @@
 // Refusal pages written by the server: when this browser opened the exam through a share
 // link, the first next step is that link's code page again.
-import { shareFor, storeLang } from '../js/hospital.js';
+import { shareFor } from '../js/hospital.js';
+import { storeLang } from '../js/lang.js';
 
 const data = JSON.parse(document.body.dataset.error || '{}');
 const steps = document.getElementById('next-steps');

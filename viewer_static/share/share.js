@@ -1,7 +1,7 @@
 // The share page (/s/{token}): type the access code and the film view opens at once (the
 // film view has the download buttons). A browser that opened this share before goes
 // straight to the images without a code and without counting another open.
-import { t, call, setCsrf, localTime, codeInput, langButton, currentLang, localMsg } from './common.js';
+import { t, call, setCsrf, localTime, codeInput, langButton, localMsg } from './common.js';
 import { loadHospital, hospitalBlock, rememberShare } from '../js/hospital.js';
 
 const $ = (id) => document.getElementById(id);
@@ -47,7 +47,7 @@ function showHospital() {
   const slot = $('hospital-slot');
   if (!slot || !hospital) return;
   slot.textContent = '';
-  slot.append(hospitalBlock(hospital, currentLang()));
+  slot.append(hospitalBlock(hospital));
   if (hospital.name) $('hosp-name').textContent = hospital.name;
 }
 

@@ -1,5 +1,7 @@
 // Strings of the WeChat pages (zh-CN default, en); the language choice is shared with the
-// portal (localStorage 'cf-lang').
+// portal (js/lang.js).
+import { strings } from '../js/lang.js';
+
 const STRINGS = {
   'zh-CN': {
     title: '我的检查', people: '就诊人', add: '添加就诊人', current: '当前', switchTo: '切换',
@@ -35,20 +37,8 @@ const STRINGS = {
   },
 };
 
-let lang = 'zh-CN';
-try { if (localStorage.getItem('cf-lang') === 'en') lang = 'en'; } catch (e) { /* private mode */ }
-
-export function t(key, params) {
-  let s = STRINGS[lang][key] ?? STRINGS['zh-CN'][key] ?? key;
-  if (params) s = s.replace(/\{(\w+)\}/g, (m, n) => (params[n] === undefined ? m : String(params[n])));
-  return s;
-}
-
-export function toggleLang() {
-  lang = lang === 'en' ? 'zh-CN' : 'en';
-  try { localStorage.setItem('cf-lang', lang); } catch (e) { /* ignore */ }
-  document.documentElement.lang = lang;
-}
+/** Lookup and language choice are js/lang.js's (shared with the portal). */
+export const t = strings(STRINGS);
 
 export function isWechat(ua) { return /micromessenger/i.test(ua || ''); }
 

@@ -3,7 +3,8 @@
 // verifies once (the portal's methods) and is bound. Several patients (parent, children)
 // may be bound and switched between. Outside WeChat the page verifies like the portal.
 import { el, call, setCsrf, localTime } from '../share/common.js';
-import { t, toggleLang, isWechat } from './strings.js';
+import { t, isWechat } from './strings.js';
+import { langButton } from '../js/lang.js';
 import { configure, setShare, signedUrl } from './jsbridge.js';
 
 const $ = (id) => document.getElementById(id);
@@ -184,10 +185,7 @@ async function refresh() {
 }
 
 async function main() {
-  const lb = el('button', 'btn small', t('lang'));
-  lb.type = 'button';
-  lb.addEventListener('click', () => { toggleLang(); lb.textContent = t('lang'); texts(); });
-  $('lang').append(lb);
+  $('lang').append(langButton(t, 'lang', texts));
   texts();
   $('send').addEventListener('click', async () => {
     $('v-msg').classList.remove('ok');

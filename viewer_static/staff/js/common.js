@@ -1,40 +1,22 @@
-// Shared by the staff pages: one fetch wrapper (session cookie + CSRF header, JSON errors
-// as StaffApiError), the top bar with the pages of the signed-in user's roles, small DOM
-// helpers. Every access decision is the server's; the bar only hides links.
+// Shared by the staff pages: calls through js/api.js (session cookie + CSRF header, JSON
+// errors as ApiError; a 401 outside sign-in goes to the login page), the top bar with the
+// pages of the signed-in user's roles, small DOM helpers. Every access decision is the server's; the bar only hides links.
+import { request, setCsrf } from '../../js/api.js';
 
-export class StaffApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
-
-let csrf = '';
+export { setCsrf };
 
 export function loginUrl(extra) {
   const next = location.pathname + location.search;
   return `/login?${extra ? `${extra}&` : ''}next=${encodeURIComponent(next)}`;
 }
 
-export async function api(method, url, body) {
-  const headers = { Accept: 'application/json' };
-  const opts = { method, headers, credentials: 'same-origin' };
-  if (body !== undefined) {
-    headers['Content-Type'] = 'application/json';
-    opts.body = JSON.stringify(body);
-  }
-  if (method !== 'GET' && csrf) headers['X-CSRF-Token'] = csrf;
-  const resp = await fetch(url, opts);
-  let data = null;
-  try { data = await resp.json(); } catch (e) { data = null; }
-  if (!resp.ok) {
-    const message = (data && data.error) || `HTTP ${resp.status}`;
-    if (resp.status === 401 && !url.startsWith('/api/auth/')) {
-      location.assign(loginUrl('expired=1'));
-    }
-    throw new StaffApiError(resp.status, message);
-  }
-  return data;
-}
+/** api('POST', url, body): js/api.js's request (CSRF proof, errors as ApiError). */
+export const api = (method, url, body) => request(method, url, body);
 
-export function setCsrf(token) { csrf = token || ''; }
+// A session that ended (not a failed sign-in) sends the person to sign in again.
+window.addEventListener('cf-session-expired', (e) => {
+  if (!e.detail.url.startsWith('/api/auth/')) location.assign(loginUrl('expired=1'));
+});
 
 /** el('td', {class: 'x', onclick: fn}, 'text', child, ...) */
 export function el(tag, attrs, ...children) {

@@ -1,0 +1,36 @@
+// Strings of the examination list and the comparison workspace (not needed by the film
+// view): added to the viewer's t() by index.js and workspace.js.
+export default {
+  'zh-CN': {
+    'index.title': '检查列表',
+    'index.search': '搜索',
+    'index.placeholder': '姓名 / 患者ID / 检查号',
+    'index.film': '云胶片',
+    'index.workspace': '对比工作站',
+    'index.empty': '没有找到检查',
+    'index.total': '共 {n} 项检查',
+    'col.patient': '患者', 'col.date': '检查日期', 'col.modality': '类型', 'col.desc': '检查项目', 'col.open': '查看',
+    'ws.title': '对比工作站', 'ws.layout': '布局', 'ws.exams': '历次检查', 'ws.link': '联动', 'ws.linked': '已联动',
+    'ws.sync.scroll': '同步翻页', 'ws.sync.zoom': '同步缩放平移', 'ws.sync.window': '同步窗宽窗位',
+    'ws.align': '对齐', 'ws.mpr': 'MPR', 'ws.mip': '3D', 'ws.stack': '2D', 'ws.slab': '层厚',
+    'ws.empty': '从左侧选择序列，或拖入此处', 'ws.report': '报告', 'ws.help': '滚轮翻页 · Ctrl+滚轮缩放 · 右键拖动调窗 · 中键拖动平移',
+    'mpr.axial': '轴位', 'mpr.coronal': '冠状位', 'mpr.sagittal': '矢状位', 'mip.title': '3D MIP（拖动旋转）',
+    'mpr.none': '该序列不能重建（需要等间距的断层序列）',
+  },
+  en: {
+    'index.title': 'Examinations',
+    'index.search': 'Search',
+    'index.placeholder': 'Name / patient ID / accession',
+    'index.film': 'Film',
+    'index.workspace': 'Compare',
+    'index.empty': 'No examinations found',
+    'index.total': '{n} examinations',
+    'col.patient': 'Patient', 'col.date': 'Date', 'col.modality': 'Type', 'col.desc': 'Examination', 'col.open': 'Open',
+    'ws.title': 'Comparison workspace', 'ws.layout': 'Layout', 'ws.exams': 'Examinations', 'ws.link': 'Link', 'ws.linked': 'Linked',
+    'ws.sync.scroll': 'Sync scroll', 'ws.sync.zoom': 'Sync zoom/pan', 'ws.sync.window': 'Sync window',
+    'ws.align': 'Align', 'ws.mpr': 'MPR', 'ws.mip': '3D', 'ws.stack': '2D', 'ws.slab': 'Slab',
+    'ws.empty': 'Pick a series on the left or drop it here', 'ws.report': 'Report', 'ws.help': 'Wheel: scroll · Ctrl+wheel: zoom · right drag: window · middle drag: pan',
+    'mpr.axial': 'Axial', 'mpr.coronal': 'Coronal', 'mpr.sagittal': 'Sagittal', 'mip.title': '3D MIP (drag to rotate)',
+    'mpr.none': 'This series cannot be reformatted (needs an evenly spaced stack)',
+  },
+};
