@@ -22,10 +22,9 @@ from pynetdicom.sop_class import (EncapsulatedPDFStorage,
                                   StudyRootQueryRetrieveInformationModelGet,
                                   StudyRootQueryRetrieveInformationModelMove, Verification)
 
-from models.catalog import ALREADY_PRESENT, STORED, Catalog
-from models.db import database
+from models.catalog import ALREADY_PRESENT, STORED, Catalog, find_exam
+from models.db import close_connection
 from models.integration import (note_event, retrieve_job_update)
-from models.schema import Exam
 
 from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta, person_name_text
 from .fast_copy import make_fast_copy, needs_fast_copy
@@ -105,7 +104,7 @@ class InstanceSink:
         """An Encapsulated PDF object becomes the exam's PDF report (the DICOM object is
         kept as well)."""
         pdf = bytes(ds.get("EncapsulatedDocument", b"") or b"").rstrip(b"\x00")
-        exam = Exam.get_or_none(Exam.study_uid == meta["study_uid"])
+        exam = find_exam(meta["study_uid"])
         if exam is None or not pdf.startswith(b"%PDF-"):
             return
         try:
@@ -228,8 +227,7 @@ class DicomScp:
     @staticmethod
     def _close_db() -> None:
         try:
-            if not database.is_closed():
-                database.close()
+            close_connection()
         except Exception:  # noqa: BLE001
             pass
 

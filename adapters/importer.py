@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from models.catalog import ALREADY_PRESENT, REJECTED, STORED, Catalog
-from models.schema import Exam
+from models.catalog import ALREADY_PRESENT, REJECTED, STORED, Catalog, find_exam
 
 from .fast_copy import make_fast_copies, needs_fast_copy
 from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta
@@ -217,7 +216,7 @@ class Importer:
         return result.outcome
 
     def _import_pdf(self, item, meta, ds, summary) -> str:
-        exam = Exam.get_or_none(Exam.study_uid == meta["study_uid"])
+        exam = find_exam(meta["study_uid"])
         if exam is None:
             summary.rejected.append((item.name, "encapsulated PDF report for an exam that has "
                                                 "no images here yet; import the images first"))

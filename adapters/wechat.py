@@ -31,7 +31,7 @@ from wechatpy.exceptions import WeChatClientException, WeChatOAuthException
 from wechatpy.replies import TextReply
 
 from models import wechat as store
-from models.schema import utcnow
+from models.clock import utcnow
 
 from .hl7_mllp import DeliveryError
 

@@ -10,6 +10,7 @@ transaction of the action it records: if the audit write fails, the action fails
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import hmac
 import io
@@ -108,6 +109,53 @@ class Auditor:
         for r in rows:
             w.writerow([getattr(r, f) for f in FIELDS[1:-1]] + [r.hmac])
         return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What the audit admin asked for; empty fields do not filter."""
+    action: str | None = None          # prefix
+    actor: str | None = None
+    object_id: str | None = None
+    outcome: str | None = None
+    time_from: dt.datetime | None = None     # inclusive
+    time_to: dt.datetime | None = None       # exclusive
+
+    def query(self):
+        q = AuditEvent.select()
+        if self.action:
+            q = q.where(AuditEvent.action.startswith(self.action))
+        if self.actor:
+            q = q.where(AuditEvent.actor_id == self.actor)
+        if self.object_id:
+            q = q.where(AuditEvent.object_id == self.object_id)
+        if self.outcome:
+            q = q.where(AuditEvent.outcome == self.outcome)
+        if self.time_from:
+            q = q.where(AuditEvent.time >= self.time_from)
+        if self.time_to:
+            q = q.where(AuditEvent.time < self.time_to)
+        return q
+
+
+def audit_page(f: AuditFilter, page: int, per_page: int) -> tuple[int, list[AuditEvent]]:
+    """(matching records, one page of them, newest first)."""
+    q = f.query()
+    total = q.count()
+    return total, list(q.order_by(AuditEvent.id.desc()).paginate(page, per_page))
+
+
+def audit_rows(f: AuditFilter, limit: int) -> list[AuditEvent]:
+    """The matching records, oldest first, at most `limit` (CSV export)."""
+    return list(f.query().order_by(AuditEvent.id).limit(limit))
+
+
+def audit_rows_since(since: dt.datetime | None = None) -> Iterable[AuditEvent]:
+    """Every record (from `since` on, if given), oldest first, streamed (CLI export)."""
+    q = AuditEvent.select().order_by(AuditEvent.id)
+    if since:
+        q = q.where(AuditEvent.time >= since)
+    return q.iterator()
 
 
 def install_append_only_triggers() -> None:

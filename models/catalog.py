@@ -15,7 +15,7 @@ from typing import Any
 
 import peewee as pw
 
-from .db import write_transaction
+from .db import database, write_transaction
 from .schema import (EXAM_CATEGORIES, Exam, Instance, Patient, Quarantine, Report, Series,
                      utcnow)
 from .storage import Storage, StorageError, sha256_bytes
@@ -138,6 +138,20 @@ class Catalog:
         v = validate_id_number(id_number)
         patient.id_number_hash = self.id_number_hash(v)
         patient.id_number_masked = mask_id_number(v)
+
+    def set_patient_contacts(self, entries) -> None:
+        """Phone and ID number of patients already imported (the demo data), in one
+        transaction; entries are dicts with patient_id, phone and optionally national_id,
+        and patients not in the catalog are skipped."""
+        with database.atomic():
+            for p in entries:
+                patient = Patient.get_or_none(Patient.patient_id == p["patient_id"])
+                if patient is None:
+                    continue
+                patient.phone = p.get("phone")
+                if p.get("national_id"):
+                    self.set_patient_id_number(patient, p["national_id"])
+                patient.save()
 
     # instances ---------------------------------------------------------------------------
     def store_instance(self, meta: dict[str, Any], data: bytes, *, source: str = "import",
@@ -448,6 +462,78 @@ class Catalog:
         return {"patients": Patient.select().count(), "exams": Exam.select().count(),
                 "series": Series.select().count(), "instances": Instance.select().count(),
                 "reports": Report.select().count()}
+
+
+def find_exam(study_uid: str) -> Exam | None:
+    """The exam with this Study Instance UID, or None (no join: for filing a report)."""
+    return Exam.get_or_none(Exam.study_uid == study_uid)
+
+
+def find_exam_by_accession(accession_number: str) -> Exam | None:
+    return Exam.get_or_none(Exam.accession_number == accession_number)
+
+
+def find_patient_exam(study_uid: str, patient_db_id: int) -> Exam | None:
+    """The exam with this Study Instance UID if it belongs to this patient."""
+    return Exam.get_or_none((Exam.study_uid == study_uid) & (Exam.patient == patient_db_id))
+
+
+def report_of(exam: Exam) -> Report | None:
+    return Report.get_or_none(Report.exam == exam)
+
+
+def exam_instances(exam: Exam, series_uid: str | None = None,
+                   sop_uid: str | None = None) -> list[Instance]:
+    """The exam's instances (each with its series), optionally of one series or one SOP
+    instance; in the database's order, as the download ZIP has always listed them."""
+    q = (Instance.select(Instance, Series).join(Series)
+         .where(Series.exam == exam))
+    if series_uid:
+        q = q.where(Series.series_uid == series_uid)
+    if sop_uid:
+        q = q.where(Instance.sop_uid == sop_uid)
+    return list(q)
+
+
+# the render service's lookups (each row carries its series and exam) --------------------------
+def instance_by_uids(study_uid: str, series_uid: str, sop_uid: str) -> Instance | None:
+    return (Instance.select(Instance, Series, Exam).join(Series).join(Exam)
+            .where((Instance.sop_uid == sop_uid) & (Series.series_uid == series_uid)
+                   & (Exam.study_uid == study_uid)).first())
+
+
+def series_instances(study_uid: str, series_uid: str) -> list[Instance]:
+    """The series' instances in instance-number order."""
+    return list(Instance.select(Instance, Series, Exam).join(Series).join(Exam)
+                .where((Series.series_uid == series_uid) & (Exam.study_uid == study_uid))
+                .order_by(Instance.instance_number, Instance.id))
+
+
+def exam_access_facts(exam_id: int) -> tuple[int, bool] | None:
+    """(patient database id, images enabled as stored) of an exam, or None."""
+    return (Exam.select(Exam.patient, Exam.images_enabled)
+            .where(Exam.id == exam_id).tuples().first())
+
+
+def study_series_uids(study_uid: str) -> list[str]:
+    """The Series Instance UIDs of a study in series-number order."""
+    return [r.series_uid for r in Series.select(Series.series_uid).join(Exam)
+            .where(Exam.study_uid == study_uid)
+            .order_by(Series.series_number, Series.id)]
+
+
+# the integrity scrub -----------------------------------------------------------------------------
+def instances_after(last_id: int, limit: int) -> list[Instance]:
+    """The next `limit` instances by id after `last_id` (id, sop_uid, file_path, sha256 only)."""
+    return list(Instance.select(Instance.id, Instance.sop_uid, Instance.file_path,
+                                Instance.sha256)
+                .where(Instance.id > last_id).order_by(Instance.id).limit(limit))
+
+
+def reports_with_pdf() -> list[Report]:
+    """Every report that has a PDF (id, pdf_path, pdf_sha256 only)."""
+    return list(Report.select(Report.id, Report.pdf_path, Report.pdf_sha256)
+                .where(Report.pdf_path.is_null(False)))
 
 
 def _floats(s: str) -> list[float] | None:

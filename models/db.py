@@ -112,6 +112,18 @@ def sqlite_path() -> str | None:
     return None
 
 
+def connection():
+    """A context manager holding a database connection for the calls inside it (opened and
+    closed around them unless one is already open in this thread)."""
+    return database.connection_context()
+
+
+def close_connection() -> None:
+    """Close this thread's connection if one is open (a worker thread that is going away)."""
+    if not database.is_closed():
+        database.close()
+
+
 def write_transaction():
     """A transaction that will write. On SQLite it takes the write lock at BEGIN
     (IMMEDIATE), so concurrent writers wait for each other (busy_timeout) instead of

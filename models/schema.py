@@ -1,15 +1,10 @@
 """The CloudFilm data model (peewee). Tables are created and changed only by migrations."""
 from __future__ import annotations
 
-import datetime as dt
-
 import peewee as pw
 
+from .clock import utcnow  # noqa: F401 - models.schema.utcnow stays importable
 from .db import database
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
 EXAM_CATEGORIES = ("radiology", "ultrasound", "endoscopy", "pathology")

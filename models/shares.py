@@ -228,6 +228,15 @@ def create_share(exam: Exam, *, key: bytes, auditor, include_images: bool = True
     return NewShare(token, code, sh)
 
 
+def share_by_id(share_id: int) -> Share:
+    """The share row; raises Share.DoesNotExist."""
+    return Share.get_by_id(share_id)
+
+
+def share_or_none(share_id: int) -> Share | None:
+    return Share.get_or_none(Share.id == share_id)
+
+
 def find_share(token: str) -> Share | None:
     if not token or len(token) > 200:
         return None

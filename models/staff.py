@@ -23,8 +23,8 @@ import peewee as pw
 from .accounts import PasswordPolicyError, check_password_strength, hash_password
 from .catalog import CatalogError, NotFound, mask_phone, validate_id_number
 from .db import write_transaction
-from .schema import (ApiToken, DownloadLog, Exam, Patient, Report, RuntimeSetting, Session,
-                     StaffUser, utcnow)
+from .schema import (ApiToken, AuditHead, DownloadLog, Exam, Outbox, Patient, Quarantine, Report,
+                     RuntimeSetting, Session, StaffUser, utcnow)
 from .sessions import create_api_token, end_sessions_of_user
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{2,32}")
@@ -315,6 +315,42 @@ def _user(username: str) -> StaffUser:
     if u is None:
         raise NotFound("没有这个账号 / no such account")
     return u
+
+
+def staff_user_named(username: str) -> StaffUser | None:
+    """The account with this user name, active or not (sign-in, TOTP reset)."""
+    return StaffUser.get_or_none(StaffUser.username == username)
+
+
+def staff_user_by_id(user_id: int) -> StaffUser:
+    """The account with this id; raises StaffUser.DoesNotExist."""
+    return StaffUser.get_by_id(user_id)
+
+
+def staff_user_or_none(user_id: int) -> StaffUser | None:
+    return StaffUser.get_or_none(StaffUser.id == user_id)
+
+
+def set_sign_in_failures(user_id: int, failures: int, locked_until: dt.datetime | None) -> None:
+    """Store the count of failed sign-ins and the lock (None: not locked); the caller holds
+    the write transaction that also audits the failure."""
+    StaffUser.update(failed_logins=failures, locked_until=locked_until).where(
+        StaffUser.id == user_id).execute()
+
+
+def clear_sign_in_failures(user_id: int) -> None:
+    StaffUser.update(failed_logins=0, locked_until=None).where(
+        StaffUser.id == user_id).execute()
+
+
+def require_password_change(user_id: int) -> None:
+    StaffUser.update(must_change_password=True).where(StaffUser.id == user_id).execute()
+
+
+def set_password_hash(user_id: int, password_hash: str) -> None:
+    """A password the user chose: no change required any more, the age counts from now."""
+    StaffUser.update(password_hash=password_hash, must_change_password=False,
+                     password_changed_at=utcnow()).where(StaffUser.id == user_id).execute()
 
 
 def get_user(username: str) -> dict:
@@ -617,6 +653,18 @@ def check_id_number(patient_id: str, id_number: Any, id_hash: Callable[[str], st
                        ip=actor.ip, object_type="patient", object_id=p.patient_id,
                        outcome="ok" if match else "mismatch")
     return match
+
+
+# system health ---------------------------------------------------------------------------------
+def health_figures() -> dict:
+    """Outbox rows by status, quarantined objects, audit records (the admin health page)."""
+    head = AuditHead.get_or_none(AuditHead.id == 1)
+    return {
+        "outbox": {r[0]: r[1] for r in Outbox.select(
+            Outbox.status, pw.fn.COUNT(Outbox.id)).group_by(Outbox.status).tuples()},
+        "quarantine": Quarantine.select().count(),
+        "audit_records": head.last_id if head else 0,
+    }
 
 
 # downloads -------------------------------------------------------------------------------------

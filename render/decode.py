@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -196,6 +197,35 @@ def _read(path: str | os.PathLike) -> Dataset:
         raise CorruptPixelData(
             f"cannot read the DICOM file: {exc}; the file is damaged, send it again"
         ) from exc
+
+
+def quiet_pydicom() -> None:
+    """Drop pydicom's warnings and its log lines below ERROR (a damaged file is reported by
+    our own errors). pydicom sets up its logger when first imported, which this module
+    has done, so a level set now stays."""
+    warnings.filterwarnings("ignore", module="pydicom")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+def read_display_defaults(path_or_file, into: dict | None = None) -> dict:
+    """The file's own display hints, read from the header only (no pixel data):
+    ``{"window": [centre, width] or None, "fps": float or None, "is_color": bool}``.
+
+    Raises what pydicom raises on an unreadable header; the values found before the error
+    are already in ``into`` (when given), so a caller may keep them."""
+    out = into if into is not None else {"window": None, "fps": None, "is_color": False}
+    ds = pydicom.dcmread(path_or_file, stop_before_pixels=True)
+    c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if c is not None and w is not None:
+        c = c[0] if isinstance(c, pydicom.multival.MultiValue) else c
+        w = w[0] if isinstance(w, pydicom.multival.MultiValue) else w
+        out["window"] = [float(c), float(w)]
+    fps = ds.get("RecommendedDisplayFrameRate") or ds.get("CineRate")
+    if not fps and ds.get("FrameTime"):
+        fps = 1000.0 / float(ds.FrameTime)
+    out["fps"] = float(fps) if fps else None
+    out["is_color"] = int(ds.get("SamplesPerPixel", 1) or 1) > 1
+    return out
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> UID:

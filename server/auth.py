@@ -10,9 +10,10 @@ import hashlib
 import threading
 import time
 
-from models.db import database
-from models.schema import Session, Share, StaffUser
+from models.db import connection
 from models.sessions import load_api_token, load_session
+from models.shares import share_or_none
+from models.staff import staff_user_or_none
 
 from .policy import Principal
 
@@ -22,13 +23,13 @@ MAX_KEPT = 8
 CACHE_TTL_S = 1.0
 
 
-def _roles(user: StaffUser) -> frozenset:
+def _roles(user) -> frozenset:
     return frozenset(r for r in (user.roles or "").split(",") if r)
 
 
-def principal_from_session(s: Session) -> Principal | None:
+def principal_from_session(s) -> Principal | None:
     if s.kind == "staff":
-        u = StaffUser.get_or_none(StaffUser.id == s.staff_user_id)
+        u = staff_user_or_none(s.staff_user_id)
         if u is None or not u.active:
             return None
         return Principal("staff", u.username, _roles(u), session_id=s.id,
@@ -40,7 +41,7 @@ def principal_from_session(s: Session) -> Principal | None:
                          csrf_token=s.csrf_token, patient_db_id=s.patient_id,
                          verified_at=s.verified_at)
     if s.kind == "share":
-        sh = Share.get_or_none(Share.id == s.share_id)
+        sh = share_or_none(s.share_id)
         if sh is None or sh.revoked_at is not None:
             return None
         return Principal("share", str(sh.id), session_id=s.id, csrf_token=s.csrf_token,
@@ -65,7 +66,7 @@ class PrincipalResolver:
 
     def resolve(self, credential: str, bearer: bool) -> Principal | None:
         """Database lookup (blocking: run it in the db pool)."""
-        with database.connection_context():
+        with connection():
             if bearer:
                 t = load_api_token(credential)
                 p = None

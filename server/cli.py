@@ -32,14 +32,11 @@ async def start_background(ctx, primary: bool) -> None:
 
 
 def _setup_logging(level: str) -> None:
-    import warnings
-
-    import pydicom  # noqa: F401 - it sets its logger's level when imported
-    warnings.filterwarnings("ignore", module="pydicom")
+    from render.decode import quiet_pydicom
+    quiet_pydicom()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("numba").setLevel(logging.WARNING)
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 
@@ -70,8 +67,7 @@ def load_demo(ctx, *, force: bool = False, out=sys.stdout) -> bool:
         return False
     from adapters.demo_data import generate_demo
     from adapters.importer import Importer
-    from models.db import database
-    from models.schema import Exam, Patient
+    from models.catalog import find_exam
 
     work = ctx.config.path("data_dir").parent / "demo-build"
     shutil.rmtree(work, ignore_errors=True)
@@ -84,17 +80,9 @@ def load_demo(ctx, *, force: bool = False, out=sys.stdout) -> bool:
     if summary.rejected:
         for name, reason in summary.rejected[:5]:
             print(f"  demo file rejected: {Path(name).name}: {reason}", file=out)
-    with database.atomic():
-        for p in getattr(demo, "patients", []):
-            patient = Patient.get_or_none(Patient.patient_id == p["patient_id"])
-            if patient is None:
-                continue
-            patient.phone = p.get("phone")
-            if p.get("national_id"):
-                ctx.catalog.set_patient_id_number(patient, p["national_id"])
-            patient.save()
+    ctx.catalog.set_patient_contacts(getattr(demo, "patients", []))
     for r in demo.reports:
-        exam = Exam.get_or_none(Exam.study_uid == r["study_uid"])
+        exam = find_exam(r["study_uid"])
         if exam is None:
             continue
         ctx.catalog.store_report(exam, findings=r.get("findings", ""),
@@ -276,9 +264,9 @@ def cmd_token(args) -> int:
     config = _config(args)
     _setup_logging("WARNING")
     ctx = _open(config)
-    from models.schema import StaffUser
     from models.sessions import create_api_token
-    user = StaffUser.get_or_none(StaffUser.username == args.username)
+    from models.staff import staff_user_named
+    user = staff_user_named(args.username)
     if user is None or not user.active:
         print(f"no active staff account named {args.username!r}", file=sys.stderr)
         return 2
@@ -307,12 +295,11 @@ def cmd_audit(args) -> int:
             print(f"审计链被破坏 / AUDIT CHAIN BROKEN: {res.problem} "
                   f"({res.checked} records verified before it)", file=sys.stderr)
             return 1
-        from models.schema import AuditEvent
-        q = AuditEvent.select().order_by(AuditEvent.id)
-        if args.since:
-            import datetime as dt
-            q = q.where(AuditEvent.time >= dt.datetime.fromisoformat(args.since))
-        text = ctx.auditor.export_csv(q.iterator())
+        import datetime as dt
+
+        from models.audit import audit_rows_since
+        rows = audit_rows_since(dt.datetime.fromisoformat(args.since) if args.since else None)
+        text = ctx.auditor.export_csv(rows)
         if args.out and args.out != "-":
             Path(args.out).write_text(text, encoding="utf-8-sig")
             print(f"wrote {args.out}", file=sys.stderr)
@@ -386,9 +373,9 @@ def cmd_share(args) -> int:
     import datetime as dt
 
     from models import shares as svc
-    from models.schema import Exam
+    from models.catalog import find_exam_by_accession
     try:
-        exam = Exam.get_or_none(Exam.accession_number == args.accession)
+        exam = find_exam_by_accession(args.accession)
         if exam is None:
             print(f"no exam with accession number {args.accession!r}", file=sys.stderr)
             return 2

@@ -79,8 +79,7 @@ class AppContext:
         for ex in (self.executor, self.db_executor):
             if ex is not None:
                 ex.shutdown(wait=False, cancel_futures=True)
-        if not dbmod.database.is_closed():
-            dbmod.database.close()
+        dbmod.close_connection()
 
 
 def open_context(config: Config, *, migrate_db: bool = True, storage=None) -> AppContext:

@@ -20,7 +20,7 @@ from adapters.hl7_mllp import MllpListener, event_recorder
 from adapters.import_api import ImportApi, load_clients
 from adapters.outbox import OutboxSettings, OutboxWorker
 from adapters.watch_folder import WatchFolder
-from models.db import database
+from models.db import close_connection
 from models.integration import note_event, retrieve_job_start, retrieve_job_update
 from models.leases import SingletonJob
 
@@ -86,8 +86,7 @@ def _in_thread(fn):
         try:
             return fn(*a, **kw)
         finally:
-            if not database.is_closed():
-                database.close()
+            close_connection()
     return run
 
 

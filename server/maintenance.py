@@ -19,9 +19,9 @@ import asyncio
 import logging
 import time
 
-from models.db import database, write_transaction
+from models.catalog import instances_after, reports_with_pdf
+from models.db import connection, write_transaction
 from models.leases import SingletonJob
-from models.schema import Instance, Report
 from models.security import record_finding
 from models.storage import StorageError
 
@@ -34,7 +34,7 @@ BATCH = 200
 def report_mismatch(ctx, *, kind: str, object_id: str, relpath: str, expected: str,
                     actual: str, source: str) -> bool:
     """Record a finding (once per object while open) and its audit event (blocking)."""
-    with database.connection_context():
+    with connection():
         with write_transaction():
             _finding, created = record_finding(kind, object_id, relpath, expected, actual,
                                                source)
@@ -77,10 +77,8 @@ def scrub_once(ctx, *, pause_s: float = 0.0) -> dict:
     t0 = time.monotonic()
     last = 0
     while True:
-        with database.connection_context():
-            rows = list(Instance.select(Instance.id, Instance.sop_uid, Instance.file_path,
-                                        Instance.sha256)
-                        .where(Instance.id > last).order_by(Instance.id).limit(BATCH))
+        with connection():
+            rows = instances_after(last, BATCH)
         if not rows:
             break
         for r in rows:
@@ -94,9 +92,8 @@ def scrub_once(ctx, *, pause_s: float = 0.0) -> dict:
                                 source="scrub")
         if pause_s:
             time.sleep(pause_s)
-    with database.connection_context():
-        reports = list(Report.select(Report.id, Report.pdf_path, Report.pdf_sha256)
-                       .where(Report.pdf_path.is_null(False)))
+    with connection():
+        reports = reports_with_pdf()
     for r in reports:
         if not r.pdf_sha256:
             continue

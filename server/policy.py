@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from models.schema import utcnow
+from models.clock import utcnow
 
 ROLES = {
     "frontdesk": "前台",

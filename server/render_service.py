@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 
 from adapters.fast_copy import decode_keeping_copy, needs_fast_copy
+from models import catalog
 from models.catalog import NotFound
-from models.db import database
-from models.schema import Exam, Instance, Series
+from models.db import connection
 from render.cache import ByteLRU
 from render.errors import RenderError
 
@@ -88,7 +88,7 @@ class FrameRenderer:
         self._series = _TTLCache(20_000, LOOKUP_TTL_S)
 
     # lookups (database, cached for a few seconds) ------------------------------------------
-    def _ref(self, inst: Instance, series: Series, exam: Exam) -> InstanceRef:
+    def _ref(self, inst, series, exam) -> InstanceRef:
         return InstanceRef(
             study_uid=exam.study_uid, series_uid=series.series_uid, sop_uid=inst.sop_uid,
             exam_id=exam.id, patient_db_id=exam.patient_id,
@@ -109,10 +109,8 @@ class FrameRenderer:
         ref = self._instances.get(key)
         if ref is not None:
             return ref
-        with database.connection_context():
-            row = (Instance.select(Instance, Series, Exam).join(Series).join(Exam)
-                   .where((Instance.sop_uid == sop_uid) & (Series.series_uid == series_uid)
-                          & (Exam.study_uid == study_uid)).first())
+        with connection():
+            row = catalog.instance_by_uids(study_uid, series_uid, sop_uid)
         if row is None:
             raise NotFound("no such instance in this series and study")
         ref = self._ref(row, row.series, row.series.exam)
@@ -142,11 +140,8 @@ class FrameRenderer:
         refs = self._series.get(key)
         if refs is not None:
             return refs
-        with database.connection_context():
-            rows = list(Instance.select(Instance, Series, Exam).join(Series).join(Exam)
-                        .where((Series.series_uid == series_uid)
-                               & (Exam.study_uid == study_uid))
-                        .order_by(Instance.instance_number, Instance.id))
+        with connection():
+            rows = catalog.series_instances(study_uid, series_uid)
         if not rows:
             raise NotFound("no such series in this study")
         refs = [self._ref(r, r.series, r.series.exam) for r in rows]
@@ -166,9 +161,8 @@ class FrameRenderer:
         hit = self._exam_state.get(exam_id)
         if hit is not None:
             return hit
-        with database.connection_context():
-            row = (Exam.select(Exam.patient, Exam.images_enabled)
-                   .where(Exam.id == exam_id).tuples().first())
+        with connection():
+            row = catalog.exam_access_facts(exam_id)
         if row is None:
             raise NotFound("no such exam")
         state = (row[0], bool(row[1]))
@@ -179,13 +173,11 @@ class FrameRenderer:
         self._exam_state.pop(exam_id)
 
     def lookup_study_series(self, study_uid) -> list[str]:
-        with database.connection_context():
-            rows = list(Series.select(Series.series_uid).join(Exam)
-                        .where(Exam.study_uid == study_uid)
-                        .order_by(Series.series_number, Series.id))
-        if not rows:
+        with connection():
+            uids = catalog.study_series_uids(study_uid)
+        if not uids:
             raise NotFound("no exam with this Study Instance UID, or it has no images")
-        return [r.series_uid for r in rows]
+        return uids
 
     # integrity (security) ------------------------------------------------------------------
     # Called with (ref, actual_sha256 or "" if missing) when an original fails its check;
@@ -256,21 +248,11 @@ class FrameRenderer:
         hit = self._display.get(ref.sop_uid)
         if hit is not None:
             return hit
-        import pydicom
+        from render.decode import read_display_defaults
         out = {"window": None, "fps": None, "is_color": False}
         try:
             with self.storage.open(ref.relpath) as fh:
-                ds = pydicom.dcmread(fh, stop_before_pixels=True)
-            c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
-            if c is not None and w is not None:
-                c = c[0] if isinstance(c, pydicom.multival.MultiValue) else c
-                w = w[0] if isinstance(w, pydicom.multival.MultiValue) else w
-                out["window"] = [float(c), float(w)]
-            fps = ds.get("RecommendedDisplayFrameRate") or ds.get("CineRate")
-            if not fps and ds.get("FrameTime"):
-                fps = 1000.0 / float(ds.FrameTime)
-            out["fps"] = float(fps) if fps else None
-            out["is_color"] = int(ds.get("SamplesPerPixel", 1) or 1) > 1
+                read_display_defaults(fh, into=out)
         except Exception:  # noqa: BLE001 - facts are a convenience; the image info has them too
             log.info("no display defaults for SOP %s", ref.sop_uid)
         if len(self._display) > 100_000:

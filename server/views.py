@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from models.db import database
+from models.db import connection
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class ViewAudit:
 
         def write():
             try:
-                with database.connection_context():
+                with connection():
                     self.auditor.record(action, actor_kind=kind, actor_id=subject, ip=ip,
                                         object_type=object_type, object_id=str(object_id))
             except Exception:  # noqa: BLE001 - a view is already served; log loudly

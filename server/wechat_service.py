@@ -18,9 +18,9 @@ from adapters import outbox
 from adapters.wechat import (WechatApiError, WechatService, WechatSettings, check_aes_key,
                              make_sender, parse_template_fields)
 from models import wechat as store
-from models.db import database
+from models.clock import utcnow
+from models.db import connection
 from models.leases import SingletonJob
-from models.schema import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def service(ctx) -> WechatService | None:
 def in_db_thread(fn, *args, **kwargs):
     """Run fn in the WeChat pool with a database connection (closed afterwards)."""
     def run():
-        with database.connection_context():
+        with connection():
             return fn(*args, **kwargs)
     return asyncio.get_running_loop().run_in_executor(_pool, run)
 

@@ -11,8 +11,7 @@ import datetime as dt
 import logging
 
 from models import staff as svc
-from models.audit import FIELDS
-from models.schema import AuditEvent
+from models.audit import FIELDS, AuditFilter, audit_page, audit_rows
 
 from .. import policy
 from .base import ApiError
@@ -44,20 +43,8 @@ class AuditQuery(StaffHandler):
         d_to = _date(self.str_arg("to", 10), "截止 / to", end=True)
         if d_from and d_to and d_from >= d_to:
             raise ApiError(400, "起始日期晚于截止日期 / the start date is after the end date")
-        q = AuditEvent.select()
-        if action:
-            q = q.where(AuditEvent.action.startswith(action))
-        if actor:
-            q = q.where(AuditEvent.actor_id == actor)
-        if obj:
-            q = q.where(AuditEvent.object_id == obj)
-        if outcome:
-            q = q.where(AuditEvent.outcome == outcome)
-        if d_from:
-            q = q.where(AuditEvent.time >= d_from)
-        if d_to:
-            q = q.where(AuditEvent.time < d_to)
-        return q
+        return AuditFilter(action=action, actor=actor, object_id=obj, outcome=outcome,
+                           time_from=d_from, time_to=d_to)
 
 
 class AuditLogHandler(AuditQuery):
@@ -68,8 +55,7 @@ class AuditLogHandler(AuditQuery):
         per_page = self.int_arg("per_page", 100, 1, 500)
 
         def load():
-            total = q.count()
-            rows = list(q.order_by(AuditEvent.id.desc()).paginate(page, per_page))
+            total, rows = audit_page(q, page, per_page)
             return total, [{f: (getattr(r, f).isoformat() if f == "time" else getattr(r, f))
                             for f in FIELDS if f != "prev_hmac"} for r in rows]
         total, rows = await self.in_db(load)
@@ -84,7 +70,7 @@ class AuditCsvHandler(AuditQuery):
         ip, who = self.client_ip(), self.principal.subject
 
         def export():
-            rows = list(q.order_by(AuditEvent.id).limit(MAX_EXPORT_ROWS))
+            rows = audit_rows(q, MAX_EXPORT_ROWS)
             text = self.ctx.auditor.export_csv(rows)
             self.ctx.auditor.record("audit.export", actor_kind="staff", actor_id=who, ip=ip,
                                     detail=f"{len(rows)} records")

@@ -33,7 +33,7 @@ class HealthProbe:
     def check(self) -> dict:
         out = {"version": self.ctx.version}
         try:
-            with dbmod.database.connection_context():
+            with dbmod.connection():
                 dbmod.ping()
             out["database"] = "ok"
         except Exception as exc:  # noqa: BLE001

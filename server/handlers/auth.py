@@ -11,9 +11,11 @@ import logging
 from models.accounts import (PasswordPolicyError, check_password_strength, hash_password,
                              verify_password)
 from models.db import write_transaction
-from models.schema import StaffUser, utcnow
+from models.clock import utcnow
 from models.sessions import create_session, end_session, load_session
-from models.staff import ip_in_networks, security_policy
+from models.staff import (clear_sign_in_failures, ip_in_networks, security_policy,
+                          set_password_hash, set_sign_in_failures, staff_user_by_id,
+                          staff_user_named)
 
 from ..auth import COOKIE, KEEP_COOKIE, MAX_KEPT
 from ..policy import ADMIN_ROLES
@@ -71,7 +73,7 @@ class LoginHandler(BaseHandler):
             pol = security_policy(self.ctx.config.as_dict())
             self.pol = pol
             max_failures, lock_minutes = pol["lockout_failures"], pol["lockout_minutes"]
-            user = StaffUser.get_or_none(StaffUser.username == username)
+            user = staff_user_named(username)
             now = utcnow()
             if user is None or not user.active:
                 verify_password(password, _DUMMY_HASH)
@@ -87,10 +89,9 @@ class LoginHandler(BaseHandler):
                 with write_transaction():
                     failures = user.failed_logins + 1
                     locked = failures >= max_failures
-                    StaffUser.update(
-                        failed_logins=0 if locked else failures,
-                        locked_until=now + dt.timedelta(minutes=lock_minutes) if locked
-                        else None).where(StaffUser.id == user.id).execute()
+                    set_sign_in_failures(
+                        user.id, 0 if locked else failures,
+                        now + dt.timedelta(minutes=lock_minutes) if locked else None)
                     self.ctx.auditor.record("login", actor_kind="staff", actor_id=username,
                                             ip=ip, outcome="fail", detail="wrong password")
                     if locked:
@@ -114,8 +115,7 @@ class LoginHandler(BaseHandler):
                     s = load_session(old)
                     if s is not None:
                         end_session(s)
-                StaffUser.update(failed_logins=0, locked_until=None).where(
-                    StaffUser.id == user.id).execute()
+                clear_sign_in_failures(user.id)
                 new = create_session("staff", staff_user=user,
                                      idle_timeout_s=pol["session_idle_minutes"] * 60,
                                      lifetime_s=pol["session_absolute_hours"] * 3600, ip=ip,
@@ -149,7 +149,7 @@ class LoginHandler(BaseHandler):
                          "user": user_json(user)})
 
 
-def user_json(user: StaffUser) -> dict:
+def user_json(user) -> dict:
     return {"username": user.username, "display_name": user.display_name,
             "roles": [r for r in user.roles.split(",") if r],
             "must_change_password": bool(user.must_change_password)}
@@ -184,7 +184,7 @@ class MeHandler(BaseHandler):
             raise ApiError(401, "未登录 / not signed in")
         out = {"ok": True, "kind": p.kind, "csrf_token": p.csrf_token}
         if p.kind == "staff":
-            u = await self.in_db(StaffUser.get_by_id, p.staff_user_id)
+            u = await self.in_db(staff_user_by_id, p.staff_user_id)
             out["user"] = user_json(u)
         self.write_json(out)
 
@@ -200,7 +200,7 @@ class PasswordHandler(BaseHandler):
 
         def change():
             pol = security_policy(self.ctx.config.as_dict())
-            user = StaffUser.get_by_id(p.staff_user_id)
+            user = staff_user_by_id(p.staff_user_id)
             if not verify_password(old_pw, user.password_hash):
                 raise ApiError(400, "原密码错误 / the current password is wrong")
             if old_pw == new_pw:
@@ -218,9 +218,7 @@ class PasswordHandler(BaseHandler):
                 raise ApiError(400, str(exc)) from None
             with write_transaction():
                 remember_password(user, user.password_hash)
-                StaffUser.update(password_hash=hash_password(new_pw), must_change_password=False,
-                                 password_changed_at=utcnow()).where(
-                    StaffUser.id == user.id).execute()
+                set_password_hash(user.id, hash_password(new_pw))
                 self.ctx.auditor.record("password.change", actor_kind="staff",
                                         actor_id=user.username, ip=self.client_ip())
         await self.in_db(change)

@@ -320,8 +320,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 def _with_db(fn, *args, **kwargs):
-    from models.db import database
-    with database.connection_context():
+    from models.db import connection
+    with connection():
         return fn(*args, **kwargs)
 
 

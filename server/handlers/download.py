@@ -23,7 +23,7 @@ import tornado.iostream
 
 from adapters.dicom_zip import Source, ZipLayoutError, cached_layout
 from models import shares as svc
-from models.schema import Instance, Series
+from models.catalog import exam_instances
 from models.storage import valid_uid
 
 from .base import UID, ApiError, BaseHandler
@@ -43,13 +43,7 @@ class DownloadHandler(BaseHandler):
         exam = self.ctx.catalog.exam_by_uid(study)
         self.check_exam(exam_id=exam.id, patient_db_id=exam.patient_id,
                           images_enabled=exam.images_enabled, need="download")
-        q = (Instance.select(Instance, Series).join(Series)
-             .where(Series.exam == exam))
-        if series:
-            q = q.where(Series.series_uid == series)
-        if sop:
-            q = q.where(Instance.sop_uid == sop)
-        rows = list(q)
+        rows = exam_instances(exam, series, sop)
         if not rows:
             raise ApiError(404, "没有找到该序列或图像 / no such series or image in this exam")
         storage = self.ctx.storage

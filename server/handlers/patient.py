@@ -22,8 +22,7 @@ from __future__ import annotations
 import logging
 
 from models import shares as svc
-from models.catalog import mask_phone
-from models.schema import Exam
+from models.catalog import find_patient_exam, mask_phone
 from models.sessions import end_sessions
 from models.storage import valid_uid
 
@@ -155,8 +154,7 @@ class PatientSharesHandler(PatientBase):
         opts = share_options(self.ctx, body)
 
         def make():
-            exam = Exam.get_or_none((Exam.study_uid == study_uid)
-                                    & (Exam.patient == p.patient_db_id))
+            exam = find_patient_exam(study_uid, p.patient_db_id)
             if exam is None:
                 raise ApiError(404, "没有找到该检查 / no such exam")
             return svc.create_share(exam, key=self.ctx.secret_key, auditor=self.ctx.auditor,

@@ -5,7 +5,7 @@ import logging
 from urllib.parse import quote
 
 from adapters.pdf_pages import PdfError, page_count, render_page
-from models.schema import Report
+from models.catalog import report_of
 from models.storage import valid_uid
 
 from .base import UID, ApiError, BaseHandler
@@ -20,7 +20,7 @@ class ReportBase(BaseHandler):
         exam = self.ctx.catalog.exam_by_uid(study_uid)
         self.check_access(exam)
         self.ctx.views.seen(self, "report.view", "exam", exam.accession_number or exam.id)
-        report = Report.get_or_none(Report.exam == exam)
+        report = report_of(exam)
         if report is None or not report.pdf_path:
             raise ApiError(404, "报告尚未发布 / this exam has no report PDF yet")
         data = self.ctx.storage.read(report.pdf_path)

@@ -29,13 +29,15 @@ import logging
 import secrets
 import time
 
+from models.clock import utcnow
 from models.db import write_transaction
-from models.schema import StaffUser, utcnow
 from models.security import (begin_enrolment, confirm_enrolment, disable_totp,
                              new_recovery_codes, open_findings, password_expired,
                              recovery_codes_left, resolve_finding, totp_enabled,
                              use_recovery_code, verify_totp)
 from models.sessions import create_session, end_session, load_session
+from models.staff import (clear_sign_in_failures, require_password_change, set_sign_in_failures,
+                          staff_user_by_id, staff_user_named, staff_user_or_none)
 
 from .base import ApiError, BaseHandler
 
@@ -62,7 +64,7 @@ def effective_policy(ctx) -> dict:
     return security_policy(conf)
 
 
-def _roles(user: StaffUser) -> set[str]:
+def _roles(user) -> set[str]:
     return {r for r in (user.roles or "").split(",") if r}
 
 
@@ -71,7 +73,7 @@ def _ticket_key(ctx) -> bytes:
     return hmac.new(ctx.secret_key, b"cloudfilm 2fa ticket v1", hashlib.sha256).digest()
 
 
-def make_ticket(ctx, user: StaffUser, purpose: str) -> str:
+def make_ticket(ctx, user, purpose: str) -> str:
     body = f"{user.id}.{purpose}.{int(time.time()) + TICKET_TTL_S}.{secrets.token_hex(8)}." \
            f"{user.password_hash[-12:]}"
     sig = hmac.new(_ticket_key(ctx), body.encode(), hashlib.sha256).hexdigest()[:32]
@@ -79,7 +81,7 @@ def make_ticket(ctx, user: StaffUser, purpose: str) -> str:
     return f"{payload}.{sig}"
 
 
-def read_ticket(ctx, ticket: str, purposes: tuple[str, ...]) -> StaffUser:
+def read_ticket(ctx, ticket: str, purposes: tuple[str, ...]):
     """The account a valid ticket names (blocking: db pool). Raises ApiError(401)."""
     bad = ApiError(401, "登录步骤已过期，请重新输入密码 / the sign-in step expired; enter your "
                         "password again")
@@ -92,7 +94,7 @@ def read_ticket(ctx, ticket: str, purposes: tuple[str, ...]) -> StaffUser:
     want = hmac.new(_ticket_key(ctx), body.encode(), hashlib.sha256).hexdigest()[:32]
     if not hmac.compare_digest(want, sig) or purpose not in purposes or int(exp) < time.time():
         raise bad
-    user = StaffUser.get_or_none(StaffUser.id == int(uid))
+    user = staff_user_or_none(int(uid))
     if user is None or not user.active or user.password_hash[-12:] != pw_tail:
         raise bad
     if user.locked_until and user.locked_until > utcnow():
@@ -101,12 +103,12 @@ def read_ticket(ctx, ticket: str, purposes: tuple[str, ...]) -> StaffUser:
 
 
 # hooks called by the sign-in handler (server/handlers/auth.py) ------------------------------
-def before_session(ctx, user: StaffUser, pol: dict, ip: str) -> str | None:
+def before_session(ctx, user, pol: dict, ip: str) -> str | None:
     """After a correct password (blocking: db pool). Applies password expiry (the account
     must change its password) and says which second-factor step is needed, if any."""
     if not user.must_change_password and password_expired(user, int(pol["password_max_age_days"])):
         with write_transaction():
-            StaffUser.update(must_change_password=True).where(StaffUser.id == user.id).execute()
+            require_password_change(user.id)
             ctx.auditor.record("password.expired", actor_kind="system", ip=ip,
                                object_type="staff_user", object_id=user.username,
                                detail=f"older than {pol['password_max_age_days']} days")
@@ -118,7 +120,7 @@ def before_session(ctx, user: StaffUser, pol: dict, ip: str) -> str | None:
     return None
 
 
-def start_staff_session(handler: BaseHandler, user: StaffUser, pol: dict, *, how: str):
+def start_staff_session(handler: BaseHandler, user, pol: dict, *, how: str):
     """Create the session after the last factor (blocking: db pool). Same rules as a
     one-step sign-in: the browser's previous session ends, a new ID is issued."""
     ip = handler.client_ip()
@@ -128,8 +130,7 @@ def start_staff_session(handler: BaseHandler, user: StaffUser, pol: dict, *, how
             s = load_session(handler.credential)
             if s is not None:
                 end_session(s)
-        StaffUser.update(failed_logins=0, locked_until=None).where(
-            StaffUser.id == user.id).execute()
+        clear_sign_in_failures(user.id)
         new = create_session("staff", staff_user=user,
                              idle_timeout_s=int(pol["session_idle_minutes"]) * 60,
                              lifetime_s=int(pol["session_absolute_hours"]) * 3600, ip=ip,
@@ -139,16 +140,15 @@ def start_staff_session(handler: BaseHandler, user: StaffUser, pol: dict, *, how
     return new
 
 
-def _failed_factor(ctx, user: StaffUser, pol: dict, ip: str, what: str) -> bool:
+def _failed_factor(ctx, user, pol: dict, ip: str, what: str) -> bool:
     """Count a wrong code like a wrong password. Returns True if the account is now locked."""
     with write_transaction():
-        fresh = StaffUser.get_by_id(user.id)
+        fresh = staff_user_by_id(user.id)
         failures = fresh.failed_logins + 1
         locked = failures >= int(pol["lockout_failures"])
-        StaffUser.update(
-            failed_logins=0 if locked else failures,
-            locked_until=utcnow() + dt.timedelta(minutes=int(pol["lockout_minutes"]))
-            if locked else None).where(StaffUser.id == user.id).execute()
+        set_sign_in_failures(
+            user.id, 0 if locked else failures,
+            utcnow() + dt.timedelta(minutes=int(pol["lockout_minutes"])) if locked else None)
         ctx.auditor.record("login.second_factor", actor_kind="staff", actor_id=user.username,
                            ip=ip, outcome="fail", detail=f"wrong {what}")
         if locked:
@@ -234,7 +234,7 @@ class TotpEnrolHandler(BaseHandler):
             else:
                 if p is None or p.kind != "staff" or p.via_token:
                     raise ApiError(401, "请先登录 / please sign in")
-                user = StaffUser.get_by_id(p.staff_user_id)
+                user = staff_user_by_id(p.staff_user_id)
             try:
                 secret, uri = begin_enrolment(user, self.ctx.secret_key)
             except ValueError:
@@ -264,7 +264,7 @@ class TotpConfirmHandler(BaseHandler):
             else:
                 if p is None or p.kind != "staff" or p.via_token:
                     raise ApiError(401, "请先登录 / please sign in")
-                user = StaffUser.get_by_id(p.staff_user_id)
+                user = staff_user_by_id(p.staff_user_id)
             with write_transaction():
                 codes = confirm_enrolment(user, self.ctx.secret_key, code)
                 if codes is not None:
@@ -291,11 +291,11 @@ class TotpConfirmHandler(BaseHandler):
 
 
 # the signed-in user's own second factor ------------------------------------------------------
-def _own_user(handler: BaseHandler) -> StaffUser:
+def _own_user(handler: BaseHandler):
     p = handler.principal
     if p is None or p.kind != "staff" or p.via_token:
         raise ApiError(401, "请先登录 / please sign in")
-    return StaffUser.get_by_id(p.staff_user_id)
+    return staff_user_by_id(p.staff_user_id)
 
 
 class TotpStatusHandler(BaseHandler):
@@ -365,7 +365,7 @@ class TotpResetHandler(BaseHandler):
         p = self.require("security.manage")
 
         def reset():
-            user = StaffUser.get_or_none(StaffUser.username == username)
+            user = staff_user_named(username)
             if user is None:
                 raise ApiError(404, "没有该账号 / no such account")
             with write_transaction():

@@ -202,8 +202,7 @@ class ShareMeHandler(ShareSessionBase):
         p = await self.in_db(self.share_principal, self.str_arg("study_uid", 64))
 
         def load():
-            from models.schema import Share
-            sh = Share.get_by_id(p.share_id)
+            sh = svc.share_by_id(p.share_id)
             return svc.share_json(sh)
         out = await self.in_db(load)
         self.write_json({"ok": True, "share": out, "csrf_token": p.csrf_token,

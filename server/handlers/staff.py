@@ -364,8 +364,6 @@ class SystemHealthHandler(StaffHandler):
 
         def db_part():
             from models.migrations import current_version
-            from models.schema import AuditHead, Outbox, Quarantine
-            import peewee as pw
             out = {"backend": "mysql" if dbmod.is_mysql() else "sqlite"}
             t0 = time.perf_counter()
             try:
@@ -380,14 +378,7 @@ class SystemHealthHandler(StaffHandler):
             path = dbmod.sqlite_path()
             if path and os.path.exists(path):
                 out["size_bytes"] = os.path.getsize(path)
-            head = AuditHead.get_or_none(AuditHead.id == 1)
-            extra = {
-                "outbox": {r[0]: r[1] for r in Outbox.select(
-                    Outbox.status, pw.fn.COUNT(Outbox.id)).group_by(Outbox.status).tuples()},
-                "quarantine": Quarantine.select().count(),
-                "audit_records": head.last_id if head else 0,
-            }
-            return out, extra
+            return out, svc.health_figures()
         database, extra = await self.in_db(db_part)
         root = self.ctx.storage.root
         try:
@@ -415,7 +406,7 @@ def startup(ctx) -> None:
     """Apply the stored run-time settings; in a running server (an event loop is running)
     also re-read them every 5 s, for changes made through another worker process."""
     try:
-        with dbmod.database.connection_context():
+        with dbmod.connection():
             apply_overrides(ctx)
     except Exception as exc:  # noqa: BLE001 - a missing table must not stop the server
         log.warning("stored settings not applied: %s", type(exc).__name__)
@@ -460,7 +451,7 @@ def _refresh(ctx) -> None:
     """Pick up settings changed by another worker process (runs in the db pool)."""
     def run():
         try:
-            with dbmod.database.connection_context():
+            with dbmod.connection():
                 apply_overrides(ctx)
         except Exception as exc:  # noqa: BLE001
             log.debug("settings refresh failed: %s", exc)

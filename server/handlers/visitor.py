@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from models.schema import Share
+from models.shares import share_by_id
 
 from .. import policy
 from ..config import ROOT
@@ -133,7 +133,7 @@ class FilmContextHandler(BaseHandler):
             share = None
             sp = next((q for q in granting if q.kind == "share"), None)
             if sp is not None:
-                sh = Share.get_by_id(sp.share_id)
+                sh = share_by_id(sp.share_id)
                 share = {"id": sh.id, "opens": sh.opens, "max_opens": sh.max_opens,
                          "expires_at": sh.expires_at.isoformat() + "Z",
                          "allow_download": bool(sh.allow_download),
