@@ -244,15 +244,17 @@ def find_share(token: str) -> Share | None:
             .where(Share.token_hash == share_token_hash(token)).first())
 
 
-def share_status(token: str) -> dict:
-    """What the code-entry page may show before a code is typed (nothing about the patient)."""
+def share_status(token: str) -> tuple[Share, dict]:
+    """The share (its exam joined) and what the code-entry page may show before a code is
+    typed: state, expiry, opens used and allowed; nothing about the patient."""
     sh = find_share(token)
     if sh is None:
         raise AccessRefused(404, MSG_UNKNOWN, "unknown")
     state = share_state(sh)
-    return {"state": state, "message": _state_message(state, sh),
-            "expires_at": sh.expires_at.isoformat() + "Z",
-            "include_images": bool(sh.include_images), "needs_code": sh.code_hash != "-"}
+    return sh, {"state": state, "message": _state_message(state, sh),
+                "expires_at": sh.expires_at.isoformat() + "Z",
+                "include_images": bool(sh.include_images), "needs_code": sh.code_hash != "-",
+                "opens": sh.opens, "max_opens": sh.max_opens}
 
 
 def _state_message(state: str, sh: Share) -> str:

@@ -21,6 +21,9 @@ COOKIE = "cf_session"
 KEEP_COOKIE = "cf_keep"        # the browser's other patient and share sessions, '.'-joined
 MAX_KEPT = 8
 CACHE_TTL_S = 1.0
+# A credential that resolves to nothing never comes back (sessions and tokens only end), so
+# a browser still sending an ended session in cf_keep costs no lookup per request.
+DEAD_TTL_S = 300.0
 
 
 def _roles(user) -> frozenset:
@@ -81,7 +84,8 @@ class PrincipalResolver:
         with self._lock:
             if len(self._cache) > 50_000:
                 self._cache.clear()
-            self._cache[key] = (time.monotonic() + CACHE_TTL_S, p)
+            ttl = CACHE_TTL_S if p is not None else DEAD_TTL_S
+            self._cache[key] = (time.monotonic() + ttl, p)
         return p
 
     def forget(self, credential: str) -> None:

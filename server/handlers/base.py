@@ -155,26 +155,33 @@ class BaseHandler(tornado.web.RequestHandler):
                 return p
         return None
 
-    def check_exam(self, *, exam_id: int, patient_db_id: int, images_enabled: bool,
-                   need: str) -> Principal:
-        """policy.check_exam against every session this browser holds; the first that
-        grants access becomes self.principal (the actor of logs and audit records). When
-        none does, the most telling refusal is raised (one about this exam before 'not
-        found')."""
+    def exam_grants(self, **facts) -> tuple[list[Principal], policy.AccessError | None]:
+        """Every held session that passes policy.check_exam(**facts), and the most telling
+        refusal of the others (one about this exam before 'not found')."""
         candidates = [p for _, p in self.held] or [self.principal]
         if self.principal is not None and self.principal.kind == "staff":
             candidates = [self.principal]
-        first_error = None
+        granting, first_error = [], None
         for p in candidates:
             try:
-                policy.check_exam(p, exam_id=exam_id, patient_db_id=patient_db_id,
-                                  images_enabled=images_enabled, need=need)
+                policy.check_exam(p, **facts)
             except policy.AccessError as exc:
                 if first_error is None or (first_error.status == 404 and exc.status != 404):
                     first_error = exc
                 continue
-            self.principal = p
-            return p
+            granting.append(p)
+        return granting, first_error
+
+    def check_exam(self, *, exam_id: int, patient_db_id: int, images_enabled: bool,
+                   need: str) -> Principal:
+        """policy.check_exam against every session this browser holds; the first that
+        grants access becomes self.principal (the actor of logs and audit records)."""
+        granting, first_error = self.exam_grants(
+            exam_id=exam_id, patient_db_id=patient_db_id, images_enabled=images_enabled,
+            need=need)
+        if granting:
+            self.principal = granting[0]
+            return granting[0]
         if first_error.status == 404 and self.ended_sessions:
             # the session that showed this exam in this browser has ended (another one, say
             # a portal sign-in, is still live): say so, so the page offers the code again

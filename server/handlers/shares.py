@@ -130,14 +130,11 @@ class ShareStatusHandler(BaseHandler):
     async def post(self) -> None:
         body = self.json_body(4096)
         token = str(body.get("token") or "")
-        out = await self.in_db(svc.share_status, token)
+        sh, out = await self.in_db(svc.share_status, token)
         out["session"] = False
-        sh = await self.in_db(svc.find_share, token)
-        held = self.held_share(sh.id) if sh is not None else None
+        held = self.held_share(sh.id)
         if held is not None:
             out.update(share_view_json(sh, held))
-        else:
-            out.update(opens=sh.opens, max_opens=sh.max_opens)
         out["ok"] = True
         self.write_json(out)
 

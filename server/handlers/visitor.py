@@ -22,6 +22,8 @@ from pathlib import Path
 
 from models.shares import share_by_id
 
+from models.catalog import CatalogError
+
 from .. import policy
 from ..config import ROOT
 from .base import UID, ApiError, BaseHandler
@@ -47,7 +49,7 @@ def hospital_json(ctx) -> dict:
     logo = c.hospital_logo_file
     return {"name": c.hospital_name, "phone": c.hospital_phone, "hours": c.hospital_hours,
             "logo_url": "/hospital/logo" if logo and Path(logo).suffix.lower() in LOGO_TYPES
-            else None, "wechat": wechat_configured(ctx)}
+            else None}
 
 
 def wechat_configured(ctx) -> bool:
@@ -111,18 +113,10 @@ class FilmContextHandler(BaseHandler):
         def load():
             catalog = self.ctx.catalog
             exam = catalog.exam_by_id(int(ref)) if by_id else catalog.exam_by_uid(ref)
-            granting = []
-            for _, p in (self.held or ((None, self.principal),)):
-                try:
-                    policy.check_exam(p, exam_id=exam.id, patient_db_id=exam.patient_id,
-                                      images_enabled=exam.images_enabled, need="report")
-                except policy.AccessError:
-                    continue
-                granting.append(p)
-            if not granting:      # the same refusal the study JSON gives
-                self.check_exam(exam_id=exam.id, patient_db_id=exam.patient_id,
-                                images_enabled=exam.images_enabled, need="report")
-            p = granting[0]
+            facts = dict(exam_id=exam.id, patient_db_id=exam.patient_id,
+                         images_enabled=exam.images_enabled, need="report")
+            granting, _ = self.exam_grants(**facts)
+            p = self.check_exam(**facts)      # the same refusal the study JSON gives
             states = [(q, *_download_state(q, exam)) for q in granting]
             can = any(c for _, c, _ in states)
             fresh = any(c and f for _, c, f in states)
@@ -171,8 +165,8 @@ class SessionCsrfHandler(BaseHandler):
                                        images_enabled=exam.images_enabled, need="report")
             try:
                 token = (await self.in_db(find)).csrf_token or token
-            except Exception:      # not granted or unknown: the primary session's proof
-                pass
+            except (policy.AccessError, CatalogError):   # not granted or unknown exam:
+                pass                                      # the primary session's proof
         self.write_json({"ok": True, "csrf_token": token,
                          "kind": self.principal.kind if self.principal else None})
 
@@ -181,7 +175,7 @@ class HospitalHandler(BaseHandler):
     """The hospital's name, phone, opening hours and logo URL (public)."""
 
     def get(self) -> None:
-        self.write_json(hospital_json(self.ctx))
+        self.write_json({**hospital_json(self.ctx), "wechat": wechat_configured(self.ctx)})
 
 
 class HospitalLogoHandler(BaseHandler):
@@ -193,7 +187,8 @@ class HospitalLogoHandler(BaseHandler):
         if not ctype:
             raise ApiError(404, "没有设置医院标志 / no hospital logo is set")
         try:
-            data = Path(path).read_bytes()[:LOGO_MAX_BYTES + 1]
+            with open(path, "rb") as fh:            # small and local: at most 512 KiB read
+                data = fh.read(LOGO_MAX_BYTES + 1)
         except OSError:
             raise ApiError(404, "医院标志文件无法读取 / the hospital logo file cannot be read") \
                 from None

@@ -54,6 +54,16 @@ def test_every_link_in_one_browser(browser, demo_server):  # noqa: F811
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
 
+    # the site root on a phone: the patient entry; a pasted share link leads to its code page
+    page.goto(demo_server.url + "/")
+    page.wait_for_selector("#to-portal")
+    page.fill("#link", "not a link")
+    page.click("#go")
+    assert "完整的分享链接" in page.inner_text("#msg")
+    page.fill("#link", "看这个 " + url_a)            # pasted from a chat, with its words
+    page.click("#go")
+    page.wait_for_selector("#codeform:not(.hidden)")
+    assert page.url == url_a
     # share A: the right code opens the film view directly (no menu in between)
     enter_code(page, url_a, share_a.code)
     page.wait_for_url(f"**/film/{exam_a.study_uid}")

@@ -231,6 +231,13 @@ def test_every_link_in_one_browser(webkit, demo_server):
         with database.connection_context():
             return Share.get_by_id(new.share.id).opens
 
+    # the site root on a phone: the patient entry, a pasted share link → its code page
+    webkit.get(demo_server.url + "/")
+    visible(webkit, "#link")
+    webkit.find_element("id", "link").send_keys("看这个 " + url_a)
+    webkit.find_element("id", "go").click()
+    visible(webkit, "#code")
+    assert webkit.current_url == url_a
     enter_code(webkit, url_a, share_a.code)
     on_film(exam_a, "share A")
     webkit.back()
@@ -296,3 +303,27 @@ def test_every_link_in_one_browser(webkit, demo_server):
     assert "{" not in text_of(webkit, "#error-text") and CJK.search(text_of(webkit, "#error-text"))
     settle(webkit)
     shot(webkit, "13_pacs_invalid")
+
+
+def test_patient_qr_page_verifies_and_lists_all_exams(webkit, demo_server):
+    """/p/{token} (one QR for all of a patient's exams) in WebKit: the page, verification
+    with phone + exam number, then 我的检查 with every exam."""
+    from models import shares as svc
+    fresh(webkit, demo_server)
+    with database.connection_context():
+        p = Patient.get(Patient.name == "张伟")
+        n = Exam.select().where(Exam.patient == p).count()
+        new = svc.create_patient_qr(p.id, key=demo_server.ctx.secret_key,
+                                    auditor=demo_server.ctx.auditor, max_opens=3)
+    webkit.get(f"{demo_server.url}/p/{new.token}")
+    visible(webkit, "#pqr")
+    assert "验证身份后查看您的全部检查" in text_of(webkit, "#pqr")
+    visible(webkit, "#acc")
+    webkit.find_element("id", "phone").send_keys(p.phone)
+    webkit.find_element("id", "acc").send_keys(CT_A)
+    webkit.find_element("id", "v-submit").click()
+    visible(webkit, "#me")
+    wait_for(webkit, "return document.querySelectorAll('#exams li').length === arguments[0];",
+             15, "我的检查 listing every exam", n)
+    settle(webkit)
+    shot(webkit, "14_patient_qr")
