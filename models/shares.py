@@ -61,8 +61,7 @@ class AccessRefused(CatalogError):
     """A refusal shown to the visitor (status + message)."""
 
     def __init__(self, status: int, message: str, reason: str = ""):
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status, log_message=reason or None)
         self.reason = reason or message
 
 

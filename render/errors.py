@@ -11,6 +11,7 @@ class RenderError(Exception):
     """Base class: something about the image or the request prevents rendering."""
 
     status = 500
+    log_message: str | None = None     # as models.errors.DomainError: the log's wording
 
     def __init__(self, message: str, *, status: int | None = None):
         super().__init__(message)

@@ -11,6 +11,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from models.clock import utcnow
+from models.errors import DomainError
 
 ROLES = {
     "frontdesk": "前台",
@@ -40,13 +41,11 @@ ADMIN_ONLY_PERMISSIONS = ({p for r in ADMIN_ROLES for p in PERMISSIONS[r]}
 FRESH_VERIFICATION = dt.timedelta(minutes=10)
 
 
-class AccessError(Exception):
+class AccessError(DomainError):
     status = 403
 
     def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        if status is not None:
-            self.status = status
+        super().__init__(message, status=status)
 
 
 class Unauthenticated(AccessError):

@@ -9,7 +9,8 @@ from typing import Any
 
 import tornado.web
 
-from models.catalog import CatalogError
+from models.errors import DomainError
+from render.errors import RenderError
 
 from .. import policy
 from ..auth import COOKIE, KEEP_COOKIE, MAX_KEPT
@@ -27,28 +28,28 @@ SECURITY_HEADERS = {
 }
 
 
-class ApiError(tornado.web.HTTPError):
-    """An error whose message is shown to the client."""
+def set_security_headers(handler: tornado.web.RequestHandler) -> None:
+    """The headers of every response (API, pages, static files, errors)."""
+    for k, v in SECURITY_HEADERS.items():
+        handler.set_header(k, v)
+    handler.set_header("Server", "CloudFilm")
+    if handler.request.protocol == "https":
+        # security: browsers keep to HTTPS for a year once they have seen it over TLS
+        handler.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
 
-    def __init__(self, status: int, message: str):
-        super().__init__(status, message)
-        self.message = message
+
+class ApiError(DomainError):
+    """A refusal raised by a handler: its status and the message the client reads (the
+    domain layers raise their own DomainError subclasses; all map the same way)."""
+
+    def __init__(self, status: int, message: str, *, log_message: str | None = None):
+        super().__init__(message, status=status, log_message=log_message)
 
 
 def error_status(exc: BaseException) -> tuple[int, str] | None:
     """Map a known error type to (status, client message); None for unexpected errors."""
-    if isinstance(exc, ApiError):
-        return exc.status_code, exc.message
-    if isinstance(exc, CatalogError):
-        return exc.status, str(exc)
-    if isinstance(exc, policy.AccessError):
-        return exc.status, str(exc)
-    try:
-        from render.errors import RenderError
-    except ImportError:  # render/ not present yet
-        RenderError = ()  # type: ignore[assignment]
-    if RenderError and isinstance(exc, RenderError):
-        return getattr(exc, "status", 400), str(exc)
+    if isinstance(exc, (DomainError, RenderError)):
+        return exc.status, exc.message
     if isinstance(exc, tornado.web.MissingArgumentError):
         return 400, f"missing query parameter '{exc.arg_name}'"
     if isinstance(exc, tornado.web.HTTPError):
@@ -109,20 +110,26 @@ class BaseHandler(tornado.web.RequestHandler):
             elif not bearer:
                 self.ended_sessions = True
         if not bearer:
-            for cred in self.kept_credentials():
-                if cred == credential:
-                    continue
-                p = await self.resolve_credential(cred, False)
-                if p is not None and p.kind != "staff":
-                    held.append((cred, p))
-                elif p is None:
-                    self.ended_sessions = True
+            held += await self.resolve_kept(credential)
         self.held = tuple(held)
         if self.principal is None and self.held:
             # the primary session ended (expired, logged out): the newest kept one stands in
             self.credential, self.principal = self.held[0]
         if self.request.method in UNSAFE_METHODS:
             self.check_csrf(bearer)
+
+    async def resolve_kept(self, primary: str) -> list[tuple[str, Principal]]:
+        """The browser's other live patient and share sessions (cookie cf_keep)."""
+        out = []
+        for cred in self.kept_credentials():
+            if cred == primary:
+                continue
+            p = await self.resolve_credential(cred, False)
+            if p is not None and p.kind != "staff":
+                out.append((cred, p))
+            elif p is None:
+                self.ended_sessions = True
+        return out
 
     async def resolve_credential(self, credential: str, bearer: bool) -> Principal | None:
         resolver = self.ctx.principals
@@ -214,9 +221,9 @@ class BaseHandler(tornado.web.RequestHandler):
     def require(self, permission: str) -> Principal:
         p = policy.require(self.principal, permission)
         if permission in policy.ADMIN_ONLY_PERMISSIONS:
-            from models import staff as staff_svc
-            pol = staff_svc.security_policy(self.ctx.config.as_dict())
-            if not staff_svc.ip_in_networks(self.client_ip(), pol["admin_allow_list"]):
+            from models.staff import ip_in_networks
+            from .. import settings
+            if not ip_in_networks(self.client_ip(), settings.policy(self.ctx)["admin_allow_list"]):
                 raise ApiError(403, "管理功能只能从管理网络白名单内的地址使用 / admin functions "
                                     "are only available from the admin allow-list")
         return p
@@ -242,12 +249,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return data
 
     def set_default_headers(self) -> None:
-        for k, v in SECURITY_HEADERS.items():
-            self.set_header(k, v)
-        self.set_header("Server", "CloudFilm")
-        if self.request.protocol == "https":
-            # security: browsers keep to HTTPS for a year once they have seen it over TLS
-            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        set_security_headers(self)
 
     def write_json(self, obj: Any, status: int = 200, personal: bool = True) -> None:
         self.set_status(status)
@@ -264,35 +266,14 @@ class BaseHandler(tornado.web.RequestHandler):
             if mapped:
                 status_code, message = mapped
                 self.set_status(status_code)
-        if message is None:
-            try:
-                message = HTTPStatus(status_code).phrase
-            except ValueError:
-                message = "error"
-            if status_code >= 500:
-                message = "服务器内部错误，请稍后再试 / internal server error"
-        self.clear_header("Content-Disposition")
-        self.set_header("Cache-Control", "no-store")
-        from .visitor import error_page, wants_html
-        if wants_html(self):
-            # a browser navigated here: a page in the visitor's language, never raw JSON
-            for name in ("Content-Length", "Content-Range", "ETag", "Accept-Ranges"):
-                self.clear_header(name)
-            self.set_header("Content-Type", "text/html; charset=utf-8")
-            self.finish(error_page(self, status_code, message))
-            return
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        body = {"ok": False, "status": status_code, "error": message}
         code = getattr(exc_info[1], "code", None) if exc_info else None
-        if isinstance(code, str):
-            body["code"] = code
-        self.finish(json.dumps(body, ensure_ascii=False))
+        send_error_body(self, status_code, message, code if isinstance(code, str) else None)
 
     def log_exception(self, typ, value, tb) -> None:
         mapped = error_status(value) if value is not None else None
         if mapped and mapped[0] < 500:
             log.info("%s %s -> %d: %s", self.request.method, self.request.path, mapped[0],
-                     mapped[1])
+                     getattr(value, "log_message", None) or mapped[1])
             return
         super().log_exception(typ, value, tb)
 
@@ -337,17 +318,40 @@ class NotFoundHandler(BaseHandler):
         raise ApiError(404, "no such page or API route")
 
 
+def send_error_body(handler: tornado.web.RequestHandler, status: int, message: str | None,
+                    code: str | None = None) -> None:
+    """The one error answer: a page in the visitor's language for a browser that navigated
+    here (never raw JSON), else {"ok": false, "status", "error"[, "code"]}."""
+    if message is None:
+        try:
+            message = HTTPStatus(status).phrase
+        except ValueError:
+            message = "error"
+        if status >= 500:
+            message = "服务器内部错误，请稍后再试 / internal server error"
+    handler.clear_header("Content-Disposition")
+    handler.set_header("Cache-Control", "no-store")
+    from .visitor import error_page, wants_html
+    if getattr(handler, "ctx", None) is not None and wants_html(handler):
+        for name in ("Content-Length", "Content-Range", "ETag", "Accept-Ranges"):
+            handler.clear_header(name)
+        handler.set_header("Content-Type", "text/html; charset=utf-8")
+        handler.finish(error_page(handler, status, message))
+        return
+    handler.set_header("Content-Type", "application/json; charset=utf-8")
+    body = {"ok": False, "status": status, "error": message}
+    if code:
+        body["code"] = code
+    handler.finish(json.dumps(body, ensure_ascii=False))
+
+
 class StaticFiles(tornado.web.StaticFileHandler):
     """viewer_static/ files with the security headers, no Server version and the JSON error
     shape (Tornado's own static handler answers 403/404/405 with its HTML page and
     'Server: TornadoServer/x.y'). Wired by `static_handler_class` in server/app.py."""
 
     def set_default_headers(self) -> None:
-        for k, v in SECURITY_HEADERS.items():
-            self.set_header(k, v)
-        self.set_header("Server", "CloudFilm")
-        if self.request.protocol == "https":
-            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        set_security_headers(self)
 
     immutable = False
 
@@ -375,21 +379,5 @@ class StaticFiles(tornado.web.StaticFileHandler):
             self.set_header("Cache-Control", "no-cache")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        try:
-            message = HTTPStatus(status_code).phrase
-        except ValueError:
-            message = "error"
-        if status_code >= 500:
-            message = "服务器内部错误，请稍后再试 / internal server error"
-        elif status_code == 404:
-            message = "没有找到该页面 / no such page"
-        self.clear_header("Content-Disposition")
-        self.set_header("Cache-Control", "no-store")
-        from .visitor import error_page, wants_html
-        if self.ctx is not None and wants_html(self):
-            self.set_header("Content-Type", "text/html; charset=utf-8")
-            self.finish(error_page(self, status_code, message))
-            return
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps({"ok": False, "status": status_code, "error": message},
-                               ensure_ascii=False))
+        send_error_body(self, status_code,
+                        "没有找到该页面 / no such page" if status_code == 404 else None)
