@@ -23,7 +23,7 @@ import peewee as pw
 from .accounts import PasswordPolicyError, check_password_strength, hash_password
 from .catalog import CatalogError, NotFound, mask_phone, validate_id_number
 from .db import write_transaction
-from .schema import (ApiToken, AuditHead, DownloadLog, Exam, Outbox, Patient, Quarantine, Report,
+from .schema import (ApiToken, AuditHead, Exam, Outbox, Patient, Quarantine, Report,
                      RuntimeSetting, Session, StaffUser, utcnow)
 from .sessions import create_api_token, end_sessions_of_user
 
@@ -136,59 +136,7 @@ def setting_rows(prefix: str) -> dict[str, dict]:
     return out
 
 
-# the security policy --------------------------------------------------------------------------
-SECURITY_PREFIX = "security."
-# name -> kind. The defaults come from the conf settings of the same name where they exist
-# (server/config.py), else from SECURITY_DEFAULTS; stored settings override both.
-SECURITY_FIELDS = {
-    "password_min_length": "int",
-    "password_min_classes": "int",
-    "password_history": "int",
-    "password_max_age_days": "int",
-    "lockout_failures": "int",
-    "lockout_minutes": "int",
-    "session_idle_minutes": "int",
-    "session_absolute_hours": "int",
-    "totp_required_roles": "roles",
-    "admin_allow_list": "networks",
-}
-SECURITY_DEFAULTS = {
-    "password_min_length": 8, "password_min_classes": 3, "password_history": 5,
-    "password_max_age_days": 90, "lockout_failures": 5, "lockout_minutes": 30,
-    "session_idle_minutes": 30, "session_absolute_hours": 12,
-    "totp_required_roles": "sysadmin,secadmin,auditadmin",
-    "admin_allow_list": "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16",
-}
-SECURITY_LIMITS = {
-    "password_min_length": (8, 64, "密码最短长度 / minimum password length"),
-    "password_min_classes": (2, 4, "密码字符类别数 / character classes"),
-    "password_history": (0, 24, "不得重复的历史密码个数 / previous passwords not reusable"),
-    "password_max_age_days": (0, 3650, "密码有效期（天，0 为不过期） / password maximum age days"),
-    "lockout_failures": (3, 10, "锁定前允许的失败次数 / failures before lock-out"),
-    "lockout_minutes": (5, 1440, "锁定时长（分钟） / lock-out minutes"),
-    "session_idle_minutes": (5, 120, "空闲超时（分钟） / idle timeout minutes"),
-    "session_absolute_hours": (1, 24, "会话最长时长（小时） / absolute session hours"),
-}
-
-
-def _split(text: Any) -> list[str]:
-    if isinstance(text, list):
-        return [str(x).strip() for x in text if str(x).strip()]
-    return [x.strip() for x in str(text or "").replace(";", ",").split(",") if x.strip()]
-
-
-def security_policy(conf: dict[str, Any]) -> dict[str, Any]:
-    """The effective security policy: conf defaults overridden by stored settings."""
-    stored = stored_settings()
-    out: dict[str, Any] = {}
-    for name, kind in SECURITY_FIELDS.items():
-        value = stored.get(SECURITY_PREFIX + name, conf.get(name, SECURITY_DEFAULTS[name]))
-        if kind in ("roles", "networks"):
-            value = _split(value)
-        out[name] = value
-    return out
-
-
+# networks -----------------------------------------------------------------------------------
 def ip_in_networks(ip: str, networks: list[str]) -> bool:
     try:
         addr = ipaddress.ip_address((ip or "").split("%")[0])
@@ -203,59 +151,6 @@ def ip_in_networks(ip: str, networks: list[str]) -> bool:
         except ValueError:
             continue
     return False
-
-
-def validate_security(changes: dict[str, Any], current: dict[str, Any], *, client_ip: str,
-                      known_roles: dict[str, str]) -> dict[str, Any]:
-    """Check a change of the security policy; return the normalised values to store.
-    Refuses, with the reason, anything weaker than 等保 level 3 asks for and anything that
-    would lock every administrator out."""
-    if not isinstance(changes, dict) or not changes:
-        raise StaffError("没有要修改的设置 / nothing to change")
-    unknown = [k for k in changes if k not in SECURITY_FIELDS]
-    if unknown:
-        raise StaffError(f"未知的安全设置：{', '.join(unknown)[:200]} / unknown security setting")
-    out: dict[str, Any] = {}
-    for name, value in changes.items():
-        kind = SECURITY_FIELDS[name]
-        if kind == "int":
-            lo, hi, label = SECURITY_LIMITS[name]
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                value = int(value.strip())
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise StaffError(f"{label}须为整数 / {name} must be a whole number")
-            if not lo <= value <= hi:
-                raise StaffError(f"{label}须在 {lo} 到 {hi} 之间 / {name} must be between "
-                                 f"{lo} and {hi}")
-            out[name] = value
-        elif kind == "roles":
-            roles = _split(value)
-            bad = [r for r in roles if r not in known_roles]
-            if bad:
-                raise StaffError(f"未知角色：{', '.join(bad)[:100]} / unknown role")
-            out[name] = sorted(set(roles))
-        else:
-            nets = _split(value)
-            if not nets:
-                raise Refused("管理网络白名单不能为空，否则任何管理员都无法登录 / the admin "
-                              "allow-list must not be empty: it would lock every "
-                              "administrator out")
-            for n in nets:
-                try:
-                    ipaddress.ip_network(n, strict=False)
-                except ValueError:
-                    raise StaffError(f"“{n[:60]}”不是有效的 IP 地址或网段（例如 192.168.1.0/24） / "
-                                     "not an IP address or network") from None
-            if not ip_in_networks(client_ip, nets):
-                raise Refused(f"新的白名单不包含您当前的地址 {client_ip}，保存后您将无法再管理系统 / "
-                              f"the new allow-list excludes your own address {client_ip}: "
-                              "you would lock yourself out")
-            out[name] = nets
-    merged = {**current, **out}
-    if merged["session_idle_minutes"] > merged["session_absolute_hours"] * 60:
-        raise StaffError("空闲超时不能长于会话最长时长 / the idle timeout cannot be longer "
-                         "than the absolute session lifetime")
-    return out
 
 
 # accounts ------------------------------------------------------------------------------------
@@ -665,18 +560,3 @@ def health_figures() -> dict:
         "quarantine": Quarantine.select().count(),
         "audit_records": head.last_id if head else 0,
     }
-
-
-# downloads -------------------------------------------------------------------------------------
-def download_log(*, study_uid: str | None = None, page: int = 1, per_page: int = 50) -> dict:
-    q = DownloadLog.select(DownloadLog, Exam).join(Exam)
-    if study_uid:
-        q = q.where(Exam.study_uid == study_uid)
-    total = q.count()
-    rows = q.order_by(DownloadLog.id.desc()).paginate(page, per_page)
-    return {"total": total, "page": page, "downloads": [{
-        "id": d.id, "time": d.time.isoformat(), "study_uid": d.exam.study_uid,
-        "accession_number": d.exam.accession_number, "actor_kind": d.actor_kind,
-        "actor_id": d.actor_id, "scope": d.scope, "object_uid": d.object_uid, "ip": d.ip,
-        "user_agent": d.user_agent, "bytes_total": d.bytes_total, "bytes_sent": d.bytes_sent,
-        "completed": bool(d.completed)} for d in rows]}

@@ -9,6 +9,7 @@ names it (ConfigError).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import tomllib
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = ROOT / "conf" / "cloudfilm.toml"
+_log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -32,6 +34,9 @@ class Setting:
     choices: tuple = ()
     minimum: float | None = None
     maximum: float | None = None
+    group: str = ""          # run-time settings: the group they are shown and changed in
+    runtime: bool = False    # may an admin change it while the server runs (server/settings.py)
+    label: str = ""          # short Chinese / English name for the admin pages' messages
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -93,17 +98,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting('dicom_port', 11112, int,
             'Port of the DICOM listener.', minimum=1, maximum=65535),
     Setting('dicom_allowed_aets', '', str,
-            'Calling AE titles allowed to associate, comma-separated. Empty: any calling AE title (logged at start-up).'),
+            'Calling AE titles allowed to associate, comma-separated. Empty: any calling AE title (logged at start-up).', group="pacs", runtime=True),
     Setting('dicom_max_associations', 8, int,
             'DICOM associations served at the same time.', minimum=1, maximum=64),
     Setting('pacs_ae_title', '', str,
-            "AE title of the hospital PACS queried for a patient's history (C-FIND) and retrieved from on demand. Empty: no PACS."),
+            "AE title of the hospital PACS queried for a patient's history (C-FIND) and retrieved from on demand. Empty: no PACS.", group="pacs", runtime=True),
     Setting('pacs_host', '', str,
-            'Host name or address of the hospital PACS.'),
+            'Host name or address of the hospital PACS.', group="pacs", runtime=True),
     Setting('pacs_port', 104, int,
-            'DICOM port of the hospital PACS.', minimum=1, maximum=65535),
+            'DICOM port of the hospital PACS.', minimum=1, maximum=65535, group="pacs", runtime=True),
     Setting('pacs_retrieve', 'move', str,
-            'How exams are fetched from the PACS: move (C-MOVE to our listener; the PACS must know our AE title) or get (C-GET on the same association).', choices=("move", "get")),
+            'How exams are fetched from the PACS: move (C-MOVE to our listener; the PACS must know our AE title) or get (C-GET on the same association).', choices=("move", "get"), group="pacs", runtime=True),
     Setting('hl7_enabled', False, bool,
             'Run the HL7 v2 MLLP listener (ADT, ORM/OMI, ORU with PDF).'),
     Setting('hl7_bind', '127.0.0.1', str,
@@ -119,15 +124,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting('hl7_accession_field', 'OBR-18', str,
             'HL7 field holding the accession number in ORM/ORU (falls back to OBR-3, ORC-3, IPC-1).'),
     Setting('hl7_receivers', '', str,
-            "Outbound HL7 receivers for 'film published' notices, comma-separated host:port. Empty: none."),
+            "Outbound HL7 receivers for 'film published' notices, comma-separated host:port. Empty: none.", group="hl7", runtime=True),
     Setting('outbox_enabled', True, bool,
             'Run the outbox worker that delivers outbound messages until acknowledged.'),
     Setting('outbox_max_attempts', 10, int,
-            'Delivery attempts before an outbound message goes to the dead-letter list.', minimum=1, maximum=1000),
+            'Delivery attempts before an outbound message goes to the dead-letter list.', minimum=1, maximum=1000, group="outbox", runtime=True),
     Setting('outbox_backoff_s', 5, int,
-            'First retry delay of the outbox in seconds; it doubles on every failed attempt.', minimum=1, maximum=86400),
+            'First retry delay of the outbox in seconds; it doubles on every failed attempt.', minimum=1, maximum=86400, group="outbox", runtime=True),
     Setting('outbox_backoff_max_s', 3600, int,
-            'Longest delay between two delivery attempts, in seconds.', minimum=1, maximum=604800),
+            'Longest delay between two delivery attempts, in seconds.', minimum=1, maximum=604800, group="outbox", runtime=True),
     Setting('import_api_clients_file', '', str,
             'TOML file outside the repository listing import API clients and their keys ([clients] ris = "secret"). Empty: import API off.'),
     Setting('import_api_max_skew_s', 300, int,
@@ -149,19 +154,19 @@ SETTINGS: tuple[Setting, ...] = (
             "PNG, JPEG or SVG logo shown beside the hospital name (at most 512 KiB). Empty: "
             "no logo."),
     Setting("share_default_max_opens", 5, int,
-            "Opens a new share allows when its creator names none.", minimum=1, maximum=1000),
+            "Opens a new share allows when its creator names none.", minimum=1, maximum=1000, group="share", runtime=True),
     Setting("share_default_days", 7, int,
             "Days a new share stays valid when its creator names none.", minimum=1,
-            maximum=365),
+            maximum=365, group="share", runtime=True),
     Setting("share_max_days", 90, int,
-            "Longest validity a share may be given, in days.", minimum=1, maximum=3650),
+            "Longest validity a share may be given, in days.", minimum=1, maximum=3650, group="share", runtime=True),
     Setting("access_ip_max_failures", 20, int,
             "Failed share codes and identity checks one IP address may make in 15 minutes "
             "(across all shares) before it is refused.", minimum=1, maximum=100000),
     Setting("sms_gateway", "log", str,
             "SMS gateway for verification codes: log (development: nothing is sent, the "
             "number is masked in the log) or http (the hospital's own SMS platform; phone "
-            "numbers never go to a cloud service).", choices=("log", "http")),
+            "numbers never go to a cloud service).", choices=("log", "http"), group="sms", runtime=True),
     Setting("sms_http_url", "", str,
             "URL of the hospital SMS platform (sms_gateway = http): JSON POST {phone, message, "
             "template, request_id}; any 2xx answer means accepted. Public IP addresses are "
@@ -170,24 +175,24 @@ SETTINGS: tuple[Setting, ...] = (
             "File holding the bearer token for the SMS platform (empty: no Authorization "
             "header)."),
     Setting("sms_http_timeout_s", 5, int, "Timeout of one SMS platform request, in seconds.",
-            minimum=1, maximum=60),
+            minimum=1, maximum=60, group="sms", runtime=True),
     Setting("sms_template", "您的云胶片验证码为{code}，5分钟内有效，请勿告诉他人。", str,
-            "Text of the verification SMS; {code} is replaced by the 6-digit code."),
+            "Text of the verification SMS; {code} is replaced by the 6-digit code.", group="sms", runtime=True),
     Setting("sms_per_phone_day", 10, int,
-            "SMS codes one phone number may receive in 24 hours.", minimum=1, maximum=1000),
+            "SMS codes one phone number may receive in 24 hours.", minimum=1, maximum=1000, group="sms", runtime=True),
     Setting("sms_per_ip_hour", 20, int,
-            "SMS codes one IP address may request in an hour.", minimum=1, maximum=100000),
+            "SMS codes one IP address may request in an hour.", minimum=1, maximum=100000, group="sms", runtime=True),
     Setting("pacs_qr_patterns", "/pacs/a/{accession},/pacs/u/{study_uid},/pacs/t/{token}", str,
             "Comma-separated URL paths (with an optional ?name={field} query) that PACS-printed "
             "QR codes use; fields {accession}, {study_uid} (unsigned: the patient must verify "
-            "their identity) and {token} (signed ACCESSION.EXPIRY.SIG, see README)."),
+            "their identity) and {token} (signed ACCESSION.EXPIRY.SIG, see README).", group="pacs", runtime=True),
     Setting("pacs_qr_key_file", "", str,
             "File holding the key (hex) shared with the PACS for signed QR tokens. Empty: "
             "signed tokens use the server's secret key (sign them with ./run.sh share "
             "--pacs-token)."),
     Setting("pacs_qr_max_opens", 20, int,
             "Opens allowed for the exam behind one signed PACS QR code.", minimum=1,
-            maximum=100000),
+            maximum=100000, group="pacs", runtime=True),
     # security
     Setting("tls_cert_file", "", str,
             "PEM certificate chain for HTTPS served by CloudFilm itself (./run.sh make-cert "
@@ -202,19 +207,42 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest HTTP request body accepted (uploads included), in MiB; larger requests "
             "are refused before they are read.", minimum=1, maximum=65536),
     Setting("password_min_length", 8, int,
-            "Shortest staff password accepted.", minimum=8, maximum=64),
+            "Shortest staff password accepted.", minimum=8, maximum=64, group="security", runtime=True,
+            label="密码最短长度 / minimum password length"),
     Setting("password_min_classes", 3, int,
             "Character classes (lower case, upper case, digits, symbols) a staff password "
-            "must mix.", minimum=2, maximum=4),
+            "must mix.", minimum=2, maximum=4, group="security", runtime=True,
+            label="密码字符类别数 / character classes"),
     Setting("password_history", 5, int,
             "A new staff password may not repeat any of this many previous ones.",
-            minimum=0, maximum=24),
+            minimum=0, maximum=24, group="security", runtime=True,
+            label="不得重复的历史密码个数 / previous passwords not reusable"),
     Setting("password_max_age_days", 90, int,
             "Days after which a staff password must be changed at the next sign-in "
-            "(0: never).", minimum=0, maximum=3650),
+            "(0: never).", minimum=0, maximum=3650, group="security", runtime=True,
+            label="密码有效期（天，0 为不过期） / password maximum age days"),
     Setting("totp_required_roles", "sysadmin,secadmin,auditadmin", str,
             "Roles that must sign in with a second factor (TOTP app or recovery code), "
-            "comma-separated; other staff may enrol voluntarily."),
+            "comma-separated; other staff may enrol voluntarily.", group="security", runtime=True),
+    Setting("lockout_failures", 5, int,
+            "Failed sign-ins (wrong password or wrong code, in any mix) that lock a staff "
+            "account.", minimum=3, maximum=10, group="security", runtime=True,
+            label="锁定前允许的失败次数 / failures before lock-out"),
+    Setting("lockout_minutes", 30, int, "How long a locked staff account stays locked.",
+            minimum=5, maximum=1440, group="security", runtime=True,
+            label="锁定时长（分钟） / lock-out minutes"),
+    Setting("session_idle_minutes", 30, int,
+            "Minutes without a request after which a staff session ends.", minimum=5,
+            maximum=120, group="security", runtime=True,
+            label="空闲超时（分钟） / idle timeout minutes"),
+    Setting("session_absolute_hours", 12, int,
+            "Hours after sign-in at which a staff session ends however busy.", minimum=1,
+            maximum=24, group="security", runtime=True,
+            label="会话最长时长（小时） / absolute session hours"),
+    Setting("admin_allow_list", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16",
+            str, "Addresses and networks (comma-separated) from which admin accounts may sign "
+            "in and use admin functions.", group="security", runtime=True,
+            label="管理网络白名单 / admin allow-list"),
     Setting("integrity_scrub_hours", 24, int,
             "Hours between two background re-checks of every original file's SHA-256 "
             "(0: off; files are still checked whenever they are decoded).",
@@ -222,7 +250,7 @@ SETTINGS: tuple[Setting, ...] = (
     # wechat
     Setting("wechat_app_id", "", str,
             "AppID of the hospital's WeChat Official Account (服务号). Everything WeChat stays off "
-            "until the AppID and the three secret files below are set (docs/wechat.md)."),
+            "until the AppID and the three secret files below are set (docs/wechat.md).", group="wechat", runtime=True),
     Setting("wechat_app_secret_file", "", str,
             "File (outside the repository, mode 0600) holding the Official Account's AppSecret."),
     Setting("wechat_callback_token_file", "", str,
@@ -232,27 +260,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("wechat_message_mode", "safe", str,
             "Message encryption expected on the callback: safe (安全模式, encrypted only) or "
             "compatible (兼容模式, encrypted and plain text accepted).",
-            choices=("safe", "compatible")),
+            choices=("safe", "compatible"), group="wechat", runtime=True),
     Setting("wechat_api_base_url", "https://api.weixin.qq.com", str,
             "Base URL of WeChat's server API (change only for an outbound proxy)."),
     Setting("wechat_oauth_base_url", "https://open.weixin.qq.com/connect/", str,
             "Base URL of WeChat's web authorisation page."),
     Setting("wechat_timeout_s", 5, int, "Timeout of one request to WeChat's servers, in seconds.",
-            minimum=1, maximum=30),
+            minimum=1, maximum=30, group="wechat", runtime=True),
     Setting("wechat_replay_window_s", 300, int,
             "Message callbacks whose timestamp is further than this from our clock are refused, "
-            "and a nonce is accepted once within it.", minimum=30, maximum=3600),
+            "and a nonce is accepted once within it.", minimum=30, maximum=3600, group="wechat", runtime=True),
     Setting("wechat_notify_enabled", True, bool,
-            "Send the 'your report is ready' template message to bound WeChat users."),
+            "Send the 'your report is ready' template message to bound WeChat users.", group="wechat", runtime=True),
     Setting("wechat_template_id", "", str,
             "Template ID of the report-ready template message (模板消息); empty: no template "
-            "messages are sent."),
+            "messages are sent.", group="wechat", runtime=True),
     Setting("wechat_template_fields", "thing1=检查报告已出具;time2={time};thing3=请点击查看", str,
             "Fields of the template message, 'key=value' separated by ';'. Only generic text is "
-            "allowed (the text passes through Tencent): {time} is the only placeholder."),
+            "allowed (the text passes through Tencent): {time} is the only placeholder.", group="wechat", runtime=True),
     Setting("wechat_reply_text", "点击查看您的检查报告与云胶片：{link}", str,
             "Reply to a subscribe event and to the keywords 报告/胶片 ({link}: our 'my exams' "
-            "page)."),
+            "page).", group="wechat", runtime=True),
     Setting("wechat_token_refresh_margin_s", 900, int,
             "Refresh the shared access token this many seconds before it expires.",
             minimum=120, maximum=3600),
@@ -260,12 +288,24 @@ SETTINGS: tuple[Setting, ...] = (
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
+# The groups run-time settings are shown and changed in (server/settings.py). "security" is
+# the security admin's (三员分立); the others are the system admin's.
+GROUPS = {
+    "sms": "短信网关 / SMS gateway",
+    "share": "分享 / shares",
+    "pacs": "PACS 连接 / PACS",
+    "hl7": "HL7 接口 / HL7",
+    "wechat": "微信公众号 / WeChat",
+    "outbox": "消息重传 / outbox",
+    "security": "安全策略 / security policy",
+}
+
 # Environment variables of ours that are not settings (secrets for one command, tests).
 RESERVED_ENV = {"CLOUDFILM_CONFIG", "CLOUDFILM_ADMIN_PASSWORD", "CLOUDFILM_NEW_USER_PASSWORD",
                 "CLOUDFILM_TEST_DB", "CLOUDFILM_TEST_MYSQL"}
 
 
-def _coerce(setting: Setting, value: Any, origin: str) -> Any:
+def coerce(setting: Setting, value: Any, origin: str) -> Any:
     def fail(why: str) -> ConfigError:
         return ConfigError(f"setting '{setting.name}' from {origin}: {why} (got {value!r}). "
                            f"{setting.help}")
@@ -307,11 +347,44 @@ def _coerce(setting: Setting, value: Any, origin: str) -> Any:
 
 
 class Config:
-    """The resolved settings; attribute access by setting name."""
+    """The resolved settings; attribute access by setting name. Run-time settings stored by
+    an admin (server/settings.py) override the file and environment (apply_stored)."""
 
     def __init__(self, values: dict[str, Any], origins: dict[str, str]):
         self._values = values
         self.origins = origins
+        self._base = dict(values)              # file, environment and command line
+        self._base_origins = dict(origins)
+
+    def base_value(self, name: str) -> Any:
+        """The value before stored run-time settings (what "back to default" returns to)."""
+        return self._base[name]
+
+    def set_base(self, **values: Any) -> None:
+        """Change values the process started with (a test; a command's own options), checked
+        like the file's. Stored run-time settings still override them."""
+        for name, value in values.items():
+            if name not in SETTINGS_BY_NAME:
+                raise ConfigError(f"unknown setting '{name}'")
+            self._base[name] = coerce(SETTINGS_BY_NAME[name], value, "override")
+            self._base_origins[name] = "override"
+        self._values = {**self._values, **{n: self._base[n] for n in values}}
+
+    def apply_stored(self, stored: dict[str, Any]) -> None:
+        """Make stored run-time settings ({name: value}) override the base values; a stored
+        value that no longer passes its row's checks is ignored (and logged once)."""
+        values, origins = dict(self._base), dict(self._base_origins)
+        for name, value in stored.items():
+            setting = SETTINGS_BY_NAME.get(name)
+            if setting is None or not setting.runtime:
+                continue
+            try:
+                values[name] = coerce(setting, value, "stored setting")
+            except ConfigError as exc:
+                _log.warning("ignoring stored setting %s: %s", name, exc)
+                continue
+            origins[name] = "stored setting (admin page)"
+        self._values, self.origins = values, origins     # one swap: readers see old or new
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -362,7 +435,7 @@ def load_config(path: str | os.PathLike | None = None,
         if key not in SETTINGS_BY_NAME:
             raise ConfigError(f"{path}: unknown setting '{key}'. Known settings: "
                               + ", ".join(sorted(SETTINGS_BY_NAME)))
-        values[key] = _coerce(SETTINGS_BY_NAME[key], value, str(path))
+        values[key] = coerce(SETTINGS_BY_NAME[key], value, str(path))
         origins[key] = str(path)
     reserved = RESERVED_ENV
     for key, value in env.items():
@@ -372,12 +445,12 @@ def load_config(path: str | os.PathLike | None = None,
         if name not in SETTINGS_BY_NAME:
             raise ConfigError(f"environment variable {key}: unknown setting '{name}'. Known "
                               "settings: " + ", ".join(sorted(SETTINGS_BY_NAME)))
-        values[name] = _coerce(SETTINGS_BY_NAME[name], value, f"environment {key}")
+        values[name] = coerce(SETTINGS_BY_NAME[name], value, f"environment {key}")
         origins[name] = f"environment {key}"
     for name, value in (overrides or {}).items():
         if name not in SETTINGS_BY_NAME:
             raise ConfigError(f"unknown setting '{name}'")
-        values[name] = _coerce(SETTINGS_BY_NAME[name], value, "command line")
+        values[name] = coerce(SETTINGS_BY_NAME[name], value, "command line")
         origins[name] = "command line"
     _check(values)
     return Config(values, origins)
@@ -407,7 +480,10 @@ def _check(values: dict[str, Any]) -> None:
 
 def settings_markdown() -> str:
     """The settings table as Markdown (README and tests use it)."""
-    lines = ["| name | default | type | help |", "|---|---|---|---|"]
+    lines = ["| name | default | type | run time | help |", "|---|---|---|---|---|"]
     for s in SETTINGS:
-        lines.append(f"| `{s.name}` | `{s.default!r}` | {s.type.__name__} | {s.help} |")
+        where = ("security admin" if s.group == "security" else "system admin") \
+            if s.runtime else "restart"
+        lines.append(f"| `{s.name}` | `{s.default!r}` | {s.type.__name__} | {where} | "
+                     f"{s.help} |")
     return "\n".join(lines)

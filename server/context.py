@@ -69,8 +69,6 @@ class AppContext:
     health_probe: object = None             # handlers/api.py HealthProbe
     import_api: tuple | None = None         # (ImportApi, clients) (server/integration.py)
     # set by the route modules' startup(ctx) (server/app.py startup):
-    conf_base: dict | None = None           # conf values before stored settings (staff.py)
-    conf_base_origins: dict | None = None
     settings_refresh: object = None         # the settings refresh PeriodicCallback
 
     def close(self) -> None:

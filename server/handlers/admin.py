@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from models import staff as svc
 from models.audit import FIELDS, AuditFilter, audit_page, audit_rows
 
-from .. import policy
+from .. import policy, settings
 from .base import ApiError
+from .download import DownloadLogHandler    # the one download log, also at /api/downloads
 from .staff import StaffHandler, actor_of
 
 log = logging.getLogger(__name__)
@@ -92,47 +92,35 @@ class AuditVerifyHandler(StaffHandler):
                          "problem": r.problem, "record_id": r.record_id})
 
 
-class DownloadLogHandler(StaffHandler):
-    async def get(self) -> None:
-        self.guard("download.read")
-        study_uid = self.str_arg("study_uid", 64)
-        page = self.int_arg("page", 1, 1, 1_000_000)
-        per_page = self.int_arg("per_page", 50, 1, 500)
-        out = await self.in_db(svc.download_log, study_uid=study_uid, page=page,
-                               per_page=per_page)
-        self.write_json({"ok": True, **out})
-
-
 class SecurityPolicyHandler(StaffHandler):
+    """The security admin's run-time settings (group "security" of server/config.py)."""
+    GROUPS = frozenset({settings.SECURITY})
+
+    def answer(self, changed: list[str] | None = None) -> dict:
+        rows = settings.describe(self.ctx, self.GROUPS)[0]["settings"]
+        out = {"ok": True, "policy": settings.policy(self.ctx),
+               "stored": settings.stored_rows(settings.SECURITY),
+               "limits": {s["name"]: {"min": s["minimum"], "max": s["maximum"],
+                                      "label": s["label"]}
+                          for s in rows if s["type"] == "int"},
+               "roles": [{"role": r, "name": n} for r, n in policy.ROLES.items()],
+               "client_ip": self.client_ip()}
+        if changed is not None:
+            out["changed"] = changed
+        return out
+
     async def get(self) -> None:
         self.guard("security.manage")
-
-        def load():
-            return (svc.security_policy(self.ctx.config.as_dict()),
-                    svc.setting_rows(svc.SECURITY_PREFIX))
-        pol, rows = await self.in_db(load)
-        self.write_json({"ok": True, "policy": pol, "stored": rows,
-                         "limits": {k: {"min": lo, "max": hi, "label": label}
-                                    for k, (lo, hi, label) in svc.SECURITY_LIMITS.items()},
-                         "roles": [{"role": r, "name": n} for r, n in policy.ROLES.items()],
-                         "client_ip": self.client_ip()})
+        self.write_json(await self.in_db(self.answer))
 
     async def put(self) -> None:
         self.guard("security.manage")
-        body = self.json_body(16384)
-        changes = body.get("policy")
+        changes = self.json_body(16384).get("policy")
 
         def save():
-            current = svc.security_policy(self.ctx.config.as_dict())
-            clean = svc.validate_security(changes, current, client_ip=self.client_ip(),
-                                          known_roles=policy.ROLES)
-            changed = svc.store_settings({svc.SECURITY_PREFIX + k: v for k, v in clean.items()},
-                                         actor=actor_of(self), auditor=self.ctx.auditor,
-                                         area="security")
-            return changed, svc.security_policy(self.ctx.config.as_dict())
-        changed, pol = await self.in_db(save)
-        self.write_json({"ok": True, "policy": pol,
-                         "changed": [k[len(svc.SECURITY_PREFIX):] for k in changed]})
+            return self.answer(settings.change(self.ctx, changes, groups=self.GROUPS,
+                                               actor=actor_of(self)))
+        self.write_json(await self.in_db(save))
 
 
 def routes(ctx) -> list:

@@ -20,8 +20,8 @@ import tornado.ioloop
 from models import db as dbmod
 from models import staff as svc
 
-from .. import policy
-from ..config import ROOT, SETTINGS_BY_NAME, ConfigError, _coerce
+from .. import policy, settings
+from ..config import ROOT
 from .base import ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class StaffHandler(BaseHandler):
         return self.require(permission)
 
     def policy_now(self) -> dict:
-        return svc.security_policy(self.ctx.config.as_dict())
+        return settings.policy(self.ctx)
 
 
 # pages --------------------------------------------------------------------------------------
@@ -242,154 +242,32 @@ class CheckIdHandler(StaffHandler):
 
 
 # run-time settings -----------------------------------------------------------------------------
-RUNTIME_PREFIX = "conf."
-RUNTIME_GROUPS = (
-    ("verification", "身份验证方式 / identity verification", ("verification_", "verify_")),
-    ("sms", "短信网关 / SMS gateway", ("sms_",)),
-    ("share", "分享 / shares", ("share_",)),
-    ("pacs", "PACS 连接 / PACS", ("pacs_", "dicom_allowed_aets")),
-    ("hl7", "HL7 接口 / HL7", ("hl7_receivers",)),
-    ("wechat", "微信公众号 / WeChat", ("wechat_",)),
-    ("outbox", "消息重传 / outbox", ("outbox_max_attempts", "outbox_backoff")),
-)
-# Never changeable from the admin pages: secrets, listener addresses, file locations, and
-# the hosts secrets are sent to (an admin page must not be able to redirect the AppSecret).
-NEVER_RUNTIME = ("secret", "password", "key", "token", "_bind", "_file", "_dir",
-                 "api_base", "_base_url", "_http_url")
-
-
-def runtime_settings() -> dict[str, tuple[str, object]]:
-    """Conf settings an admin may override at run time: {name: (group, Setting)}.
-    Secrets (kept in files or the environment) and listener addresses (they need a
-    restart) are not among them."""
-    out = {}
-    for name, s in SETTINGS_BY_NAME.items():
-        if any(h in name for h in NEVER_RUNTIME) or name.endswith("_enabled") and \
-                not name.startswith(("verification_", "verify_", "sms_", "wechat_")):
-            continue
-        if name.endswith("_port") and name != "pacs_port":
-            continue
-        for group, _label, prefixes in RUNTIME_GROUPS:
-            if name.startswith(prefixes):
-                out[name] = (group, s)
-                break
-    return out
-
-
-def apply_overrides(ctx, stored: dict | None = None) -> None:
-    """Make stored settings override the conf values of this process's Config."""
-    stored = svc.stored_settings() if stored is None else stored
-    values = ctx.config._values
-    origins = ctx.config.origins
-    if ctx.conf_base is None:
-        ctx.conf_base, ctx.conf_base_origins = dict(values), dict(origins)
-    base, base_origins = ctx.conf_base, ctx.conf_base_origins
-    for name in runtime_settings():
-        key = RUNTIME_PREFIX + name
-        if key in stored:
-            try:
-                values[name] = _coerce(SETTINGS_BY_NAME[name], stored[key], "stored setting")
-                origins[name] = "stored setting (admin page)"
-                continue
-            except ConfigError as exc:
-                log.warning("ignoring stored setting %s: %s", name, exc)
-        values[name] = base[name]
-        origins[name] = base_origins[name]
-
-
 class RuntimeSettingsHandler(StaffHandler):
-    def describe(self) -> dict:
-        rows = svc.setting_rows(RUNTIME_PREFIX)
-        base = self.ctx.conf_base if self.ctx.conf_base is not None \
-            else self.ctx.config.as_dict()
-        groups = []
-        for group, label, _ in RUNTIME_GROUPS:
-            items = []
-            for name, (g, s) in runtime_settings().items():
-                if g != group:
-                    continue
-                row = rows.get(name)
-                items.append({"name": name, "type": s.type.__name__, "help": s.help,
-                              "choices": list(s.choices), "minimum": s.minimum,
-                              "maximum": s.maximum, "default": base.get(name, s.default),
-                              "value": getattr(self.ctx.config, name),
-                              "stored": row is not None,
-                              "updated_by": row["updated_by"] if row else None,
-                              "updated_at": row["updated_at"] if row else None})
-            if items:
-                groups.append({"group": group, "label": label, "settings": items})
-        return {"ok": True, "groups": groups}
+    """The system admin's run-time settings (every group of server/config.py but security)."""
 
     async def get(self) -> None:
         self.guard("settings.manage")
-        out = await self.in_db(self.describe)
-        self.write_json(out)
+        groups = await self.in_db(settings.describe, self.ctx, settings.admin_groups())
+        self.write_json({"ok": True, "groups": groups})
 
     async def put(self) -> None:
         self.guard("settings.manage")
-        body = self.json_body(65536)
-        changes = body.get("settings")
-        if not isinstance(changes, dict) or not changes:
-            raise ApiError(400, "没有要修改的设置 / nothing to change (send {\"settings\": "
-                                "{name: value}})")
-        allowed = runtime_settings()
-        clean = {}
-        for name, value in changes.items():
-            if name not in allowed:
-                raise ApiError(400, f"设置“{str(name)[:60]}”不能在页面上修改 / this setting "
-                                    "cannot be changed at run time")
-            if value is None:
-                clean[RUNTIME_PREFIX + name] = None       # back to the conf value
-                continue
-            try:
-                clean[RUNTIME_PREFIX + name] = _coerce(SETTINGS_BY_NAME[name], value,
-                                                       "the admin page")
-            except ConfigError as exc:
-                raise ApiError(400, f"设置值无效 / invalid value: {exc}") from None
+        changes = self.json_body(65536).get("settings")
 
         def save():
-            changed = svc.store_settings(clean, actor=actor_of(self), auditor=self.ctx.auditor,
-                                         area="settings")
-            apply_overrides(self.ctx)
-            return changed, self.describe()
-        changed, out = await self.in_db(save)
-        out["changed"] = changed
-        self.write_json(out)
+            changed = settings.change(self.ctx, changes, groups=settings.admin_groups(),
+                                      actor=actor_of(self))
+            return changed, settings.describe(self.ctx, settings.admin_groups())
+        changed, groups = await self.in_db(save)
+        self.write_json({"ok": True, "groups": groups, "changed": changed})
 
 
 # system health ---------------------------------------------------------------------------------
 class SystemHealthHandler(StaffHandler):
     async def get(self) -> None:
         self.guard("health.read")
-
-        def db_part():
-            from models.migrations import current_version
-            out = {"backend": "mysql" if dbmod.is_mysql() else "sqlite"}
-            t0 = time.perf_counter()
-            try:
-                dbmod.ping()
-                out["ok"] = True
-            except Exception as exc:  # noqa: BLE001
-                out.update(ok=False, error=type(exc).__name__)
-                return out, {}
-            out["ping_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-            out["schema_version"] = current_version()
-            out["counts"] = self.ctx.catalog.counts()
-            path = dbmod.sqlite_path()
-            if path and os.path.exists(path):
-                out["size_bytes"] = os.path.getsize(path)
-            return out, svc.health_figures()
-        database, extra = await self.in_db(db_part)
-        root = self.ctx.storage.root
-        try:
-            du = shutil.disk_usage(root)
-            disk = {"path": str(root), "total_bytes": du.total, "used_bytes": du.used,
-                    "free_bytes": du.free, "used_percent": round(du.used * 100 / du.total, 1),
-                    "writable": self.ctx.storage.writable()}
-            disk["ok"] = disk["writable"] and du.free > 2 * 1024 ** 3 and \
-                disk["used_percent"] < 95
-        except OSError as exc:
-            disk = {"path": str(root), "ok": False, "error": type(exc).__name__}
+        database, extra = await self.in_db(_database_health, self.ctx)
+        disk = _disk_health(self.ctx.storage)
         caches = self.ctx.renders.stats() if self.ctx.renders is not None else {}
         try:
             load = os.getloadavg()
@@ -402,12 +280,45 @@ class SystemHealthHandler(StaffHandler):
                          "caches": caches, **extra})
 
 
+def _database_health(ctx) -> tuple[dict, dict]:
+    """Database reachability, latency, schema version and counts (blocking: db pool)."""
+    from models.migrations import current_version
+    out = {"backend": "mysql" if dbmod.is_mysql() else "sqlite"}
+    t0 = time.perf_counter()
+    try:
+        dbmod.ping()
+        out["ok"] = True
+    except Exception as exc:  # noqa: BLE001
+        out.update(ok=False, error=type(exc).__name__)
+        return out, {}
+    out["ping_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+    out["schema_version"] = current_version()
+    out["counts"] = ctx.catalog.counts()
+    path = dbmod.sqlite_path()
+    if path and os.path.exists(path):
+        out["size_bytes"] = os.path.getsize(path)
+    return out, svc.health_figures()
+
+
+def _disk_health(storage) -> dict:
+    root = storage.root
+    try:
+        du = shutil.disk_usage(root)
+    except OSError as exc:
+        return {"path": str(root), "ok": False, "error": type(exc).__name__}
+    disk = {"path": str(root), "total_bytes": du.total, "used_bytes": du.used,
+            "free_bytes": du.free, "used_percent": round(du.used * 100 / du.total, 1),
+            "writable": storage.writable()}
+    disk["ok"] = disk["writable"] and du.free > 2 * 1024 ** 3 and disk["used_percent"] < 95
+    return disk
+
+
 def startup(ctx) -> None:
     """Apply the stored run-time settings; in a running server (an event loop is running)
     also re-read them every 5 s, for changes made through another worker process."""
     try:
         with dbmod.connection():
-            apply_overrides(ctx)
+            settings.refresh(ctx)
     except Exception as exc:  # noqa: BLE001 - a missing table must not stop the server
         log.warning("stored settings not applied: %s", type(exc).__name__)
     try:
@@ -416,7 +327,8 @@ def startup(ctx) -> None:
         pass                     # outside a server (tests, tools): no refresh timer
     else:
         if ctx.settings_refresh is None:
-            ctx.settings_refresh = tornado.ioloop.PeriodicCallback(lambda: _refresh(ctx), 5000)
+            ctx.settings_refresh = tornado.ioloop.PeriodicCallback(lambda: _refresh(ctx),
+                                                                 settings.REFRESH_S * 1000)
             ctx.settings_refresh.start()
 
 
@@ -452,7 +364,7 @@ def _refresh(ctx) -> None:
     def run():
         try:
             with dbmod.connection():
-                apply_overrides(ctx)
+                settings.refresh(ctx)
         except Exception as exc:  # noqa: BLE001
             log.debug("settings refresh failed: %s", exc)
     if ctx.db_executor is not None:

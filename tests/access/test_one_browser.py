@@ -100,14 +100,13 @@ def test_navigated_refusals_are_pages_not_json(live, people):
     assert r.status_code == 401 and r.json()["ok"] is False
 
 
-def test_hospital_identity_on_pages_and_api(live, people, tmp_path, monkeypatch):
+def test_hospital_identity_on_pages_and_api(live, people, tmp_path):
     logo = tmp_path / "logo.png"
     from PIL import Image
     Image.new("RGB", (40, 20), (0, 90, 160)).save(logo)
-    values = live.ctx.config._values
-    for k, v in (("hospital_name", "广州市第一人民医院"), ("hospital_phone", "020-8104 8888"),
-                 ("hospital_hours", "周一至周日 8:00-17:30"), ("hospital_logo_file", str(logo))):
-        monkeypatch.setitem(values, k, v)
+    live.ctx.config.set_base(hospital_name="广州市第一人民医院", hospital_phone="020-8104 8888",
+                             hospital_hours="周一至周日 8:00-17:30",
+                             hospital_logo_file=str(logo))
     h = requests.get(live.url + "/api/hospital", timeout=30).json()
     assert h["name"] == "广州市第一人民医院" and h["logo_url"] == "/hospital/logo"
     r = requests.get(live.url + "/hospital/logo", timeout=30)
@@ -125,7 +124,7 @@ def test_hospital_identity_on_pages_and_api(live, people, tmp_path, monkeypatch)
     # a logo that is too large or of another type is not served
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG" + b"0" * (600 * 1024))
-    monkeypatch.setitem(values, "hospital_logo_file", str(big))
+    live.ctx.config.set_base(hospital_logo_file=str(big))
     assert requests.get(live.url + "/hospital/logo", timeout=30).status_code == 404
-    monkeypatch.setitem(values, "hospital_logo_file", str(tmp_path / "logo.gif"))
+    live.ctx.config.set_base(hospital_logo_file=str(tmp_path / "logo.gif"))
     assert requests.get(live.url + "/api/hospital", timeout=30).json()["logo_url"] is None

@@ -28,7 +28,9 @@ def test_routes_have_no_side_effects_and_startup_has_them(ctx):
     assert len(routes) > 50
     assert "wechat" not in outbox.SENDERS
     assert ctx.renders.integrity_hook is None
-    assert ctx.conf_base is None and ctx.settings_refresh is None
+    assert ctx.settings_refresh is None
+    _store_share_max_days(30)
+    assert ctx.config.share_max_days == 90          # not applied by building routes
 
     async def start():
         app.startup(ctx)
@@ -38,19 +40,29 @@ def test_routes_have_no_side_effects_and_startup_has_them(ctx):
     assert asyncio.run(start()) is True   # the 5 s settings refresh of a serving process
     assert "wechat" in outbox.SENDERS      # handlers/wechat.py startup
     assert ctx.renders.integrity_hook is not None   # handlers/security.py startup
-    assert ctx.conf_base is not None       # handlers/staff.py startup: stored settings applied
+    # handlers/staff.py startup: stored run-time settings applied
+    assert ctx.config.share_max_days == 30
+    assert ctx.config.origins["share_max_days"] == "stored setting (admin page)"
+
+
+def _store_share_max_days(days: int) -> None:
+    from models.schema import RuntimeSetting
+    from models.staff import forget_settings_cache
+    RuntimeSetting.create(key="conf.share_max_days", value=str(days))
+    forget_settings_cache()
 
 
 def test_startup_outside_a_loop_starts_no_timer(ctx):
     from server import app
+    _store_share_max_days(45)
     app.startup(ctx)
-    assert ctx.conf_base is not None and ctx.settings_refresh is None
+    assert ctx.config.share_max_days == 45 and ctx.settings_refresh is None
 
 
 def test_every_route_module_has_routes_and_no_side_effect_in_them():
     """routes(ctx) bodies call nothing but building the list (no start/register/timer)."""
     from server import app
-    bad = re.compile(r"PeriodicCallback|\.start\(|register|apply_overrides|install_")
+    bad = re.compile(r"PeriodicCallback|\.start\(|register|settings\.refresh|install_")
     for name in app.ROUTE_MODULES:
         path = ROOT / "server" / "handlers" / f"{name}.py"
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -124,8 +136,7 @@ def test_background_modules_start_singleton_jobs_in_any_process(ctx, monkeypatch
 def test_run_time_fields_are_declared_on_the_context(ctx):
     from server.context import AppContext
     declared = {f.name for f in dataclasses.fields(AppContext)}
-    assert {"sms_gateway", "health_probe", "import_api", "conf_base", "conf_base_origins",
-            "settings_refresh"} <= declared
+    assert {"sms_gateway", "health_probe", "import_api", "settings_refresh"} <= declared
     # nothing attaches an undeclared attribute to the context any more
     assign = re.compile(r"\bctx\.([A-Za-z_]+)\s*=[^=]")
     problems = []

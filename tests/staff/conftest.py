@@ -61,7 +61,7 @@ def browser(live):
     policy requires it of no role."""
     from models.schema import RuntimeSetting
     from models.staff import forget_settings_cache
-    RuntimeSetting.create(key="security.totp_required_roles", value="[]")
+    RuntimeSetting.create(key="conf.totp_required_roles", value='""')
     forget_settings_cache()
     yield lambda: Browser(live.url)
     forget_settings_cache()

@@ -162,7 +162,7 @@ def demo(tmp_path_factory):
     _need_chromium()
     server, ctx, name = start_demo_server(tmp_path_factory.mktemp("e2e_staff"))
     from models.schema import RuntimeSetting
-    RuntimeSetting.create(key="security.totp_required_roles", value="[]")
+    RuntimeSetting.create(key="conf.totp_required_roles", value='""')
     from models.accounts import create_user
     create_user("fd_e2e", "Front-Desk-Pass-1", ["frontdesk"], must_change_password=False)
     create_user("doc_e2e", "Doctor-E2e-Pass-1", ["doctor"], must_change_password=False)

@@ -195,7 +195,7 @@ def test_admin_allow_list_applies_to_admin_sign_in(live, browser):
     from models.schema import RuntimeSetting
     make_staff("aud1", ("auditadmin",), "Audit-Pass-1")
     make_staff("doc5", ("doctor",), "Doctor-Pass-5")
-    RuntimeSetting.create(key="security.admin_allow_list", value='["10.1.0.0/16"]')
+    RuntimeSetting.create(key="conf.admin_allow_list", value='"10.1.0.0/16"')
     svc.forget_settings_cache()
     st, out = browser().call("POST", "/api/auth/login", {"username": "aud1",
                                                           "password": "Audit-Pass-1"})
@@ -280,7 +280,7 @@ def test_runtime_settings_override_conf_and_are_audited(admin, live):
         assert st == 400 and word in chinese(err), body
     st, out = admin.call("PUT", "/api/admin/settings", {"settings": {"pacs_host": "10.0.0.5",
                                                                      "pacs_port": 11112}})
-    assert st == 200 and sorted(out["changed"]) == ["conf.pacs_host", "conf.pacs_port"]
+    assert st == 200 and sorted(out["changed"]) == ["pacs_host", "pacs_port"]
     assert live.ctx.config.pacs_host == "10.0.0.5" and live.ctx.config.pacs_port == 11112
     st, out = admin.call("PUT", "/api/admin/settings", {"settings": {"pacs_port": None}})
     assert live.ctx.config.pacs_port == 104

@@ -36,12 +36,11 @@ def configure(ctx, fake, tmp_path, **extra) -> None:
     (d / "secret").write_text(APP_SECRET + "\n")
     (d / "token").write_text(TOKEN + "\n")
     (d / "aes").write_text(AES_KEY + "\n")
-    v = ctx.config._values
-    v.update(wechat_app_id=APP_ID, wechat_app_secret_file=str(d / "secret"),
-             wechat_callback_token_file=str(d / "token"), wechat_aes_key_file=str(d / "aes"),
-             wechat_api_base_url=fake.api_base, wechat_oauth_base_url=fake.oauth_base,
-             wechat_timeout_s=1, wechat_template_id="TPL_report_ready_01")
-    v.update(extra)
+    ctx.config.set_base(**{
+        "wechat_app_id": APP_ID, "wechat_app_secret_file": str(d / "secret"),
+        "wechat_callback_token_file": str(d / "token"), "wechat_aes_key_file": str(d / "aes"),
+        "wechat_api_base_url": fake.api_base, "wechat_oauth_base_url": fake.oauth_base,
+        "wechat_timeout_s": 1, "wechat_template_id": "TPL_report_ready_01", **extra})
 
 
 @pytest.fixture
@@ -49,7 +48,7 @@ def wlive(ctx, fake, tmp_path):
     configure(ctx, fake, tmp_path)
     s = LiveServer(ctx)
     s.token = staff_token()
-    ctx.config._values["public_url"] = s.url
+    ctx.config.set_base(public_url=s.url)
     yield s
     s.stop()
 

@@ -225,7 +225,7 @@ def test_duplicate_msgid_ignored_and_replies(wlive):
     hint = open_reply(push(wlive, text_xml("你好", "9000012")))
     assert "报告" in hint and link not in hint
     # compatible mode also accepts plain text; the reply is plain XML then
-    wlive.ctx.config._values["wechat_message_mode"] = "compatible"
+    wlive.ctx.config.set_base(wechat_message_mode="compatible")
     r = push(wlive, text_xml("报告", "9000013"), encrypt=False)
     assert r.status_code == 200 and link in r.text and "<Encrypt>" not in r.text
 
