@@ -23,10 +23,10 @@ import logging
 
 from models import shares as svc
 from models.catalog import find_patient_exam, mask_phone
-from models.sessions import end_sessions
 from models.storage import valid_uid
 
-from .auth import clear_session_cookie, set_session_cookie
+from .. import signin
+from .auth import adopt_session, clear_session_cookie, client, write_keep_cookie
 from .base import ApiError, BaseHandler
 from .shares import StaticPage, created_json, share_options
 
@@ -94,31 +94,12 @@ class VerifyHandler(BaseHandler):
     async def post(self) -> None:
         body = self.json_body(4096)
         ref = parse_exam_ref(body.get("exam_ref"))
-        ip, ua = self.client_ip(), self.request.headers.get("User-Agent", "")
         old = self.held_creds("patient")     # the browser's share sessions stay usable
-
-        def run():
-            bound = None
-            if ref:
-                exam = svc.exam_for_pacs_code(*ref)
-                bound = exam.id if exam else -1
-            v = svc.verify_identity(body, catalog=self.ctx.catalog, key=self.ctx.secret_key,
-                                    auditor=self.ctx.auditor, ip=ip,
-                                    ip_limit=self.ctx.config.access_ip_max_failures,
-                                    bound_exam_id=bound)
-            end_sessions(old)
-            new = svc.start_patient_session(v.patient, ip=ip, user_agent=ua)
-            study = None
-            if ref:
-                e = svc.exam_for_pacs_code(*ref)
-                study = e.study_uid if e else None
-            return new, study, v.methods
-        new, study, methods = await self.in_db(run)
-        for cred in old:
-            self.ctx.principals.forget(cred)
-        set_session_cookie(self, new.token, svc.PATIENT_SESSION_MAX_S, drop=old)
-        self.write_json({"ok": True, "csrf_token": new.session.csrf_token, "methods": methods,
-                         "open_study_uid": study})
+        r = await self.in_db(signin.verify_patient, self.ctx, body, exam_ref=ref, old=old,
+                             **client(self))
+        adopt_session(self, r.session, ended=old, drop=old)
+        self.write_json({"ok": True, "csrf_token": r.session.session.csrf_token,
+                         "methods": r.methods, "open_study_uid": r.open_study_uid})
 
 
 class PatientBase(BaseHandler):
@@ -189,13 +170,12 @@ class PatientLogoutHandler(BaseHandler):
 
     async def post(self) -> None:
         creds = tuple(cred for cred, p in self.held if p.kind != "staff")
-        await self.in_db(end_sessions, creds)
+        await self.in_db(signin.sign_out, self.ctx, creds)
         for cred in creds:
             self.ctx.principals.forget(cred)
         if self.principal is None or self.principal.kind != "staff":
             clear_session_cookie(self, keep_others=False)
         else:
-            from .auth import write_keep_cookie
             write_keep_cookie(self, [])
         self.write_json({"ok": True})
 

@@ -24,10 +24,10 @@ import logging
 
 from adapters.qr import png_data_url, qr_png, qr_svg
 from models import shares as svc
-from models.sessions import end_sessions
 from models.storage import valid_uid
 
-from .auth import set_session_cookie
+from .. import signin
+from .auth import adopt_session, client
 from .base import ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
@@ -207,28 +207,17 @@ class PatientQrOpenHandler(QrVisitorBase):
         token = str(body.get("token") or "")
         factors = {k: body.get(k) for k in FACTORS
                    if isinstance(body.get(k), (str, int)) and not isinstance(body.get(k), bool)}
-        ip, ua = self.client_ip(), self.request.headers.get("User-Agent", "")
         held = await self.in_db(lambda: self.holder_of(svc.find_patient_qr(token)))
         if held is not None:
             self.write_json({"ok": True, "reused": True, "csrf_token": held.csrf_token,
                              "next": "/portal"})
             return
         old = self.held_creds("patient")     # the browser's share sessions stay usable
-
-        def run():
-            opened = svc.open_patient_qr(token, factors, catalog=self.ctx.catalog,
-                                         key=self.ctx.secret_key, auditor=self.ctx.auditor,
-                                         ip=ip, user_agent=ua,
-                                         ip_limit=self.ctx.config.access_ip_max_failures)
-            end_sessions(old)
-            return opened
-        opened = await self.in_db(run)
-        for cred in old:
-            self.ctx.principals.forget(cred)
-        s = opened.session.session
-        set_session_cookie(self, opened.session.token,
-                           int((s.expires_at - s.created_at).total_seconds()), drop=old)
-        self.write_json({"ok": True, "reused": False, "csrf_token": s.csrf_token,
+        opened = await self.in_db(signin.open_patient_qr, self.ctx, token, factors, old=old,
+                                  **client(self))
+        adopt_session(self, opened.session, ended=old, drop=old)
+        self.write_json({"ok": True, "reused": False,
+                         "csrf_token": opened.session.session.csrf_token,
                          "methods": opened.methods, "opens": opened.qr.opens,
                          "max_opens": opened.qr.max_opens, "next": "/portal"})
 

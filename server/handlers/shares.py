@@ -25,8 +25,9 @@ from adapters.qr import png_data_url, qr_png, qr_svg
 from models import shares as svc
 from models.storage import valid_uid
 
+from .. import signin
 from ..config import ROOT
-from .auth import set_session_cookie
+from .auth import adopt_session, client
 from .base import UID, ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
@@ -154,29 +155,28 @@ class ShareOpenHandler(BaseHandler):
             self.write_json({"ok": True, "reused": True, "csrf_token": held.csrf_token,
                              **share_view_json(sh, held)})
             return
-        opened = await self.in_db(svc.open_share, token, None if code is None else str(code),
-                                  key=self.ctx.secret_key, auditor=self.ctx.auditor,
-                                  ip=self.client_ip(),
-                                  user_agent=self.request.headers.get("User-Agent", ""),
-                                  ip_limit=self.ctx.config.access_ip_max_failures)
-        s = opened.session.session
-        set_session_cookie(self, opened.session.token,
-                           int((s.expires_at - s.created_at).total_seconds()))
-        sh = opened.share
-        out = {"ok": True, "reused": False, "csrf_token": s.csrf_token,
-               **share_view_json(sh, True)}
+        opened = await self.in_db(signin.open_share, self.ctx, token,
+                                  None if code is None else str(code), **client(self))
+        adopt_session(self, opened.session)
+        out = {"ok": True, "reused": False, "csrf_token": opened.session.session.csrf_token,
+               **share_view_json(opened.share, True)}
         if body.get("include_study") is True:
-            # the film view's data in the same answer: one round trip less before the first
-            # image on a slow phone link (the page hands it over in sessionStorage)
-            from ..auth import principal_from_session
-            from .api import study_payload
-
-            def study():
-                self.principal = principal_from_session(s)
-                return study_payload(self.ctx, sh.exam, self.principal)
-            out["study"] = await self.in_db(study)
-            self.ctx.views.seen(self, "exam.view", "exam", sh.exam.accession_number or sh.exam.id)
+            out["study"] = await self.study_of(opened)
         self.write_json(out)
+
+    async def study_of(self, opened) -> dict:
+        """The film view's data in the open's answer: one round trip less before the first
+        image on a slow phone link (the page hands it over in sessionStorage)."""
+        from ..auth import principal_from_session
+        from .api import study_payload
+        sh = opened.share
+
+        def study():
+            self.principal = principal_from_session(opened.session.session)
+            return study_payload(self.ctx, sh.exam, self.principal)
+        payload = await self.in_db(study)
+        self.ctx.views.seen(self, "exam.view", "exam", sh.exam.accession_number or sh.exam.id)
+        return payload
 
 
 class ShareSessionBase(BaseHandler):
@@ -316,14 +316,9 @@ class PacsQrHandler(BaseHandler):
                 # scanned again, reloaded or back: this browser holds it, no open is counted
                 self.redirect(film_url(sh.exam))
                 return
-            opened = await self.in_db(svc.open_share, share_token, None,
-                                      key=self.ctx.secret_key, auditor=self.ctx.auditor,
-                                      ip=self.client_ip(),
-                                      user_agent=self.request.headers.get("User-Agent", ""),
-                                      ip_limit=self.ctx.config.access_ip_max_failures)
-            s = opened.session.session
-            set_session_cookie(self, opened.session.token,
-                               int((s.expires_at - s.created_at).total_seconds()))
+            opened = await self.in_db(signin.open_share, self.ctx, share_token, None,
+                                      **client(self))
+            adopt_session(self, opened.session)
             self.redirect(film_url(opened.share.exam))
             return
         # unsigned: guessable, so the patient verifies their identity first

@@ -34,13 +34,12 @@ from urllib.parse import urlparse
 
 from adapters.wechat import (CallbackRefused, WechatApiError, check_callback_query,
                              open_callback, render_reply, reply_for)
-from models import shares as access
 from models import wechat as store
 from models.db import write_transaction
-from models.sessions import create_session, end_session, end_sessions, load_session
 
+from .. import signin
 from .. import wechat_service as wx
-from .auth import clear_session_cookie, set_session_cookie
+from .auth import adopt_session, clear_session_cookie, client
 from .base import UID, ApiError, BaseHandler
 from .shares import StaticPage
 
@@ -79,36 +78,20 @@ class WechatBase(BaseHandler):
                         secure=self.request.protocol == "https", expires_days=None,
                         max_age=int(store.VISIT_LIFETIME.total_seconds()))
 
-    def patient_session(self, patient, *, verified: bool, binding_id: int | None,
-                        methods: str = ""):
-        """End this browser's previous patient sessions (its share sessions stay) and start
-        one for `patient`."""
+    async def sign_in(self, fn, *args):
+        """Run a WeChat sign-in of server/signin.py (`fn(ctx, *args, old=, ip=,
+        user_agent=)`, answering a NewSession or (x, NewSession | None)): this browser's
+        previous patient sessions end (its share sessions stay) and the new one becomes its
+        session. Returns what `fn` answered."""
         old = self.held_creds("patient")
-        ip, ua = self.client_ip(), self.request.headers.get("User-Agent", "")
-
-        def run():
-            end_sessions(old)
-            with write_transaction():
-                new = create_session("patient", patient=patient,
-                                     idle_timeout_s=access.PATIENT_SESSION_IDLE_S,
-                                     lifetime_s=access.PATIENT_SESSION_MAX_S, ip=ip,
-                                     user_agent=ua, verified=verified)
-                self.ctx.auditor.record("wechat.signin", actor_kind="patient",
-                                        actor_id=patient.patient_id, ip=ip,
-                                        object_type="wechat_binding",
-                                        object_id=str(binding_id or ""), detail=methods)
-            return new
-        return run, old
-
-    async def sign_in(self, patient, *, verified: bool, binding_id: int | None,
-                      methods: str = ""):
-        run, old = self.patient_session(patient, verified=verified, binding_id=binding_id,
-                                        methods=methods)
-        new = await self.in_db(run)
-        for cred in old:
-            self.ctx.principals.forget(cred)
-        set_session_cookie(self, new.token, access.PATIENT_SESSION_MAX_S, drop=old)
-        return new
+        try:
+            out = await self.in_db(fn, self.ctx, *args, old=old, **client(self))
+        except store.WechatError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        new = out[1] if isinstance(out, tuple) else out
+        if new is not None:
+            adopt_session(self, new, ended=old, drop=old)
+        return out
 
 
 # pages ----------------------------------------------------------------------------------------
@@ -156,6 +139,27 @@ class OAuthStartHandler(WechatBase):
         self.redirect(svc.authorize_url(state))
 
 
+# why a web authorisation is refused → (status, title, text, link)
+OAUTH_REFUSALS = {
+    "not configured": (404, "未启用 / not configured", "微信公众号功能未启用。/ WeChat is not "
+                       "configured.", ("/portal", "用身份信息查看 / verify to view")),
+    "state mismatch": (403, "请重新进入 / please start again",
+                       "授权请求已过期或不是从本页面发起的，请从公众号菜单重新进入。/ This sign-in did "
+                       "not start here or has expired; open the page from the WeChat menu "
+                       "again.", ("/wechat/oauth/start", "重新进入 / start again")),
+    "no code": (400, "未授权 / not authorised", "没有收到微信的授权。/ WeChat did not "
+                "authorise this visit.", ("/wechat/oauth/start", "重试 / retry")),
+    "code exchange failed": (502, "微信暂时无法验证 / WeChat unavailable",
+                             "暂时无法向微信确认您的身份，请稍后重试。/ WeChat could not confirm "
+                             "who you are; please try again shortly.",
+                             ("/wechat/oauth/start", "重试 / retry")),
+    "snapshot user": (403, "请使用完整服务 / open the full page",
+                      "当前为快照页，无法确认您的身份。请点击页面底部的“使用完整服务”后再查看。/ This "
+                      "is a snapshot page; tap “使用完整服务” (use full service) at the bottom "
+                      "first.", None),
+}
+
+
 class OAuthCallbackHandler(WechatBase):
     def page(self, status: int, title: str, text: str, link=None) -> None:
         self.set_status(status)
@@ -163,60 +167,45 @@ class OAuthCallbackHandler(WechatBase):
         self.set_header("Cache-Control", "no-store")
         self.finish(message_page(title, text, link))
 
-    def refuse(self, reason: str) -> None:
-        def note():
-            with write_transaction():
-                self.ctx.auditor.record("wechat.oauth", actor_kind="anonymous",
-                                        ip=self.client_ip(), outcome="fail", detail=reason)
-        return self.in_db(note)
+    async def refuse(self, reason: str) -> None:
+        """Audit the refused authorisation (not when WeChat is off) and show its page."""
+        if reason != "not configured":
+            def note():
+                with write_transaction():
+                    self.ctx.auditor.record("wechat.oauth", actor_kind="anonymous",
+                                            ip=self.client_ip(), outcome="fail", detail=reason)
+            await self.in_db(note)
+        self.page(*OAUTH_REFUSALS[reason])
 
-    async def get(self) -> None:
-        if wx.wechat_settings(self.ctx) is None:
-            self.page(404, "未启用 / not configured", "微信公众号功能未启用。/ WeChat is not "
-                      "configured.", ("/portal", "用身份信息查看 / verify to view"))
-            return
+    def state_next(self) -> str | None:
+        """The page to go to after sign-in, when the state matches its cookie (spent here)."""
         cookie = self.get_cookie(STATE_COOKIE) or ""
         self.clear_cookie(STATE_COOKIE, path="/wechat/oauth")
         want, _, nxt = cookie.partition("|")
         state = self.get_query_argument("state", "")
         if not want or not state or not hmac.compare_digest(want.encode(), state.encode()):
-            await self.refuse("state mismatch")
-            self.page(403, "请重新进入 / please start again",
-                      "授权请求已过期或不是从本页面发起的，请从公众号菜单重新进入。/ This sign-in did "
-                      "not start here or has expired; open the page from the WeChat menu again.",
-                      ("/wechat/oauth/start", "重新进入 / start again"))
-            return
+            return None
+        return nxt if NEXT_RE.match(nxt or "") else "/wechat/"
+
+    async def get(self) -> None:
+        if wx.wechat_settings(self.ctx) is None:
+            return await self.refuse("not configured")
+        nxt = self.state_next()
+        if nxt is None:
+            return await self.refuse("state mismatch")
         code = self.get_query_argument("code", "")
         if not code:
-            await self.refuse("no code")
-            self.page(400, "未授权 / not authorised", "没有收到微信的授权。/ WeChat did not "
-                      "authorise this visit.", ("/wechat/oauth/start", "重试 / retry"))
-            return
-        svc = wx.service(self.ctx)
+            return await self.refuse("no code")
         try:
-            res = await wx.in_db_thread(svc.exchange_code, code)
+            res = await wx.in_db_thread(wx.service(self.ctx).exchange_code, code)
         except WechatApiError as exc:
             log.warning("WeChat web authorisation failed: %s", exc)
-            await self.refuse("code exchange failed")
-            self.page(502, "微信暂时无法验证 / WeChat unavailable",
-                      "暂时无法向微信确认您的身份，请稍后重试。/ WeChat could not confirm who you "
-                      "are; please try again shortly.", ("/wechat/oauth/start", "重试 / retry"))
-            return
+            return await self.refuse("code exchange failed")
         if res.snapshot_user:
-            await self.refuse("snapshot user")
-            self.page(403, "请使用完整服务 / open the full page",
-                      "当前为快照页，无法确认您的身份。请点击页面底部的“使用完整服务”后再查看。/ This is "
-                      "a snapshot page; tap “使用完整服务” (use full service) at the bottom first.")
-            return
-        visit = await self.in_db(store.start_visit, res.openid)
-        self.set_visit_cookie(visit.token)
-        binding = await self.in_db(store.use_binding, res.openid)
-        if binding is None:
-            self.redirect("/wechat/#bind")
-            return
-        await self.sign_in(binding.patient, verified=False, binding_id=binding.id,
-                           methods="wechat")
-        self.redirect(nxt if NEXT_RE.match(nxt or "") else "/wechat/")
+            return await self.refuse("snapshot user")
+        visit, new = await self.sign_in(signin.wechat_visit, res.openid)
+        self.set_visit_cookie(visit)
+        self.redirect(nxt if new is not None else "/wechat/#bind")
 
 
 # JSON API -------------------------------------------------------------------------------------
@@ -240,22 +229,9 @@ class WechatBindHandler(WechatBase):
         self.settings_or_404()
         openid = await self.openid()
         body = self.json_body(4096)
-        ip = self.client_ip()
-
-        def run():
-            v = access.verify_identity(body, catalog=self.ctx.catalog,
-                                       key=self.ctx.secret_key, auditor=self.ctx.auditor,
-                                       ip=ip, ip_limit=self.ctx.config.access_ip_max_failures)
-            b = store.bind_patient(openid, v.patient, methods=v.methods,
-                                   auditor=self.ctx.auditor, ip=ip)
-            return v, b
-        try:
-            v, b = await self.in_db(run)
-        except store.WechatError as exc:
-            raise ApiError(exc.status, str(exc)) from None
-        new = await self.sign_in(v.patient, verified=True, binding_id=b.id,
-                                 methods="+".join(v.methods))
-        self.write_json({"ok": True, "binding_id": b.id, "csrf_token": new.session.csrf_token})
+        binding_id, new = await self.sign_in(signin.wechat_bind, openid, body)
+        self.write_json({"ok": True, "binding_id": binding_id,
+                         "csrf_token": new.session.csrf_token})
 
 
 def _binding_id(body: dict) -> int:
@@ -269,11 +245,7 @@ class WechatSwitchHandler(WechatBase):
     async def post(self) -> None:
         openid = await self.openid()
         bid = _binding_id(self.json_body(1024))
-        try:
-            b = await self.in_db(store.use_binding, openid, bid)
-        except store.WechatError as exc:
-            raise ApiError(exc.status, str(exc)) from None
-        new = await self.sign_in(b.patient, verified=False, binding_id=b.id, methods="wechat")
+        new = await self.sign_in(signin.wechat_switch, openid, bid)
         self.write_json({"ok": True, "csrf_token": new.session.csrf_token})
 
 
@@ -290,12 +262,7 @@ class WechatUnbindHandler(WechatBase):
         ended = False
         if p is not None and p.kind == "patient" and p.patient_db_id == b.patient_id:
             cred = self.credential
-
-            def out():
-                s = load_session(cred)
-                if s is not None:
-                    end_session(s)
-            await self.in_db(out)
+            await self.in_db(signin.sign_out, self.ctx, (cred,))
             self.ctx.principals.forget(cred)
             clear_session_cookie(self)
             ended = True
@@ -322,9 +289,7 @@ class WechatLogoutHandler(WechatBase):
             if tok:
                 store.end_visit(tok)
             if cred and p is not None and p.kind != "staff":
-                s = load_session(cred)
-                if s is not None:
-                    end_session(s)
+                signin.sign_out(self.ctx, (cred,))
         await self.in_db(out)
         if cred:
             self.ctx.principals.forget(cred)
