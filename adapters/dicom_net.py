@@ -24,7 +24,8 @@ from pynetdicom.sop_class import (EncapsulatedPDFStorage,
 
 from models.catalog import ALREADY_PRESENT, STORED, Catalog, find_exam
 from models.db import close_connection
-from models.integration import (note_event, retrieve_job_update)
+from models.integration import (ReportFields, file_report, note_event,
+                                retrieve_job_update)
 
 from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta, person_name_text
 from .fast_copy import make_fast_copy, needs_fast_copy
@@ -56,8 +57,10 @@ class InstanceSink:
     """Stores received instances (SCP and C-GET share it). Thread-safe."""
 
     def __init__(self, catalog: Catalog, *, charset_fallback: str = "GB18030",
-                 fast_copies: bool = True, on_stored: Callable[[dict], None] | None = None):
+                 fast_copies: bool = True, on_stored: Callable[[dict], None] | None = None,
+                 receivers: list[str] = ()):
         self.catalog = catalog
+        self.receivers = list(receivers)     # HL7 'film published' for a filed PDF report
         self.charset_fallback = charset_fallback
         self.fast_copies = fast_copies
         self.on_stored = on_stored
@@ -101,20 +104,15 @@ class InstanceSink:
         return _failure(code, reason)
 
     def _pdf_report(self, meta: dict, ds: Dataset) -> None:
-        """An Encapsulated PDF object becomes the exam's PDF report (the DICOM object is
-        kept as well)."""
+        """An Encapsulated PDF object becomes the exam's PDF report, keeping the report's
+        text (file_report's rules; the DICOM object is kept as well)."""
         pdf = bytes(ds.get("EncapsulatedDocument", b"") or b"").rstrip(b"\x00")
         exam = find_exam(meta["study_uid"])
         if exam is None or not pdf.startswith(b"%PDF-"):
             return
         try:
-            old = exam.reports.first()
-            self.catalog.store_report(
-                exam, pdf=pdf, findings=old.findings if old else "",
-                impression=old.impression if old else "", author=old.author if old else "",
-                reviewer=old.reviewer if old else "",
-                signed_at=old.signed_at if old else None,
-                status=old.status if old else "final")
+            file_report(self.catalog, exam, ReportFields(pdf=pdf, pdf_only=True),
+                        receivers=self.receivers)
         except Exception as exc:  # noqa: BLE001 - the instance itself is stored
             log.info("encapsulated PDF %s not filed as report: %s", meta["sop_uid"], exc)
 
@@ -139,9 +137,10 @@ class DicomScp:
                  host: str = "127.0.0.1", port: int = 11112,
                  allowed_aets: list[str] | None = None, max_associations: int = 8,
                  charset_fallback: str = "GB18030", fast_copies: bool = True,
-                 on_stored: Callable[[dict], None] | None = None):
+                 on_stored: Callable[[dict], None] | None = None, receivers: list[str] = ()):
         self.sink = InstanceSink(catalog, charset_fallback=charset_fallback,
-                                 fast_copies=fast_copies, on_stored=on_stored)
+                                 fast_copies=fast_copies, on_stored=on_stored,
+                                 receivers=receivers)
         self.ae_title, self.host, self.port = ae_title, host, port
         self.allowed = [a.strip() for a in (allowed_aets or []) if a.strip()]
         self.max_associations = max_associations

@@ -174,6 +174,19 @@ class ZipLayout:
         return data
 
     # streaming ----------------------------------------------------------------------------
+    def prepare(self, start: int, end: int) -> None:
+        """Compute (blocking; call it off the event loop) the CRC-32s that bytes [start, end]
+        need but that streaming them does not compute on the way: those of files only partly
+        inside the range whose data descriptor, or any central directory entry, is inside it.
+        Streaming the range then only reads the bytes it sends."""
+        central = end >= self.cd_offset
+        for e in self.entries:
+            d0 = e.offset + 30 + len(e.name)
+            t0 = d0 + e.size
+            whole = start <= d0 and t0 - 1 <= end
+            if not whole and (central or (t0 <= end and t0 + 16 > start)):
+                self.crc_of(e)
+
     def iter_range(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Bytes [start, end] (inclusive) of the archive, in chunks; blocking file reads."""
         end = self.size - 1 if end is None else end

@@ -16,7 +16,7 @@ from models.catalog import Catalog
 from models.storage import valid_uid
 from models.integration import (IntegrationError, ReportFields, Unsupported, apply_inbound,
                                 file_report, find_exam, merge_patients, record_failure,
-                                upsert_order, upsert_patient, write_report_pdf)
+                                upsert_order, upsert_patient)
 
 from .hl7_codec import (CJK_RE, Hl7Error, Message, build_ack, decode_message, encode,
                         fallback_control_id, parse_date, parse_ts, person_name)
@@ -280,11 +280,10 @@ class Hl7Inbound:
         signer, reviewer = _interpreter(msg, obr, 32), _interpreter(msg, obr, 33)
         signed = parse_ts(msg.get(obr, 22)) or parse_ts(
             msg.get(msg.all("OBX")[0], 14) if msg.all("OBX") else "")
-        pdf_file = write_report_pdf(self.catalog, exam, pdf) if pdf else None
         r = ReportFields(findings="\n".join(findings), impression="\n".join(impression),
-                         author=signer, reviewer=reviewer,
+                         pdf=pdf, author=signer, reviewer=reviewer,
                          signed_at=signed, status=RESULT_STATUS[status_code])
-        file_report(self.catalog, exam, r, pdf_file=pdf_file, receivers=self.s.receivers)
+        file_report(self.catalog, exam, r, receivers=self.s.receivers)
         return f"report {exam.accession_number or exam.study_uid}: {r.status}" + (
             " with PDF" if pdf else "")
 

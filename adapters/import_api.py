@@ -27,8 +27,7 @@ from pydicom.uid import generate_uid
 from models.catalog import ALREADY_PRESENT, STORED, Catalog, CatalogError
 from models.integration import (IntegrationError, ReportFields, Unsupported, apply_inbound,
                                 file_report, find_exam, inbound_duplicate, merge_patients,
-                                record_failure, upsert_order, upsert_patient,
-                                write_report_pdf)
+                                record_failure, upsert_order, upsert_patient)
 
 from .convert import ConversionError, PictureMeta, picture_to_dicom
 from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta
@@ -144,9 +143,10 @@ def stable_uid(*parts: str) -> str:
 
 
 def store_dicom(catalog: Catalog, data: bytes, origin: str, source: str,
-                charset_fallback: str = "GB18030") -> dict:
-    """Store one DICOM file from the API or the watched folder (an encapsulated PDF also
-    becomes the exam's report). Raises IntegrationError with the reason (quarantined)."""
+                charset_fallback: str = "GB18030", receivers: list[str] = ()) -> dict:
+    """Store one DICOM file from the API or the watched folder (an encapsulated PDF is also
+    filed as the exam's report, file_report's rules). Raises IntegrationError with the
+    reason (quarantined)."""
     try:
         meta, ds = extract_meta(data, charset_fallback=charset_fallback)
     except DicomRejected as exc:
@@ -159,7 +159,8 @@ def store_dicom(catalog: Catalog, data: bytes, origin: str, source: str,
         pdf = bytes(ds.get("EncapsulatedDocument", b"") or b"").rstrip(b"\x00")
         exam = find_exam(None, meta["study_uid"])
         if exam is not None and pdf.startswith(b"%PDF-"):
-            catalog.store_report(exam, pdf=pdf, status="final")
+            file_report(catalog, exam, ReportFields(pdf=pdf, pdf_only=True),
+                        receivers=receivers)
     return {"outcome": result.outcome, "sop_uid": result.sop_uid,
             "study_uid": result.study_uid}
 
@@ -289,26 +290,23 @@ class ImportApi:
             exam = upsert_order(self.catalog, patient_fields(doc["patient"]),
                                 {"accession": acc, "study_uid": uid, "status": "examined",
                                  "modality": _text(doc, "modality", 16)}, source="api")
-        pdf_file = None
-        if doc.get("pdf_base64"):
-            pdf_file = write_report_pdf(self.catalog, exam, _b64(doc["pdf_base64"],
-                                                                 "pdf_base64"))
+        pdf = _b64(doc["pdf_base64"], "pdf_base64") if doc.get("pdf_base64") else None
         status = doc.get("status", "final")
         r = ReportFields(findings=_text(doc, "findings", 100000),
-                         impression=_text(doc, "impression", 100000),
+                         impression=_text(doc, "impression", 100000), pdf=pdf,
                          author=_text(doc, "author", 128), reviewer=_text(doc, "reviewer", 128),
                          signed_at=_datetime(doc.get("signed_at"), "signed_at"),
                          status=status if isinstance(status, str) else "")
-        file_report(self.catalog, exam, r, pdf_file=pdf_file, receivers=self.receivers)
+        file_report(self.catalog, exam, r, receivers=self.receivers)
         result.update(accession_number=exam.accession_number, study_uid=exam.study_uid,
-                      report_status=r.status, has_pdf=bool(pdf_file))
+                      report_status=r.status, has_pdf=pdf is not None)
         return f"report {exam.accession_number}: {r.status}"
 
     def _image(self, doc: dict, client: str, mid: str) -> dict:
         origin = f"api:{client}:{mid}"[:255]
         if doc.get("dicom_base64"):
             return store_dicom(self.catalog, _b64(doc["dicom_base64"], "dicom_base64"),
-                               origin, "api", self.charset_fallback)
+                               origin, "api", self.charset_fallback, self.receivers)
         data = _b64(doc.get("picture_base64"), "picture_base64")
         return store_picture(self.catalog, data, doc.get("exam") or {}, origin, "api",
                              uid_seed=f"{client}:{mid}")

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 from models.catalog import ALREADY_PRESENT, REJECTED, STORED, Catalog, find_exam
+from models.integration import ReportFields, file_report
 
 from .fast_copy import make_fast_copies, needs_fast_copy
 from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta
@@ -54,8 +55,9 @@ class Item:
 class Importer:
     def __init__(self, catalog: Catalog, *, charset_fallback: str = "GB18030",
                  max_file_bytes: int = 2 << 30, source: str = "import",
-                 fast_copies: bool = True):
+                 fast_copies: bool = True, receivers: list[str] = ()):
         self.catalog = catalog
+        self.receivers = list(receivers)     # HL7 'film published' for a filed PDF report
         self.fast_copies = fast_copies
         self._pending_copies: list[tuple[str, str]] = []     # (original, copy) relpaths
         self.charset_fallback = charset_fallback
@@ -221,10 +223,10 @@ class Importer:
             summary.rejected.append((item.name, "encapsulated PDF report for an exam that has "
                                                 "no images here yet; import the images first"))
             return REJECTED
-        pdf = bytes(ds.get("EncapsulatedDocument", b""))
+        pdf = bytes(ds.get("EncapsulatedDocument", b"") or b"").rstrip(b"\x00")
         try:
-            self.catalog.store_report(exam, pdf=pdf.rstrip(b"\x00") if pdf else None,
-                                      author="", status="final")
+            file_report(self.catalog, exam, ReportFields(pdf=pdf, pdf_only=True),
+                        receivers=self.receivers)
         except Exception as exc:  # noqa: BLE001 - CatalogError or a broken PDF
             summary.rejected.append((item.name, f"encapsulated PDF rejected: {exc}"))
             return REJECTED

@@ -23,7 +23,7 @@ from pathlib import Path
 from models.catalog import Catalog, CatalogError
 from models.db import write_transaction
 from models.integration import (IntegrationError, ReportFields, file_report, find_exam,
-                                note_event, upsert_order, write_report_pdf)
+                                note_event, upsert_order)
 
 from .convert import is_picture
 from .import_api import _datetime, patient_fields, store_dicom, store_picture
@@ -127,7 +127,8 @@ class WatchFolder:
         if not data:
             raise IntegrationError("empty file")
         if data[128:132] == b"DICM":
-            r = store_dicom(self.catalog, data, origin, "folder", self.charset_fallback)
+            r = store_dicom(self.catalog, data, origin, "folder", self.charset_fallback,
+                            self.receivers)
             return f"DICOM {r['sop_uid']} {r['outcome']}"
         if data.startswith(b"%PDF-"):
             return self._report(p, data, self._sidecar(sidecar))
@@ -158,14 +159,13 @@ class WatchFolder:
                 exam = upsert_order(self.catalog, patient_fields(doc["patient"]),
                                     {"accession": acc, "study_uid": uid,
                                      "status": "examined"}, source="folder")
-            pdf_file = write_report_pdf(self.catalog, exam, pdf)
-            r = ReportFields(findings=str(doc.get("findings") or ""),
+            r = ReportFields(findings=str(doc.get("findings") or ""), pdf=pdf,
                              impression=str(doc.get("impression") or ""),
                              author=str(doc.get("author") or ""),
                              reviewer=str(doc.get("reviewer") or ""),
                              signed_at=_datetime(doc.get("signed_at"), "signed_at"),
                              status=status)
-            file_report(self.catalog, exam, r, pdf_file=pdf_file, receivers=self.receivers)
+            file_report(self.catalog, exam, r, receivers=self.receivers)
         return f"report PDF for {exam.accession_number or exam.study_uid}"
 
     def _move(self, p: Path, sidecar: Path | None, dest: Path, reason: str | None) -> None:

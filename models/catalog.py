@@ -16,8 +16,9 @@ from typing import Any
 import peewee as pw
 
 from .db import database, write_transaction
-from .schema import (EXAM_CATEGORIES, Exam, Instance, Patient, Quarantine, Report, Series,
-                     utcnow)
+from .errors import DomainError
+from .schema import (EXAM_CATEGORIES, DownloadLog, Exam, Instance, Patient, Quarantine, Report,
+                     Series, utcnow)
 from .storage import Storage, StorageError, sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def category_for_modality(modality: str) -> str:
     return "radiology"
 
 
-class CatalogError(Exception):
+class CatalogError(DomainError):
     """Bad input to a catalog verb; the message says what is wrong."""
 
     status = 400
@@ -343,39 +344,17 @@ class Catalog:
     # reports ---------------------------------------------------------------------------
     def store_report(self, exam: Exam, *, findings: str = "", impression: str = "",
                      pdf: bytes | None = None, author: str = "", reviewer: str = "",
-                     signed_at: dt.datetime | None = None, status: str = "final") -> Report:
-        """Store (or replace) the exam's report; the PDF is kept byte-exact on disk."""
-        if status not in ("preliminary", "final", "corrected"):
-            raise CatalogError(f"report status {status!r}: expected preliminary, final or "
-                               "corrected")
-        pdf_rel = pdf_sha = None
-        if pdf is not None:
-            if not pdf.startswith(b"%PDF-"):
-                raise CatalogError("the report file is not a PDF (it does not start with %PDF-)")
-            if not exam.study_uid:
-                raise CatalogError("the exam has no Study Instance UID yet; cannot file a PDF")
-            pdf_sha = sha256_bytes(pdf)
-            pdf_rel = self.storage.report_relpath(exam.study_uid, pdf_sha)
-            self.storage.put_atomic(pdf_rel, pdf)
-        with write_transaction():
-            report = Report.get_or_none(Report.exam == exam)
-            if report is None:
-                report = Report(exam=exam)
-            report.findings = findings
-            report.impression = impression
-            if pdf_rel:
-                report.pdf_path, report.pdf_sha256 = pdf_rel, pdf_sha
-            report.author, report.reviewer = author[:128], reviewer[:128]
-            report.signed_at = signed_at
-            report.status = status
-            report.updated_at = utcnow()
-            report.save()
-            if status in ("final", "corrected"):
-                Exam.update(status="reported", updated_at=utcnow()).where(
-                    Exam.id == exam.id).execute()
-                from .wechat import queue_report_ready   # WeChat 'report ready', same transaction
-                queue_report_ready(exam, status=status)
-        return report
+                     signed_at: dt.datetime | None = None, status: str = "final",
+                     receivers: list[str] = ()) -> Report:
+        """Store (or replace) the exam's report, for tests and scripts: filed by
+        models.integration.file_report, the one function every path calls (its rules: a
+        preliminary never replaces a final report, a corrected one does, the notices). The
+        PDF is kept byte-exact; here it need only start with %PDF-."""
+        from .integration import ReportFields, file_report, write_report_pdf
+        pdf_file = None if pdf is None else write_report_pdf(self, exam, pdf, complete=False)
+        return file_report(self, exam, ReportFields(
+            findings=findings, impression=impression, author=author, reviewer=reviewer,
+            signed_at=signed_at, status=status), pdf_file=pdf_file, receivers=receivers)
 
     # queries ---------------------------------------------------------------------------
     def find_studies(self, *, patient_id: str | None = None, accession: str | None = None,
@@ -564,3 +543,28 @@ def report_summary(r: Report) -> dict:
             "author": r.author, "reviewer": r.reviewer,
             "signed_at": r.signed_at.isoformat() if r.signed_at else None,
             "has_pdf": bool(r.pdf_path)}
+
+
+# download log -------------------------------------------------------------------------------
+def download_log(*, study_uid: str | None = None, patient_db_id: int | None = None,
+                 since: dt.datetime | None = None, until: dt.datetime | None = None,
+                 limit: int = 200) -> dict:
+    """The download log, newest first, optionally of one exam, one patient and a time window
+    [since, until) (UTC): {"total": rows matching, "downloads": at most `limit` of them}.
+    The one query behind GET /api/downloads and /api/admin/downloads (staff download.read)."""
+    q = DownloadLog.select(DownloadLog, Exam).join(Exam)
+    if study_uid:
+        q = q.where(Exam.study_uid == study_uid)
+    if patient_db_id is not None:
+        q = q.where(Exam.patient == patient_db_id)
+    if since is not None:
+        q = q.where(DownloadLog.time >= since)
+    if until is not None:
+        q = q.where(DownloadLog.time < until)
+    rows = q.order_by(DownloadLog.time.desc(), DownloadLog.id.desc()).limit(limit)
+    return {"total": q.count(), "downloads": [{
+        "id": d.id, "time": d.time.isoformat() + "Z", "study_uid": d.exam.study_uid,
+        "accession_number": d.exam.accession_number, "scope": d.scope,
+        "object_uid": d.object_uid, "actor_kind": d.actor_kind, "actor_id": d.actor_id,
+        "ip": d.ip, "user_agent": d.user_agent, "bytes_total": d.bytes_total,
+        "bytes_sent": d.bytes_sent, "completed": bool(d.completed)} for d in rows]}

@@ -19,7 +19,8 @@ import peewee as pw
 
 from .catalog import Catalog, CatalogError, NotFound, category_for_modality
 from .db import write_transaction
-from .schema import (BaseModel, Exam, InboundMessage, Outbox, Patient, Report, utcnow)
+from .schema import (REPORT_STATUSES, BaseModel, Exam, InboundMessage, Outbox, Patient, Report,
+                     utcnow)
 from .storage import sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -218,14 +219,27 @@ class ReportFields:
     reviewer: str = ""
     signed_at: dt.datetime | None = None
     status: str = "final"
+    # An encapsulated PDF (DICOM): a document without text or a status of its own. It is
+    # attached to the exam's report, whose text, signer and status it keeps (final when the
+    # exam had no final report yet).
+    pdf_only: bool = False
 
 
-def write_report_pdf(catalog: Catalog, exam: Exam, pdf: bytes) -> tuple[str, str]:
+class ReportNotReplaced(IntegrationError):
+    """A preliminary report for an exam whose report is already final: not filed."""
+
+    status = 409
+
+
+def write_report_pdf(catalog: Catalog, exam: Exam, pdf: bytes, *,
+                     complete: bool = True) -> tuple[str, str]:
     """Write a report PDF (byte-exact, atomically) and return (relpath, sha256). Done before
-    the transaction that points at it: an orphan file after a crash is harmless."""
+    the transaction that points at it: an orphan file after a crash is harmless. Every path
+    requires a complete PDF (%%EOF at its end); Catalog.store_report (tests, scripts) passes
+    complete=False."""
     if not pdf.startswith(b"%PDF-"):
         raise IntegrationError("the report file is not a PDF (it does not start with %PDF-)")
-    if b"%%EOF" not in pdf[-1024:]:
+    if complete and b"%%EOF" not in pdf[-1024:]:
         raise IntegrationError("the report PDF is truncated (no %%EOF at its end)")
     sha = sha256_bytes(pdf)
     folder = exam.study_uid or f"2.25.{exam.id}"
@@ -236,36 +250,76 @@ def write_report_pdf(catalog: Catalog, exam: Exam, pdf: bytes) -> tuple[str, str
 
 def file_report(catalog: Catalog, exam: Exam, r: ReportFields, *, pdf_file=None,
                 receivers: list[str] = (), notice: dict | None = None) -> Report:
-    """Store (or replace) the exam's report. pdf_file: (relpath, sha) from write_report_pdf.
-    A final or corrected report queues a 'film published' notice for every receiver, in the
-    same transaction. Call inside a transaction."""
-    if r.status not in ("preliminary", "final", "corrected"):
+    """File (or replace) the exam's report: the one function every path calls (HL7 ORU,
+    a DICOM encapsulated PDF received or imported, the import API, the watched folder, the
+    CLI; Catalog.store_report delegates here). The same rules everywhere:
+
+    - the status is preliminary, final or corrected;
+    - a preliminary report never replaces a final or corrected one: ReportNotReplaced (409),
+      the stored report is unchanged (HL7 answers AE, the import API 400, the folder moves
+      the file to failed/, a DICOM peer's object is kept but not filed as the report);
+    - a corrected report replaces whatever is there and is stored as 'corrected';
+    - the PDF (r.pdf, or pdf_file = (relpath, sha) from write_report_pdf) must start with
+      %PDF- and end with %%EOF; it is stored byte-exact before the rows point at it;
+    - a final or corrected report marks the exam reported and queues, in the same
+      transaction, a 'film published' HL7 notice per receiver (OBR-25 F or C) and the WeChat
+      'report ready' messages; a repeat of the same content queues nothing new.
+
+    Owns its transaction (a savepoint inside a caller's)."""
+    if r.status not in REPORT_STATUSES:
         raise IntegrationError(f"report status {r.status!r}: expected preliminary, final or "
                                "corrected")
-    report = Report.get_or_none(Report.exam == exam) or Report(exam=exam)
-    if report.id and report.status in ("final", "corrected") and r.status == "preliminary":
-        raise IntegrationError("a preliminary result cannot replace a final report")
-    report.findings, report.impression = r.findings, r.impression
-    if pdf_file:
-        report.pdf_path, report.pdf_sha256 = pdf_file
-    report.author, report.reviewer = r.author[:128], r.reviewer[:128]
-    report.signed_at = r.signed_at
-    report.status = r.status
-    report.updated_at = utcnow()
-    report.save()
-    if r.status in ("final", "corrected"):
-        Exam.update(status="reported", updated_at=utcnow()).where(Exam.id == exam.id).execute()
-        digest = hashlib.sha256(json.dumps(
-            [r.findings, r.impression, report.pdf_sha256, r.status, str(r.signed_at)],
-            ensure_ascii=False).encode()).hexdigest()[:24]
-        payload = {"kind": "film_published", "accession": exam.accession_number or "",
-                   "study_uid": exam.study_uid or "", "patient_id": exam.patient.patient_id,
-                   "report_status": r.status, "exam_id": exam.id, **(notice or {})}
-        for dest in receivers:
-            enqueue("hl7", dest, f"film:{exam.id}:{digest}:{dest}", payload)
-        from .wechat import queue_report_ready   # WeChat 'report ready', same transaction
-        queue_report_ready(exam, status=r.status, digest=digest)
+    if r.pdf is not None and pdf_file is None:
+        pdf_file = write_report_pdf(catalog, exam, r.pdf)
+    if r.pdf_only and not pdf_file:
+        raise IntegrationError("the document holds no PDF")
+    with write_transaction():
+        report = Report.get_or_none(Report.exam == exam) or Report(exam=exam)
+        was_final = report.id is not None and report.status in ("final", "corrected")
+        if r.pdf_only:
+            r = _attached_pdf(report, r, was_final)
+        if was_final and r.status == "preliminary":
+            raise ReportNotReplaced("a preliminary result cannot replace a final report")
+        report.findings, report.impression = r.findings, r.impression
+        if pdf_file:
+            report.pdf_path, report.pdf_sha256 = pdf_file
+        report.author, report.reviewer = r.author[:128], r.reviewer[:128]
+        report.signed_at = r.signed_at
+        report.status = r.status
+        report.updated_at = utcnow()
+        report.save()
+        if r.status in ("final", "corrected"):
+            _report_notices(exam, report, receivers, notice)
+    if r.status == "corrected":
+        log.info("report of exam %s filed as a correction", exam.id)
     return report
+
+
+def _attached_pdf(report: Report, r: ReportFields, was_final: bool) -> ReportFields:
+    """A PDF-only document keeps the report's text, signer and (final) status."""
+    if report.id is None:
+        return ReportFields(status="final")
+    return ReportFields(findings=report.findings, impression=report.impression,
+                        author=report.author, reviewer=report.reviewer,
+                        signed_at=report.signed_at,
+                        status=report.status if was_final else "final")
+
+
+def _report_notices(exam: Exam, report: Report, receivers, notice: dict | None) -> None:
+    """Exam reported; 'film published' per HL7 receiver and WeChat 'report ready' (inside
+    the transaction that filed the report). The digest of the content keys both, so a
+    repeated report queues nothing and a changed one (a correction) is announced again."""
+    Exam.update(status="reported", updated_at=utcnow()).where(Exam.id == exam.id).execute()
+    digest = hashlib.sha256(json.dumps(
+        [report.findings, report.impression, report.pdf_sha256, report.status,
+         str(report.signed_at)], ensure_ascii=False).encode()).hexdigest()[:24]
+    payload = {"kind": "film_published", "accession": exam.accession_number or "",
+               "study_uid": exam.study_uid or "", "patient_id": exam.patient.patient_id,
+               "report_status": report.status, "exam_id": exam.id, **(notice or {})}
+    for dest in receivers:
+        enqueue("hl7", dest, f"film:{exam.id}:{digest}:{dest}", payload)
+    from .wechat import queue_report_ready   # WeChat 'report ready', same transaction
+    queue_report_ready(exam, status=report.status, digest=digest)
 
 
 # outbox -----------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ def load_demo(ctx, *, force: bool = False, out=sys.stdout) -> bool:
     from adapters.demo_data import generate_demo
     from adapters.importer import Importer
     from models.catalog import find_exam
+    from models.integration import ReportFields, file_report
 
     work = ctx.config.path("data_dir").parent / "demo-build"
     shutil.rmtree(work, ignore_errors=True)
@@ -85,10 +86,11 @@ def load_demo(ctx, *, force: bool = False, out=sys.stdout) -> bool:
         exam = find_exam(r["study_uid"])
         if exam is None:
             continue
-        ctx.catalog.store_report(exam, findings=r.get("findings", ""),
-                                 impression=r.get("impression", ""), pdf=r.get("pdf"),
-                                 author=r.get("author", ""), reviewer=r.get("reviewer", ""),
-                                 signed_at=r.get("signed_at"), status=r.get("status", "final"))
+        # the one report-filing function; demo exams are announced to no HL7 receiver
+        file_report(ctx.catalog, exam, ReportFields(
+            findings=r.get("findings", ""), impression=r.get("impression", ""),
+            pdf=r.get("pdf"), author=r.get("author", ""), reviewer=r.get("reviewer", ""),
+            signed_at=r.get("signed_at"), status=r.get("status", "final")))
     marker.write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
     shutil.rmtree(work, ignore_errors=True)
     print(f"演示数据已载入 / demo data loaded: {summary.imported} images, "

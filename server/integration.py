@@ -127,7 +127,8 @@ async def start_background(ctx, primary: bool) -> Services:
                                 port=c.dicom_port, allowed_aets=allowed,
                                 max_associations=c.dicom_max_associations,
                                 charset_fallback=c.charset_fallback,
-                                fast_copies=c.predecode_after_import)
+                                fast_copies=c.predecode_after_import,
+                                receivers=receivers(c))
         await loop.run_in_executor(None, SERVICES.scp.start)
     if c.hl7_enabled:
         SERVICES.mllp = await start_hl7(ctx, c.hl7_bind, c.hl7_port)

@@ -62,3 +62,21 @@ def to_bytes(ds: Dataset) -> bytes:
 
 def ct_bytes(**kw) -> bytes:
     return to_bytes(ct_dataset(**kw))
+
+
+def encapsulated_pdf(study_uid: str, pdf: bytes, *, patient_id: str,
+                     name: str = "Test^Pdf") -> Dataset:
+    """An Encapsulated PDF object (a report sent over DICOM) for an exam."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.PatientName = patient_id, name
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.Modality, ds.MIMETypeOfEncapsulatedDocument = "DOC", "application/pdf"
+    ds.EncapsulatedDocument = pdf + (b"\0" if len(pdf) % 2 else b"")
+    return ds

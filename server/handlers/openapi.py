@@ -72,7 +72,8 @@ SUMMARIES = {
     "/api/admin/audit": "Search the audit trail (audit.read).",
     "/api/admin/audit.csv": "Export the audit trail as CSV (audit.read).",
     "/api/admin/audit/verify": "Verify the audit trail's HMAC chain (audit.read).",
-    "/api/admin/downloads": "Download log (download.read).",
+    "/api/admin/downloads": "Download log (download.read; study_uid, since, until, limit); "
+                            "the same handler and JSON as /api/downloads.",
     "/api/admin/security": "Security policy (GET) or change it (PUT); security.manage.",
     "/api/shares": "Shares of an exam (GET) or create one with an access code (POST).",
     "/api/shares/{share_id}/revoke": "Revoke a share.",
@@ -94,7 +95,8 @@ SUMMARIES = {
     "/api/download/studies/{p1}/series/{p2}.zip": "Original DICOM of a series as ZIP.",
     "/api/download/studies/{p1}/series/{p2}/instances/{p3}.zip":
         "One original DICOM image as ZIP.",
-    "/api/downloads": "Download log of an exam.",
+    "/api/downloads": "Download log (download.read; study_uid, since, until, limit); "
+                      "the same handler and JSON as /api/admin/downloads.",
     "/api/wechat/me": "The WeChat user's bound patients and current patient.",
     "/api/wechat/bind": "Bind the verified patient to the WeChat account.",
     "/api/wechat/switch": "Switch to another bound patient.",

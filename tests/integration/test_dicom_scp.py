@@ -8,12 +8,11 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from models.schema import Exam, Instance, Quarantine, Report
 from tests.conftest import corpus_files
-from tests.dicom_factory import ct_bytes, ct_dataset, to_bytes
+from tests.dicom_factory import ct_bytes, ct_dataset, encapsulated_pdf, to_bytes
 
 from .conftest import need
 
@@ -175,18 +174,7 @@ def test_encapsulated_pdf_becomes_the_report(scp, tmp_path, ctx):
     img = tmp_path / "img.dcm"
     img.write_bytes(ct_bytes(study_uid=study, patient_id="PPDF"))
     pdf = report_pdf("A001")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.PatientName = "PPDF", "Test^Pdf"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
-    ds.Modality, ds.MIMETypeOfEncapsulatedDocument = "DOC", "application/pdf"
-    ds.EncapsulatedDocument = pdf + (b"\0" if len(pdf) % 2 else b"")
+    ds = encapsulated_pdf(study, pdf, patient_id="PPDF")
     doc = tmp_path / "report.dcm"
     doc.write_bytes(to_bytes(ds))
     out = storescu(scp.port, [img, doc])

@@ -31,7 +31,7 @@ async function load() {
 
 async function loadDownloads() {
   try {
-    const r = await api('GET', '/api/admin/downloads?per_page=100');
+    const r = await api('GET', '/api/admin/downloads?limit=100');
     $('downloads').tBodies[0].replaceChildren(...r.downloads.map((d) => el('tr', {}, el('td', {}, fmtTime(d.time)),
       el('td', {}, d.accession_number || d.study_uid), el('td', {}, `${d.actor_id}（${d.actor_kind}）`), el('td', {}, d.scope),
       el('td', {}, `${d.bytes_sent} / ${d.bytes_total}`), el('td', {}, d.completed ? '是' : '否'), el('td', {}, d.ip), el('td', {}, d.user_agent))));
