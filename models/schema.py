@@ -118,12 +118,10 @@ class Quarantine(BaseModel):
     created_at = pw.DateTimeField(default=utcnow, index=True)
 
 
-class Share(BaseModel):
-    exam = pw.ForeignKeyField(Exam, backref="shares", on_delete="CASCADE")
-    token_hash = pw.CharField(max_length=64, unique=True)
-    code_hash = pw.CharField(max_length=128)
-    include_images = pw.BooleanField(default=True)
-    allow_download = pw.BooleanField(default=False)
+class CountedLink(BaseModel):
+    """What an exam share and a patient QR have in common: opens counted against a limit,
+    an expiry, revocation, a lock after wrong codes, and who made it. (No table of its own:
+    peewee copies these fields into each subclass's table.)"""
     max_opens = pw.IntegerField(default=5)
     opens = pw.IntegerField(default=0)
     expires_at = pw.DateTimeField()
@@ -133,6 +131,14 @@ class Share(BaseModel):
     created_by_kind = pw.CharField(max_length=16, default="staff")
     created_by = pw.CharField(max_length=64, default="")
     created_at = pw.DateTimeField(default=utcnow)
+
+
+class Share(CountedLink):
+    exam = pw.ForeignKeyField(Exam, backref="shares", on_delete="CASCADE")
+    token_hash = pw.CharField(max_length=64, unique=True)
+    code_hash = pw.CharField(max_length=128)
+    include_images = pw.BooleanField(default=True)
+    allow_download = pw.BooleanField(default=False)
 
 
 class AuditEvent(BaseModel):
@@ -263,7 +269,7 @@ class AuditHead(BaseModel):
 ALL_MODELS.extend([Session, ApiToken, RuntimeSetting, AuditHead])
 
 
-class PatientShare(BaseModel):
+class PatientShare(CountedLink):
     """A patient-level QR code (R1.4): after identity verification it leads to all of one
     patient's exams, current and later ones. Counted, expiring and revocable like an exam
     share. The link token is derived from the server key and `link_nonce` (so its owner can
@@ -271,15 +277,6 @@ class PatientShare(BaseModel):
     patient = pw.ForeignKeyField(Patient, backref="patient_shares", on_delete="CASCADE")
     token_hash = pw.CharField(max_length=64, unique=True)
     link_nonce = pw.CharField(max_length=32)
-    max_opens = pw.IntegerField(default=5)
-    opens = pw.IntegerField(default=0)
-    expires_at = pw.DateTimeField()
-    revoked_at = pw.DateTimeField(null=True)
-    failed_attempts = pw.IntegerField(default=0)
-    locked_until = pw.DateTimeField(null=True)
-    created_by_kind = pw.CharField(max_length=16, default="staff")
-    created_by = pw.CharField(max_length=64, default="")
-    created_at = pw.DateTimeField(default=utcnow)
 
 
 class PatientShareSession(BaseModel):

@@ -399,13 +399,27 @@ def _window_u8(v, fn, c, w, lo, hi, invert):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _linear_coeffs(slope, intercept, fn, center, width):
-    """Fold rescale + LINEAR/LINEAR_EXACT into y = s*A + B (then clip): (A, B, ok)."""
+def _tap_span(xi, tx, W):
+    """First source column the horizontal taps read, and how many columns they span."""
+    x0 = xi[:, 0].min()
+    return x0, min(xi[:, 0].max() + tx, W) - x0
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _window_bounds(fn, center, width):
+    """(c, w, lo, hi) of a window: LINEAR (fn 0) shifts by half a value (PS3.3 C.11.2.1.2)."""
     c = center
     w = width
     if fn == 0:
         c = center - 0.5
         w = width - 1.0
+    return c, w, c - w / 2.0, c + w / 2.0
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _linear_coeffs(slope, intercept, fn, center, width):
+    """Fold rescale + LINEAR/LINEAR_EXACT into y = s*A + B (then clip): (A, B, ok)."""
+    c, w, _lo, _hi = _window_bounds(fn, center, width)
     if (fn == 0 or fn == 1) and w > 0.0:
         a = 255.0 / w
         return slope * a, (intercept - c) * a + 127.5, True
@@ -453,13 +467,7 @@ def render_grey_kernel(src, yi, yw, xi, xw, slope, intercept, fn, center, width,
     horizontal taps gather into a second buffer, then one branch-free window loop.
     """
     A, B, linear = _linear_coeffs(slope, intercept, fn, center, width)
-    c = center
-    w = width
-    if fn == 0:
-        c = center - 0.5
-        w = width - 1.0
-    lo = c - w / 2.0
-    hi = c + w / 2.0
+    c, w, lo, hi = _window_bounds(fn, center, width)
     oh = out.shape[0]
     ow = out.shape[1]
     ty = yi.shape[1]
@@ -467,8 +475,7 @@ def render_grey_kernel(src, yi, yw, xi, xw, slope, intercept, fn, center, width,
     W = src.shape[1]
     # horizontal taps are contiguous from xi[p, 0]; taps past the image edge weigh 0 and
     # read the zero padding of the row buffer
-    x0 = xi[:, 0].min()
-    nx = min(xi[:, 0].max() + tx, W) - x0
+    x0, nx = _tap_span(xi, tx, W)
     tmp = np.zeros(nx + tx)
     row = np.empty(ow)
     xs = np.empty(ow, np.int64)
@@ -505,13 +512,7 @@ def render_grey_kernel(src, yi, yw, xi, xw, slope, intercept, fn, center, width,
 def window_grey_kernel(src, y0, x0, slope, intercept, fn, center, width, invert, out):
     """Native-size fast path: out = window(src[y0:y0+oh, x0:x0+ow] * slope + intercept)."""
     A, B, linear = _linear_coeffs(slope, intercept, fn, center, width)
-    c = center
-    w = width
-    if fn == 0:
-        c = center - 0.5
-        w = width - 1.0
-    lo = c - w / 2.0
-    hi = c + w / 2.0
+    c, w, lo, hi = _window_bounds(fn, center, width)
     ow = out.shape[1]
     for o in range(out.shape[0]):
         _window_row(src[y0 + o, x0:x0 + ow], ow, linear, A, B, slope, intercept, fn, c, w,
@@ -527,8 +528,7 @@ def render_color_kernel(src, yi, yw, xi, xw, invert, out):
     ty = yi.shape[1]
     tx = xw.shape[1]
     W = src.shape[1]
-    x0 = xi[:, 0].min()
-    nx = min(xi[:, 0].max() + tx, W) - x0
+    x0, nx = _tap_span(xi, tx, W)
     tmp = np.zeros((nx + tx, nc))
     xs = np.empty(ow, np.int64)
     for p in range(ow):

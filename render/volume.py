@@ -153,29 +153,38 @@ def _transpose_zyx_to_xzy(src, out):
                         out[x, z, y] = src[z, y, x]
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _fold_start(mode):
+    """The empty projection: -inf for a maximum, +inf for a minimum, 0 for a sum."""
+    if mode == 0:
+        return -np.inf
+    if mode == 1:
+        return np.inf
+    return 0.0
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fold(mode, acc, v):
+    """One value into a projection: 0 maximum (MIP), 1 minimum (MinIP), 2 sum (average)."""
+    if mode == 0:
+        return max(acc, v)
+    if mode == 1:
+        return min(acc, v)
+    return acc + v
+
+
 @njit(nogil=True, cache=True)
 def _pool2(src, mode, out):
     nz, ny, nx = src.shape
     for k in range(out.shape[0]):
         for r in range(out.shape[1]):
             for c in range(out.shape[2]):
-                if mode == 0:
-                    acc = -np.inf
-                elif mode == 1:
-                    acc = np.inf
-                else:
-                    acc = 0.0
+                acc = _fold_start(mode)
                 n = 0
                 for a in range(2 * k, min(2 * k + 2, nz)):
                     for b in range(2 * r, min(2 * r + 2, ny)):
                         for e in range(2 * c, min(2 * c + 2, nx)):
-                            v = src[a, b, e]
-                            if mode == 0:
-                                acc = max(acc, v)
-                            elif mode == 1:
-                                acc = min(acc, v)
-                            else:
-                                acc += v
+                            acc = _fold(mode, acc, src[a, b, e])
                             n += 1
                 out[k, r, c] = acc / n if mode == 2 else acc
 
@@ -543,24 +552,14 @@ def oblique_kernel(data, p0, du, dv, dn, nslab, mode, fill, out):
     half = (nslab - 1) / 2.0
     for i in range(nv):
         for j in range(nu):
-            acc = 0.0
-            if mode == 0:
-                acc = -np.inf
-            elif mode == 1:
-                acc = np.inf
+            acc = _fold_start(mode)
             cnt = 0
             for s in range(nslab):
                 t = s - half
                 k = p0[0] + i * dv[0] + j * du[0] + t * dn[0]
                 r = p0[1] + i * dv[1] + j * du[1] + t * dn[1]
                 c = p0[2] + i * dv[2] + j * du[2] + t * dn[2]
-                v = _trilinear(data, k, r, c, fill)
-                if mode == 0:
-                    acc = max(acc, v)
-                elif mode == 1:
-                    acc = min(acc, v)
-                else:
-                    acc += v
+                acc = _fold(mode, acc, _trilinear(data, k, r, c, fill))
                 cnt += 1
             if mode == 2:
                 acc /= cnt
@@ -699,22 +698,10 @@ def mip_kernel(data, p0, du, dv, dd, nsteps, mode, fill, row0, row1, out):
             if tb < ta:
                 out[i, j] = fill
                 continue
-            if mode == 0:
-                acc = -np.inf
-            elif mode == 1:
-                acc = np.inf
-            else:
-                acc = 0.0
+            acc = _fold_start(mode)
             for t in range(ta, tb + 1):
-                v = _trilinear(data, sk + t * dd[0], sr + t * dd[1], sc + t * dd[2], fill)
-                if mode == 0:
-                    if v > acc:
-                        acc = v
-                elif mode == 1:
-                    if v < acc:
-                        acc = v
-                else:
-                    acc += v
+                acc = _fold(mode, acc, _trilinear(data, sk + t * dd[0], sr + t * dd[1],
+                                                  sc + t * dd[2], fill))
             if mode == 2:
                 acc /= tb - ta + 1
             out[i, j] = acc

@@ -39,11 +39,29 @@ def versioned(data: bytes) -> bytes:
     return data.replace(b'"/static/', b'"/static/v-' + BUILD.encode() + b'/')
 
 
+# <!--#include parts/NAME.html key="value" …--> stands for that part with {{key}} filled in:
+# what several pages share (a head, a form) is written once.
+INCLUDE = re.compile(rb'<!--#include (parts/[a-z_]+\.html)((?: [a-z]+="[^"<>]*")*)-->')
+PARAM = re.compile(rb'([a-z]+)="([^"<>]*)"')
+
+
+def expand(data: bytes) -> bytes:
+    def one(m: re.Match) -> bytes:
+        part = (STATIC / m.group(1).decode()).read_bytes().rstrip(b"\n")
+        for key, value in PARAM.findall(m.group(2)):
+            part = part.replace(b"{{" + key + b"}}", value)
+        if b"{{" in part:
+            raise ValueError(f"{m.group(1).decode()}: a parameter is missing")
+        return part
+    return INCLUDE.sub(one, data)
+
+
 def page_bytes(name: str, *, debug: bool = False) -> bytes:
-    """One HTML file of viewer_static/ with versioned static URLs, read once and kept."""
+    """One HTML file of viewer_static/ with its parts included and versioned static URLs,
+    read once and kept."""
     data = _pages.get(name)
     if data is None or debug:
-        data = versioned((STATIC / name).read_bytes())
+        data = versioned(expand((STATIC / name).read_bytes()))
         _pages[name] = data
     return data
 

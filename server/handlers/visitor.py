@@ -117,33 +117,41 @@ class FilmContextHandler(BaseHandler):
                          images_enabled=exam.images_enabled, need="report")
             granting, _ = self.exam_grants(**facts)
             p = self.check_exam(**facts)      # the same refusal the study JSON gives
-            states = [(q, *_download_state(q, exam)) for q in granting]
-            can = any(c for _, c, _ in states)
-            fresh = any(c and f for _, c, f in states)
-            reverify = None
-            if can and not fresh:
-                kinds = {q.kind for q, c, _ in states if c}
-                reverify = "identity" if "patient" in kinds else "share_code"
-            share = None
-            sp = next((q for q in granting if q.kind == "share"), None)
-            if sp is not None:
-                sh = share_by_id(sp.share_id)
-                share = {"id": sh.id, "opens": sh.opens, "max_opens": sh.max_opens,
-                         "expires_at": sh.expires_at.isoformat() + "Z",
-                         "allow_download": bool(sh.allow_download),
-                         "include_images": bool(sh.include_images), "token_url": None}
-            include_images = exam.images_enabled and (
-                p.kind != "share" or any(q.kind != "share" or q.share_include_images
-                                         for q in granting))
             return {"ok": True, "kind": p.kind, "csrf_token": p.csrf_token,
-                    "freshly_verified": fresh, "can_download": can, "reverify": reverify,
+                    **_download_json(granting, exam), "share": _share_json(granting),
                     "images_enabled": bool(exam.images_enabled),
-                    "include_images": bool(include_images),
+                    "include_images": bool(exam.images_enabled and (
+                        p.kind != "share" or any(q.kind != "share" or q.share_include_images
+                                                 for q in granting))),
                     "has_images": bool(exam.study_uid) and exam.num_instances > 0,
-                    "study_uid": exam.study_uid, "exam_id": exam.id, "share": share,
+                    "study_uid": exam.study_uid, "exam_id": exam.id,
                     "portal": self.held_of("patient") is not None,
                     "in_wechat": in_wechat(self), "hospital": hospital_json(self.ctx)}
         self.write_json(await self.in_db(load))
+
+
+def _download_json(granting, exam) -> dict:
+    """May this browser download the exam, and if not yet, how it verifies for it."""
+    states = [(q, *_download_state(q, exam)) for q in granting]
+    can = any(c for _, c, _ in states)
+    fresh = any(c and f for _, c, f in states)
+    reverify = None
+    if can and not fresh:
+        kinds = {q.kind for q, c, _ in states if c}
+        reverify = "identity" if "patient" in kinds else "share_code"
+    return {"freshly_verified": fresh, "can_download": can, "reverify": reverify}
+
+
+def _share_json(granting) -> dict | None:
+    """The share this browser looks through (opens used and allowed, expiry), if any."""
+    sp = next((q for q in granting if q.kind == "share"), None)
+    if sp is None:
+        return None
+    sh = share_by_id(sp.share_id)
+    return {"id": sh.id, "opens": sh.opens, "max_opens": sh.max_opens,
+            "expires_at": sh.expires_at.isoformat() + "Z",
+            "allow_download": bool(sh.allow_download),
+            "include_images": bool(sh.include_images), "token_url": None}
 
 
 def policy_uid(ref: str) -> bool:
