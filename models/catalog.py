@@ -349,9 +349,9 @@ class Catalog:
         """Store (or replace) the exam's report, for tests and scripts: filed by
         models.integration.file_report, the one function every path calls (its rules: a
         preliminary never replaces a final report, a corrected one does, the notices). The
-        PDF is kept byte-exact; here it need only start with %PDF-."""
+        PDF is kept byte-exact."""
         from .integration import ReportFields, file_report, write_report_pdf
-        pdf_file = None if pdf is None else write_report_pdf(self, exam, pdf, complete=False)
+        pdf_file = None if pdf is None else write_report_pdf(self, exam, pdf)
         return file_report(self, exam, ReportFields(
             findings=findings, impression=impression, author=author, reviewer=reviewer,
             signed_at=signed_at, status=status), pdf_file=pdf_file, receivers=receivers)

@@ -231,15 +231,13 @@ class ReportNotReplaced(IntegrationError):
     status = 409
 
 
-def write_report_pdf(catalog: Catalog, exam: Exam, pdf: bytes, *,
-                     complete: bool = True) -> tuple[str, str]:
+def write_report_pdf(catalog: Catalog, exam: Exam, pdf: bytes) -> tuple[str, str]:
     """Write a report PDF (byte-exact, atomically) and return (relpath, sha256). Done before
     the transaction that points at it: an orphan file after a crash is harmless. Every path
-    requires a complete PDF (%%EOF at its end); Catalog.store_report (tests, scripts) passes
-    complete=False."""
+    requires a complete PDF (%%EOF at its end)."""
     if not pdf.startswith(b"%PDF-"):
         raise IntegrationError("the report file is not a PDF (it does not start with %PDF-)")
-    if complete and b"%%EOF" not in pdf[-1024:]:
+    if b"%%EOF" not in pdf[-1024:]:
         raise IntegrationError("the report PDF is truncated (no %%EOF at its end)")
     sha = sha256_bytes(pdf)
     folder = exam.study_uid or f"2.25.{exam.id}"

@@ -598,10 +598,8 @@ def open_patient_qr(token: str, factors: dict, *, catalog, key: bytes, auditor, 
         counted = _count_open(PatientShare, q.id, now)
         if counted == 1:
             lifetime = int(min(PATIENT_SESSION_MAX_S, (q.expires_at - now).total_seconds()))
-            new = create_session("patient", patient=v.patient,
-                                 idle_timeout_s=PATIENT_SESSION_IDLE_S,
-                                 lifetime_s=max(1, lifetime), ip=ip, user_agent=user_agent,
-                                 verified=True)
+            new = new_patient_session(v.patient, ip=ip, user_agent=user_agent,
+                                      lifetime_s=max(1, lifetime))
             PatientShareSession.create(patient_share=q, session=new.session)
             auditor.record("patient_qr.open", actor_kind="patient",
                            actor_id=v.patient.patient_id, ip=ip, object_type="patient_qr",
@@ -972,11 +970,14 @@ def verify_identity(factors: dict, *, catalog, key: bytes, auditor, ip: str = ""
     return Verified(patient, sorted(used))
 
 
-def start_patient_session(patient: Patient, *, ip: str = "", user_agent: str = "") -> NewSession:
-    with write_transaction():
-        return create_session("patient", patient=patient, idle_timeout_s=PATIENT_SESSION_IDLE_S,
-                              lifetime_s=PATIENT_SESSION_MAX_S, ip=ip, user_agent=user_agent,
-                              verified=True)
+def new_patient_session(patient: Patient, *, ip: str = "", user_agent: str = "",
+                        verified: bool = True,
+                        lifetime_s: int = PATIENT_SESSION_MAX_S) -> NewSession:
+    """The one way a patient session is made (inside the caller's transaction): identity
+    verification, WeChat sign-in, a patient QR open."""
+    return create_session("patient", patient=patient, idle_timeout_s=PATIENT_SESSION_IDLE_S,
+                          lifetime_s=lifetime_s, ip=ip, user_agent=user_agent,
+                          verified=verified)
 
 
 def patient_overview(patient_db_id: int, *, mask_phone) -> dict:
@@ -1039,18 +1040,3 @@ def finish_download(log_id: int, *, bytes_sent: int, completed: bool) -> None:
     with write_transaction():
         DownloadLog.update(bytes_sent=bytes_sent, completed=completed).where(
             DownloadLog.id == log_id).execute()
-
-
-def list_downloads(*, study_uid: str | None = None, patient_db_id: int | None = None,
-                   limit: int = 500) -> list[dict]:
-    q = DownloadLog.select(DownloadLog, Exam).join(Exam)
-    if study_uid:
-        q = q.where(Exam.study_uid == study_uid)
-    if patient_db_id is not None:
-        q = q.where(Exam.patient == patient_db_id)
-    rows = q.order_by(DownloadLog.time.desc(), DownloadLog.id.desc()).limit(limit)
-    return [{"id": d.id, "time": d.time.isoformat() + "Z", "study_uid": d.exam.study_uid,
-             "accession_number": d.exam.accession_number, "scope": d.scope,
-             "object_uid": d.object_uid, "actor_kind": d.actor_kind, "actor_id": d.actor_id,
-             "ip": d.ip, "user_agent": d.user_agent, "bytes_total": d.bytes_total,
-             "bytes_sent": d.bytes_sent, "completed": bool(d.completed)} for d in rows]

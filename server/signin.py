@@ -347,10 +347,8 @@ def start_patient_session(ctx, patient, *, old=(), ip: str = "", user_agent: str
     (`wechat.signin`); a verification has its `verify` record already."""
     with write_transaction():
         end_sessions(old)
-        new = create_session("patient", patient=patient,
-                             idle_timeout_s=access.PATIENT_SESSION_IDLE_S,
-                             lifetime_s=access.PATIENT_SESSION_MAX_S, ip=ip,
-                             user_agent=user_agent, verified=verified)
+        new = access.new_patient_session(patient, ip=ip, user_agent=user_agent,
+                                         verified=verified)
         if wechat_binding is not None:
             ctx.auditor.record("wechat.signin", actor_kind="patient",
                                actor_id=patient.patient_id, ip=ip,

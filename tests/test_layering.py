@@ -154,3 +154,18 @@ def test_allowed_forms_pass(tmp_path):
                  "from models.catalog import find_exam\nwith dbmod.connection():\n    pass\n",
                  encoding="utf-8")
     assert orm_violations(f) == []
+
+
+def test_handler_methods_stay_short():
+    """A handler parses, calls a use case and answers: its methods stay within 30 lines
+    (the work belongs in server/signin.py, server/settings.py, models/ or adapters/)."""
+    long = []
+    for f in sorted((ROOT / "server" / "handlers").glob("*.py")):
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            for fn in cls.body:
+                if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                        fn.end_lineno - fn.lineno + 1 > 30:
+                    long.append(f"{f.relative_to(ROOT)}:{fn.lineno} {cls.name}.{fn.name} "
+                                f"({fn.end_lineno - fn.lineno + 1} lines)")
+    assert not long, "handler methods over 30 lines:\n" + "\n".join(long)

@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 
 from models import shares as svc
-from models.catalog import find_patient_exam, mask_phone
+from models.catalog import download_log, find_patient_exam, mask_phone
 from models.storage import valid_uid
 
 from .. import signin
 from .auth import adopt_session, clear_session_cookie, client, write_keep_cookie
 from .base import ApiError, BaseHandler
-from .shares import StaticPage, created_json, share_options
+from .pages import PageHandler
+from .shares import created_json, share_options
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ class PatientShareRevokeHandler(PatientBase):
 class PatientDownloadsHandler(PatientBase):
     async def get(self) -> None:
         p = self.patient()
-        rows = await self.in_db(svc.list_downloads, patient_db_id=p.patient_db_id, limit=200)
+        log = await self.in_db(download_log, patient_db_id=p.patient_db_id, limit=200)
+        rows = log["downloads"]
         for r in rows:
             r.pop("actor_id", None)
         self.write_json({"ok": True, "downloads": rows})
@@ -207,5 +209,5 @@ def routes(ctx) -> list:
         (r"/api/patient/downloads", PatientDownloadsHandler, d),
         (r"/api/patient/logout", PatientLogoutHandler, d),
         (r"/api/admin/verification", VerificationSettingsHandler, d),
-        (r"/portal", StaticPage, {"ctx": ctx, "page": "portal/index.html"}),
+        (r"/portal", PageHandler, {"ctx": ctx, "page": "portal/index.html"}),
     ]

@@ -29,6 +29,7 @@ from .. import signin
 from ..config import ROOT
 from .auth import adopt_session, client
 from .base import UID, ApiError, BaseHandler
+from .pages import PageHandler
 
 log = logging.getLogger(__name__)
 
@@ -260,18 +261,6 @@ class ImageSwitchHandler(BaseHandler):
         self.write_json({"ok": True, "study_uid": study_uid, "images_enabled": enabled})
 
 
-class StaticPage(BaseHandler):
-    def initialize(self, ctx, page: str) -> None:
-        super().initialize(ctx)
-        self.page = page
-
-    def get(self, *args) -> None:
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        from .pages import page_bytes
-        self.finish(page_bytes(self.page))
-
-
 # PACS-printed QR codes ---------------------------------------------------------------------
 FIELDS = ("accession", "study_uid", "token")
 
@@ -350,6 +339,6 @@ def routes(ctx) -> list:
         (r"/api/share/reverify", ShareReverifyHandler, d),
         (r"/api/qr", QrHandler, d),
         (rf"/api/exams/{UID}/images", ImageSwitchHandler, d),
-        (r"/s/([A-Za-z0-9_\-]{16,64})", StaticPage, {"ctx": ctx, "page": "share/index.html"}),
-        (r"/share/desk", StaticPage, {"ctx": ctx, "page": "share/desk.html"}),
+        (r"/s/([A-Za-z0-9_\-]{16,64})", PageHandler, {"ctx": ctx, "page": "share/index.html"}),
+        (r"/share/desk", PageHandler, {"ctx": ctx, "page": "share/desk.html"}),
     ] + pacs_routes(ctx)

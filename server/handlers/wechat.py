@@ -41,7 +41,7 @@ from .. import signin
 from .. import wechat_service as wx
 from .auth import adopt_session, clear_session_cookie, client
 from .base import UID, ApiError, BaseHandler
-from .shares import StaticPage
+from .pages import PageHandler
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ def routes(ctx) -> list:
         (r"/wechat/oauth/start", OAuthStartHandler, d),
         (r"/wechat/oauth/callback", OAuthCallbackHandler, d),
         (r"/wechat/callback", CallbackHandler, d),
-        (r"/wechat/admin", StaticPage, {"ctx": ctx, "page": "wechat/admin.html"}),
+        (r"/wechat/admin", PageHandler, {"ctx": ctx, "page": "wechat/admin.html"}),
         (r"/api/wechat/me", WechatMeHandler, d),
         (r"/api/wechat/bind", WechatBindHandler, d),
         (r"/api/wechat/switch", WechatSwitchHandler, d),

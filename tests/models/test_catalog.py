@@ -116,7 +116,7 @@ def test_get_study_lists_series_instances_and_report(catalog):
         store(catalog, ct_bytes(study_uid=study, series_uid="1.2.7.2", sop_uid=f"1.2.7.3.{i}",
                                 z=float(i)))
     exam = Exam.get()
-    pdf = b"%PDF-1.4\n%test\n"
+    pdf = b"%PDF-1.4\n%test\n%%EOF\n"
     catalog.store_report(exam, findings="双肺纹理清晰", impression="未见异常", pdf=pdf,
                          author="王医生")
     s = catalog.get_study(study)
