@@ -76,8 +76,9 @@ class Hl7Inbound:
         self.s.check()
 
     # entry point -----------------------------------------------------------------------
-    def handle(self, raw: bytes, *, frame_error: str = "") -> HandleResult:
-        """Decode and apply one message; never raises for bad content."""
+    def handle(self, raw: bytes, *, frame_error: str = "", refusal: str = "AE") -> HandleResult:
+        """Decode and apply one message; never raises for bad content. A frame the listener
+        could not read (`frame_error`) is answered `refusal` (AE, or AR: do not resend)."""
         msg = None
         charset = ""
         try:
@@ -94,7 +95,8 @@ class Hl7Inbound:
                     msg = Message(raw.decode("latin-1"))
                 except Hl7Error:
                     msg = None
-            return self._unreadable(raw, msg, str(exc), charset)
+            return self._unreadable(raw, msg, str(exc), charset,
+                                    refusal if frame_error else "AE")
         text = dec.text
         ctrl, mtype = msg.control_id, msg.message_type
 
@@ -109,14 +111,15 @@ class Hl7Inbound:
                             res.reason)
 
     def _unreadable(self, raw: bytes, msg: Message | None, reason: str,
-                    charset: str) -> HandleResult:
+                    charset: str, code: str = "AE") -> HandleResult:
         ctrl = (msg.control_id if msg is not None else "") or fallback_control_id(raw)
         mtype = msg.message_type if msg is not None else ""
-        text = build_ack(msg, "AE", reason, app=self.s.app, charset=charset)
-        record_failure(CHANNEL, ctrl, mtype, raw.decode("utf-8", errors="replace"), "error",
+        text = build_ack(msg, code, reason, app=self.s.app, charset=charset)
+        outcome = "rejected" if code == "AR" else "error"
+        record_failure(CHANNEL, ctrl, mtype, raw.decode("utf-8", errors="replace"), outcome,
                        reason, text)
         log.info("HL7 message %s not readable: %s", ctrl, reason[:200])
-        return HandleResult("error", encode(text, charset), ctrl, mtype, reason)
+        return HandleResult(outcome, encode(text, charset), ctrl, mtype, reason)
 
     # dispatch --------------------------------------------------------------------------
     def _apply(self, msg: Message) -> str:

@@ -115,6 +115,13 @@ SETTINGS: tuple[Setting, ...] = (
             'Address the HL7 MLLP listener binds (0.0.0.0 for the hospital network).'),
     Setting('hl7_port', 2575, int,
             'Port of the HL7 MLLP listener.', minimum=1, maximum=65535),
+    Setting("hl7_max_message_mb", 32, int,
+            "Largest HL7 message (one MLLP frame) accepted, in MiB; a larger one is read to "
+            "its end and answered AR, and the connection stays usable.", minimum=1,
+            maximum=512),
+    Setting("hl7_idle_timeout_s", 300, int,
+            "An MLLP connection that sends nothing for this many seconds is closed.",
+            minimum=5, maximum=86400),
     Setting('hl7_charset_fallback', 'GB18030', str,
             'Character set of HL7 messages whose MSH-18 is empty (GB18030 also reads GBK).', choices=("GB18030", "GBK", "UTF-8", "ISO-8859-1")),
     Setting('hl7_id_number_field', 'PID-19', str,

@@ -97,16 +97,16 @@ async def start_hl7(ctx, host: str, port: int) -> MllpListener:
     SERVICES.hl7_executor = ThreadPoolExecutor(8, thread_name_prefix="hl7")
     loop = asyncio.get_running_loop()
 
-    async def handle(block: bytes, frame_error: str) -> bytes:
-        res = await loop.run_in_executor(SERVICES.hl7_executor,
-                                         lambda: SERVICES.hl7.handle(block,
-                                                                     frame_error=frame_error))
+    async def handle(block: bytes, frame_error: str, refusal: str) -> bytes:
+        res = await loop.run_in_executor(
+            SERVICES.hl7_executor,
+            lambda: SERVICES.hl7.handle(block, frame_error=frame_error, refusal=refusal))
         if res.outcome == "applied" and SERVICES.outbox:
             SERVICES.outbox.poke()
         return res.ack
 
-    listener = MllpListener(handle, host, port,
-                            record=event_recorder(SERVICES.hl7_executor))
+    listener = MllpListener(handle, host, port, record=event_recorder(SERVICES.hl7_executor),
+                            limit=c.hl7_max_message_mb << 20, idle_s=c.hl7_idle_timeout_s)
     return await listener.start()
 
 
