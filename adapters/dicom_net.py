@@ -331,12 +331,7 @@ def retrieve_study(node: PacsNode, study_uid: str, *, method: str = "move",
             raise ValueError("C-GET needs an InstanceSink")
         model = StudyRootQueryRetrieveInformationModelGet
         ae.add_requested_context(model)
-        contexts = [cx for cx in AllStoragePresentationContexts
-                    if cx.abstract_syntax in GET_SOP_CLASSES]
-        roles = []
-        for cx in contexts:
-            ae.add_requested_context(cx.abstract_syntax, GET_TRANSFER_SYNTAXES)
-            roles.append(build_role(cx.abstract_syntax, scp_role=True))
+        roles = get_contexts(ae, sop_classes_in_study(node, study_uid))
 
         def on_store(event):
             return sink.store(event.encoded_dataset(), f"{node.ae_title} C-GET")
@@ -381,6 +376,83 @@ def retrieve_study(node: PacsNode, study_uid: str, *, method: str = "move",
     return last
 
 
+MAX_CONTEXTS = 127          # presentation context IDs are odd numbers 1..255; one is the model
+
+
+def sop_classes_in_study(node: PacsNode, study_uid: str) -> list[str]:
+    """The SOP classes of a study: SOP Classes in Study (0008,0062) at STUDY level, else
+    each instance's SOP Class UID at IMAGE level (most frequent first); [] when the PACS
+    answers neither (then every usual class is proposed)."""
+    for level, key in (("STUDY", "SOPClassesInStudy"), ("IMAGE", "SOPClassUID")):
+        q = Dataset()
+        q.QueryRetrieveLevel = level
+        q.StudyInstanceUID = study_uid
+        if level == "IMAGE":
+            q.SeriesInstanceUID = q.SOPInstanceUID = ""
+        setattr(q, key, "")
+        counts: dict[str, int] = {}
+        for ident in _find(node, q):
+            value = ident.get(key, "") or ""
+            for uid in ([value] if isinstance(value, str) else list(value)):
+                if str(uid):
+                    counts[str(uid)] = counts.get(str(uid), 0) + 1
+        if counts:
+            return sorted(counts, key=lambda u: -counts[u])
+    return []
+
+
+def _find(node: PacsNode, q: Dataset) -> list[Dataset]:
+    """The matches of one Study Root C-FIND; [] when the PACS refuses or fails it."""
+    ae = AE(ae_title=node.our_ae_title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    try:
+        assoc = _associate(ae, node)
+    except PacsError:
+        return []
+    out = []
+    try:
+        for status, ident in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
+            if status is None or "Status" not in status:
+                return []
+            if int(status.Status) in (0xFF00, 0xFF01) and ident is not None:
+                out.append(ident)
+            elif int(status.Status) != 0x0000:
+                return []
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out
+
+
+def get_contexts(ae: AE, sop_classes: list[str]) -> list:
+    """Request the storage contexts a C-GET needs and return their role selections.
+
+    One presentation context per (SOP class, transfer syntax): the PACS then sends each
+    instance in the syntax it is stored in (a J2K or JPEG study arrives compressed, as
+    stored) instead of having to transcode to the one syntax it picked for a context that
+    offered them all (Orthanc cannot transcode J2K, and decompresses JPEG). When the study's
+    classes are unknown, or too many for 127 contexts, the remaining classes get one context
+    each offering every syntax."""
+    classes = list(dict.fromkeys(sop_classes)) or \
+        [cx.abstract_syntax for cx in AllStoragePresentationContexts
+         if cx.abstract_syntax in GET_SOP_CLASSES]
+    budget = MAX_CONTEXTS - 1
+    roles = []
+    for n, uid in enumerate(classes):
+        left_after = len(classes) - n - 1       # keep one context for each class after this
+        if sop_classes and budget - len(GET_TRANSFER_SYNTAXES) >= left_after:
+            for ts in GET_TRANSFER_SYNTAXES:
+                ae.add_requested_context(uid, [ts])
+            budget -= len(GET_TRANSFER_SYNTAXES)
+        elif budget > 0:
+            ae.add_requested_context(uid, GET_TRANSFER_SYNTAXES)
+            budget -= 1
+        else:
+            break
+        roles.append(build_role(uid, scp_role=True))
+    return roles
+
+
 GET_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4",
     "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1",
@@ -393,9 +465,11 @@ GET_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.33", EncapsulatedPDFStorage,
 }
 GET_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2",
-                         "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90",
-                         "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.50",
-                         "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"]
+                         "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57",
+                         "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+                         "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                         "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+                         "1.2.840.10008.1.2.5"]
 
 
 def echo(host: str, port: int, called: str, calling: str = "CLOUDFILM") -> int:

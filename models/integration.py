@@ -534,6 +534,10 @@ def retrieve_progress(study_uid: str) -> dict:
                    failed=job.failed, error=job.error,
                    started_at=job.started_at.isoformat() if job.started_at else None,
                    finished_at=job.finished_at.isoformat() if job.finished_at else None)
+        if job.status == "failed" and job.expected and here >= job.expected:
+            # the images arrived after all (a retry, a C-MOVE or a send from the modality):
+            # the exam is complete, whatever the failed attempt said
+            out.update(status="done", error="", arrived_later=True)
     return out
 
 

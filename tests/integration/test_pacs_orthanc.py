@@ -54,3 +54,46 @@ def test_history_from_pacs_and_retrieve_on_demand(pacs, tmp_path, method):
         assert rt["progress"]["instances_here"] == rt["progress"]["expected"] > 0
         assert rt["first_image_s"] is not None
     assert sorted(s["num_instances"] for s in r["after"]) == [6, 12]
+
+
+# storescu's option proposing each file's own (compressed) transfer syntax
+PROPOSE = {"1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw",
+           "1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.70": "-xs"}
+
+
+def _compressed_study(src, d, study: str, n: int):
+    """Copies of real compressed corpus files, renumbered into one study (pixel data and
+    transfer syntax untouched)."""
+    import pydicom
+    ds = pydicom.dcmread(src)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientID = "PACS02"
+    out = d / f"{study[-6:]}-{n}.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    return out, str(ds.file_meta.TransferSyntaxUID), ds.SOPInstanceUID
+
+
+def test_c_get_keeps_compression_and_a_late_arrival_shows_done(pacs, tmp_path):
+    """Was: CloudFilm offered every syntax in one presentation context per SOP class;
+    Orthanc picked uncompressed and failed the J2K study (it cannot transcode J2K) and sent
+    the JPEG study decompressed."""
+    from tests.conftest import corpus_dir
+    want, studies = {}, []
+    for names in (("MR2_J2KR.dcm", "RG1_J2KI.dcm"), ("color3d_jpeg_baseline.dcm",
+                                                     "JPEG-LL.dcm")):
+        study = generate_uid()
+        studies.append(study)
+        for n, name in enumerate(names):
+            path, ts, sop = _compressed_study(corpus_dir() / name, tmp_path, study, n)
+            want[sop] = ts
+            out = pacs.storescu([path], extra=(PROPOSE[ts],))
+            assert out.returncode == 0 and "Failed" not in out.stderr, out.stderr
+    out = pacs.run_python("tests.integration.pacs_get_syntaxes", "--tmp", str(tmp_path),
+                          *studies)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all("error" not in v for v in r["results"].values()), r["results"]
+    assert r["syntaxes"] == want
+    assert r["later"]["status"] == "done" and r["later"]["arrived_later"] is True
