@@ -192,7 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pacs_qr_patterns", "/pacs/a/{accession},/pacs/u/{study_uid},/pacs/t/{token}", str,
             "Comma-separated URL paths (with an optional ?name={field} query) that PACS-printed "
             "QR codes use; fields {accession}, {study_uid} (unsigned: the patient must verify "
-            "their identity) and {token} (signed ACCESSION.EXPIRY.SIG, see README).", group="pacs", runtime=True),
+            "their identity) and {token} (signed ACCESSION.EXPIRY.SIG, see docs/pacs-qr.md). "
+            "Read at start-up."),
     Setting("pacs_qr_key_file", "", str,
             "File holding the key (hex) shared with the PACS for signed QR tokens. Empty: "
             "signed tokens use the server's secret key (sign them with ./run.sh share "
