@@ -33,6 +33,22 @@ log = logging.getLogger(__name__)
 SKIP_SUFFIXES = (".part", ".tmp", ".json", ".reason.txt", ".filepart", ".crdownload")
 
 
+def shown_name(p: Path) -> str:
+    """A file's name for people, logs and the database. Names written by Chinese Windows
+    tools (a share mounted without utf8) arrive as GBK/GB18030 bytes, which Python keeps as
+    lone surrogates that no database or log line can hold: decode those bytes as GB18030.
+    File operations keep using the path itself."""
+    try:
+        p.name.encode("utf-8")
+        return p.name
+    except UnicodeEncodeError:
+        raw = os.fsencode(p.name)
+    try:
+        return raw.decode("gb18030")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace")
+
+
 class WatchFolder:
     def __init__(self, catalog: Catalog, folder: str | Path, *, receivers: list[str] = (),
                  charset_fallback: str = "GB18030"):
@@ -93,20 +109,20 @@ class WatchFolder:
             note = self._apply(p, sidecar if sidecar.exists() else None)
         except (IntegrationError, CatalogError, ValueError) as exc:
             self._move(p, sidecar, self.failed, str(exc))
-            note_event("folder", p.name[:128], "error", str(exc))
-            log.info("watched folder: %s failed: %s", p.name, exc)
+            note_event("folder", shown_name(p)[:128], "error", str(exc))
+            log.info("watched folder: %s failed: %s", shown_name(p), exc)
             self.rejected += 1
             return False
         except OSError as exc:
-            log.warning("watched folder: %s cannot be read now: %s", p.name, exc)
+            log.warning("watched folder: %s cannot be read now: %s", shown_name(p), exc)
             return False
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the folder
-            log.exception("watched folder: %s", p.name)
+            log.exception("watched folder: %s", shown_name(p))
             self._move(p, sidecar, self.failed, f"internal error: {type(exc).__name__}: {exc}")
             self.rejected += 1
             return False
         self._move(p, sidecar, self.done / dt.date.today().isoformat(), None)
-        log.info("watched folder: %s → %s", p.name, note)
+        log.info("watched folder: %s → %s", shown_name(p), note)
         self.processed += 1
         return True
 
@@ -116,14 +132,14 @@ class WatchFolder:
         try:
             doc = json.loads(sidecar.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IntegrationError(f"sidecar {sidecar.name} is not UTF-8 JSON: {exc}") from None
+            raise IntegrationError(f"sidecar {shown_name(sidecar)} is not UTF-8 JSON: {exc}") from None
         if not isinstance(doc, dict):
-            raise IntegrationError(f"sidecar {sidecar.name} must hold a JSON object")
+            raise IntegrationError(f"sidecar {shown_name(sidecar)} must hold a JSON object")
         return doc
 
     def _apply(self, p: Path, sidecar: Path | None) -> str:
         data = p.read_bytes()
-        origin = f"folder:{p.name}"[:255]
+        origin = f"folder:{shown_name(p)}"[:255]
         if not data:
             raise IntegrationError("empty file")
         if data[128:132] == b"DICM":
@@ -135,10 +151,10 @@ class WatchFolder:
         if is_picture(p.name):
             doc = self._sidecar(sidecar)
             if not doc:
-                raise IntegrationError(f"picture without its sidecar {p.name}.json giving "
+                raise IntegrationError(f"picture without its sidecar {shown_name(p)}.json giving "
                                        "patient_id, accession_number and modality")
             r = store_picture(self.catalog, data, doc, origin, "folder",
-                              uid_seed=f"folder:{p.name}:{len(data)}")
+                              uid_seed=f"folder:{shown_name(p)}:{len(data)}")
             return f"picture → DICOM {r['sop_uid']} {r['outcome']}"
         self.catalog.quarantine(data, "not DICOM, PDF or a JPEG/PNG/TIFF picture", "folder",
                                 origin)
@@ -146,7 +162,8 @@ class WatchFolder:
                                "picture")
 
     def _report(self, p: Path, pdf: bytes, doc: dict) -> str:
-        acc = str(doc.get("accession_number") or p.stem.split("_")[0]).strip()
+        acc = str(doc.get("accession_number") or
+                  shown_name(p).rsplit(".", 1)[0].split("_")[0]).strip()
         uid = str(doc.get("study_uid") or "").strip()
         status = doc.get("status", "final")
         with write_transaction():

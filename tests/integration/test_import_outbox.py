@@ -88,7 +88,7 @@ def test_import_api_documents_and_idempotency(api_live):
                                                   "modality": "ES", "instance_number": i + 1}})
         assert st == 200 and a["result"]["converted"], a
     st, a = post(api_live, "image", {"message_id": "img0", "picture_base64": "AAAA"})
-    assert a.get("duplicate")                                  # same id: first answer
+    assert st == 409 and "img0" in a["error"]                # same id, other body (issue 15)
     exam = Exam.get(Exam.accession_number == "ES100")
     assert exam.num_instances == 3 and exam.category == "endoscopy"
     assert exam.status == "reported" and Report.get(Report.exam == exam).pdf_path
@@ -283,3 +283,31 @@ def test_admin_status_view(ctx, live):
     for key in ("inbound", "outbox", "dead_letters", "recent_inbound_failures",
                 "quarantine", "last_inbound"):
         assert key in body
+
+
+def test_watched_folder_takes_gbk_file_names(ctx, tmp_path):
+    """A Chinese Windows tool writing to a share mounted without utf8 gives names in GBK
+    bytes. Was: 'surrogates not allowed' and the file stayed in the folder forever."""
+    import os
+    from adapters.watch_folder import WatchFolder, shown_name
+    from models.integration import IntegrationEvent
+    from tests.dicom_factory import ct_bytes
+    w = WatchFolder(ctx.catalog, tmp_path / "drop")
+    w.ensure()
+    root = os.fsencode(w.root)
+    image, report, junk = ("胸部CT.dcm".encode("gbk"), "GBK-1_报告.pdf".encode("gbk"),
+                           "无效文件.bin".encode("gbk"))
+    with open(os.path.join(root, image), "wb") as f:
+        f.write(ct_bytes(patient_id="WFG", accession="GBK-1"))
+    with open(os.path.join(root, report), "wb") as f:
+        f.write(S.report_pdf("GBK-1"))
+    with open(os.path.join(root, junk), "wb") as f:
+        f.write(b"\x00" * 300)
+    assert w.scan() == 0 and w.scan() == 3
+    done = sorted(shown_name(p) for p in (w.root / "done").rglob("*") if p.is_file())
+    assert done == ["GBK-1_报告.pdf", "胸部CT.dcm"]
+    failed = sorted(shown_name(p) for p in (w.root / "failed").iterdir())
+    assert failed == ["无效文件.bin", "无效文件.bin.reason.txt"]
+    exam = Exam.get(Exam.accession_number == "GBK-1")
+    assert exam.num_instances == 1 and Report.get(Report.exam == exam).pdf_path
+    assert IntegrationEvent.get(IntegrationEvent.peer == "无效文件.bin").outcome == "error"
