@@ -399,10 +399,15 @@ def _window_u8(v, fn, c, w, lo, hi, invert):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _tap_span(xi, tx, W):
-    """First source column the horizontal taps read, and how many columns they span."""
+def _tap_span(xi, xw, W, ow):
+    """The horizontal taps' layout: the first source column they read, how many columns
+    they span, taps per output column, and each output column's offset into the span."""
+    tx = xw.shape[1]
     x0 = xi[:, 0].min()
-    return x0, min(xi[:, 0].max() + tx, W) - x0
+    xs = np.empty(ow, np.int64)
+    for p in range(ow):
+        xs[p] = xi[p, 0] - x0
+    return x0, min(xi[:, 0].max() + tx, W) - x0, tx, xs
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -471,16 +476,11 @@ def render_grey_kernel(src, yi, yw, xi, xw, slope, intercept, fn, center, width,
     oh = out.shape[0]
     ow = out.shape[1]
     ty = yi.shape[1]
-    tx = xw.shape[1]
-    W = src.shape[1]
     # horizontal taps are contiguous from xi[p, 0]; taps past the image edge weigh 0 and
     # read the zero padding of the row buffer
-    x0, nx = _tap_span(xi, tx, W)
+    x0, nx, tx, xs = _tap_span(xi, xw, src.shape[1], ow)
     tmp = np.zeros(nx + tx)
     row = np.empty(ow)
-    xs = np.empty(ow, np.int64)
-    for p in range(ow):
-        xs[p] = xi[p, 0] - x0
     for o in range(oh):
         for k in range(nx):
             tmp[k] = 0.0
@@ -526,13 +526,8 @@ def render_color_kernel(src, yi, yw, xi, xw, invert, out):
     ow = out.shape[1]
     nc = out.shape[2]
     ty = yi.shape[1]
-    tx = xw.shape[1]
-    W = src.shape[1]
-    x0, nx = _tap_span(xi, tx, W)
+    x0, nx, tx, xs = _tap_span(xi, xw, src.shape[1], ow)
     tmp = np.zeros((nx + tx, nc))
-    xs = np.empty(ow, np.int64)
-    for p in range(ow):
-        xs[p] = xi[p, 0] - x0
     for o in range(oh):
         tmp[:nx, :] = 0.0
         for a in range(ty):

@@ -112,6 +112,15 @@ class PatientBase(BaseHandler):
         self.principal = p
         return p
 
+    async def revoke_own(self, revoke, object_id: int) -> None:
+        """Revoke one of the patient's own shares or QR codes (another's answers 404); the
+        sessions opened with it end at once in this process (principal cache cleared)."""
+        p = self.patient()
+        await self.in_db(revoke, object_id, auditor=self.ctx.auditor, actor_kind="patient",
+                         actor_id=p.subject, ip=self.client_ip(), patient_db_id=p.patient_db_id)
+        self.ctx.principals.clear()
+        self.write_json({"ok": True})
+
 
 class PatientMeHandler(PatientBase):
     async def get(self) -> None:
@@ -148,12 +157,7 @@ class PatientSharesHandler(PatientBase):
 
 class PatientShareRevokeHandler(PatientBase):
     async def post(self, share_id: str) -> None:
-        p = self.patient()
-        await self.in_db(svc.revoke_share, int(share_id), auditor=self.ctx.auditor,
-                         actor_kind="patient", actor_id=p.subject, ip=self.client_ip(),
-                         patient_db_id=p.patient_db_id)
-        self.ctx.principals.clear()
-        self.write_json({"ok": True})
+        await self.revoke_own(svc.revoke_share, int(share_id))
 
 
 class PatientDownloadsHandler(PatientBase):

@@ -29,6 +29,7 @@ from models.storage import valid_uid
 from .. import signin
 from .auth import adopt_session, client
 from .base import ApiError, BaseHandler
+from .patient import PatientBase
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +123,7 @@ class StaffPatientQrRevokeHandler(BaseHandler):
 
 
 # the patient in the portal ---------------------------------------------------------------------
-class OwnQrBase(BaseHandler):
-    def patient(self):
-        p = self.held_of("patient")
-        if p is None:
-            self.require_principal()           # 401 without any session
-            raise ApiError(403, "请先验证身份 / verify your identity first")
-        self.principal = p
-        return p
-
-
-class OwnPatientQrHandler(OwnQrBase):
+class OwnPatientQrHandler(PatientBase):
     """Patient: own patient QR codes (GET) or create one (POST {max_opens, expires})."""
 
     async def get(self) -> None:
@@ -151,16 +142,11 @@ class OwnPatientQrHandler(OwnQrBase):
         self.write_json(created_json(self.ctx, new), status=201)
 
 
-class OwnPatientQrRevokeHandler(OwnQrBase):
+class OwnPatientQrRevokeHandler(PatientBase):
     """Patient: revoke an own patient QR code (another patient's answers 404)."""
 
     async def post(self, qr_id: str) -> None:
-        p = self.patient()
-        await self.in_db(svc.revoke_patient_qr, int(qr_id), auditor=self.ctx.auditor,
-                         actor_kind="patient", actor_id=p.subject, ip=self.client_ip(),
-                         patient_db_id=p.patient_db_id)
-        self.ctx.principals.clear()
-        self.write_json({"ok": True})
+        await self.revoke_own(svc.revoke_patient_qr, int(qr_id))
 
 
 # the QR's visitor ------------------------------------------------------------------------------
