@@ -4,7 +4,10 @@ exams, C-MOVE or C-GET of one study with progress).
 
 A C-STORE is answered Success only after the file is durable and indexed (Catalog.
 store_instance); any failure answers a failure status with the reason in Error Comment and
-keeps the file in quarantine. A crashing handler never kills the association or the server.
+keeps the file in quarantine. A resent SOP Instance UID (models/versions.py) answers Success
+when its content is the same or it became a new version, 0xB000 (warning) when
+dicom_conflict_policy = keep_first refused other pixel data, 0xC002 under quarantine.
+A crashing handler never kills the association or the server.
 Logs name UIDs and AE titles, never patient data.
 """
 from __future__ import annotations
@@ -37,6 +40,9 @@ OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0xC001
 DUPLICATE_CONFLICT = 0xC002
+# a resend with other pixel data under dicom_conflict_policy = keep_first: the stored
+# instance is kept, this one is not applied (a warning, so the sender does not retry)
+KEPT_FIRST_WARNING = 0xB000
 
 
 NATIVE = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2",
@@ -88,9 +94,12 @@ class InstanceSink:
             self._pdf_report(meta, ds)
         elif result.outcome == STORED and self.fast_copies and needs_fast_copy(
                 meta["transfer_syntax"]):
-            self._fast_copy(meta)
+            self._fast_copy(meta, result.extra.get("version", 1))
         with self._lock:
             self.stored += 1
+        if result.extra.get("resend") == "kept_first":
+            log.info("C-STORE of %s: %s", result.sop_uid, result.reason)
+            return _failure(KEPT_FIRST_WARNING, "kept the first version; not applied")
         if self.on_stored:
             try:
                 self.on_stored(meta)
@@ -116,15 +125,15 @@ class InstanceSink:
         except Exception as exc:  # noqa: BLE001 - the instance itself is stored
             log.info("encapsulated PDF %s not filed as report: %s", meta["sop_uid"], exc)
 
-    def _fast_copy(self, meta: dict) -> None:
+    def _fast_copy(self, meta: dict, version: int = 1) -> None:
         from concurrent.futures import ThreadPoolExecutor
         st = self.catalog.storage
         uids = (meta["study_uid"], meta["series_uid"], meta["sop_uid"])
         with self._lock:
             if self._copy_pool is None:
                 self._copy_pool = ThreadPoolExecutor(1, thread_name_prefix="fastcopy")
-        self._copy_pool.submit(make_fast_copy, st, st.instance_relpath(*uids),
-                               st.fast_copy_relpath(*uids))
+        rel = st.instance_relpath(*uids, version=version)
+        self._copy_pool.submit(make_fast_copy, st, rel, st.fast_copy_of(rel))
 
 
 def _peer(event) -> str:

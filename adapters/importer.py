@@ -32,6 +32,7 @@ class ImportSummary:
     rejected: list[tuple[str, str]] = field(default_factory=list)   # (name, reason)
     study_uids: set[str] = field(default_factory=set)
     fast_copies: int = 0
+    versions: int = 0            # of those imported: new versions of a stored instance
 
     @property
     def total(self) -> int:
@@ -39,7 +40,7 @@ class ImportSummary:
 
     def as_dict(self) -> dict:
         return {"imported": self.imported, "already_present": self.already_present,
-                "reports": self.reports,
+                "versions": self.versions, "reports": self.reports,
                 "rejected": [{"file": n, "reason": r} for n, r in self.rejected],
                 "studies": sorted(self.study_uids)}
 
@@ -204,13 +205,15 @@ class Importer:
                                              origin=Path(item.name).name)
         if result.outcome == STORED:
             summary.imported += 1
+            if result.extra.get("resend") == "version":
+                summary.versions += 1
             summary.study_uids.add(result.study_uid)
             if self.fast_copies and needs_fast_copy(meta["transfer_syntax"]):
                 st = self.catalog.storage
-                self._pending_copies.append((
-                    st.instance_relpath(meta["study_uid"], meta["series_uid"], meta["sop_uid"]),
-                    st.fast_copy_relpath(meta["study_uid"], meta["series_uid"],
-                                         meta["sop_uid"])))
+                rel = st.instance_relpath(meta["study_uid"], meta["series_uid"],
+                                          meta["sop_uid"],
+                                          version=result.extra.get("version", 1))
+                self._pending_copies.append((rel, st.fast_copy_of(rel)))
         elif result.outcome == ALREADY_PRESENT:
             summary.already_present += 1
         else:

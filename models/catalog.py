@@ -102,6 +102,16 @@ def mask_id_number(v: str) -> str:
     return v[:4] + "*" * (len(v) - 8) + v[-4:]
 
 
+def mask_identifier(v: str) -> str:
+    """An identifier that failed validation (a passport or permit number, a phone that is not
+    a number), as it may be stored and shown: at most its first and last two characters."""
+    v = (v or "").strip()
+    if len(v) < 8:
+        return "*" * min(len(v), 32)
+    return (v[:2] + "*" * (len(v) - 4) + v[-2:])[:32] if len(v) <= 32 else \
+        v[:2] + "*" * 28 + v[-2:]
+
+
 def mask_phone(p: str | None) -> str:
     if not p:
         return ""
@@ -160,8 +170,10 @@ class Catalog:
         """Store one DICOM instance (original bytes + index rows).
 
         Rule for a SOP Instance UID already stored: identical bytes are a no-op
-        (ALREADY_PRESENT); different bytes are never written over the original: the new
-        file is quarantined with the reason and CONFLICT is returned.
+        (ALREADY_PRESENT); other bytes are compared by content (models/versions.py): the
+        same content is ALREADY_PRESENT, corrected attributes a new version (STORED,
+        extra["resend"]), other pixels follow dicom_conflict_policy. A stored file is never
+        written over.
         """
         sop_uid = meta.get("sop_uid") or ""
         study_uid = meta.get("study_uid") or ""
@@ -178,7 +190,7 @@ class Catalog:
         digest = sha256_bytes(data)
         existing = Instance.get_or_none(Instance.sop_uid == sop_uid)
         if existing is not None:
-            return self._existing(existing, digest, data, source, origin, study_uid)
+            return self._existing(existing, meta, digest, data, source, origin, study_uid)
         try:
             rel = self.storage.instance_relpath(study_uid, meta["series_uid"], sop_uid)
         except StorageError as exc:
@@ -199,20 +211,20 @@ class Catalog:
                 if wrote:
                     self.storage.remove(rel)
                 raise
-            return self._existing(existing, digest, data, source, origin, study_uid)
+            return self._existing(existing, meta, digest, data, source, origin, study_uid)
         except BaseException:
             if wrote:
                 self.storage.remove(rel)
             raise
         return StoreResult(STORED, sop_uid, study_uid)
 
-    def _existing(self, existing: Instance, digest: str, data: bytes, source: str,
+    def _existing(self, existing: Instance, meta: dict, digest: str, data: bytes, source: str,
                   origin: str, study_uid: str) -> StoreResult:
         if existing.sha256 == digest:
             return StoreResult(ALREADY_PRESENT, existing.sop_uid, study_uid)
-        return self._conflict(data, existing.sop_uid, study_uid, source, origin,
-                              "SOP Instance UID already stored with different content; the "
-                              "original is kept")
+        # other bytes: compared by content (same / a new version / the conflict policy)
+        from .versions import resend
+        return resend(self, existing, meta, data, digest, source, origin)
 
     def _conflict(self, data, sop_uid, study_uid, source, origin, why) -> StoreResult:
         rel = self.storage.quarantine(data)

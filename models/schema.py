@@ -35,6 +35,11 @@ class Patient(BaseModel):
     phone = pw.CharField(max_length=32, null=True)
     id_number_hash = pw.CharField(max_length=64, null=True, index=True)   # HMAC-SHA256, hex
     id_number_masked = pw.CharField(max_length=32, null=True)             # 4420**********123X
+    # identifiers the HIS sent that failed validation (a passport or permit number, an old
+    # 15-digit ID, a bad check digit; a phone that is not a number): kept masked only, never
+    # hashed, never used for identity checks (migration 0053)
+    id_number_unverified = pw.CharField(max_length=32, null=True)
+    phone_unverified = pw.CharField(max_length=32, null=True)
     merged_into = pw.ForeignKeyField("self", null=True, backref="merged_from",
                                      on_delete="SET NULL")
     created_at = pw.DateTimeField(default=utcnow)
@@ -196,6 +201,7 @@ class InboundMessage(BaseModel):
     outcome = pw.CharField(max_length=16, default="received")      # applied / error / rejected
     reason = pw.TextField(default="")
     ack = pw.TextField(default="")
+    digest = pw.CharField(max_length=64, default="")   # of the content (import API: 409 on reuse)
     received_at = pw.DateTimeField(default=utcnow, index=True)
 
     class Meta:
@@ -287,3 +293,31 @@ class PatientShareSession(BaseModel):
 
 PATIENT_QR_MODELS = [PatientShare, PatientShareSession]
 ALL_MODELS.extend(PATIENT_QR_MODELS)
+
+
+class InstanceVersion(BaseModel):
+    """An earlier file of an instance, replaced by a resend with corrected attributes or
+    other pixel data (models/versions.py). The Instance row always names the current file;
+    each row here is one superseded file, kept until dicom_version_retention_days."""
+    instance = pw.ForeignKeyField(Instance, backref="versions", on_delete="CASCADE")
+    study_uid = pw.CharField(max_length=64, index=True)
+    sop_uid = pw.CharField(max_length=64, index=True)
+    number = pw.IntegerField()                         # 1: the first file received
+    file_path = pw.CharField(max_length=255)           # the superseded file (relative)
+    file_size = pw.BigIntegerField()
+    sha256 = pw.CharField(max_length=64)
+    transfer_syntax = pw.CharField(max_length=64, default="")
+    received_at = pw.DateTimeField()                   # when this file became current
+    replaced_at = pw.DateTimeField(default=utcnow, index=True)
+    replaced_by_source = pw.CharField(max_length=32, default="")   # dicom / import / api ...
+    replaced_by_origin = pw.CharField(max_length=255, default="")  # AE title or file name
+    change = pw.CharField(max_length=16)               # attributes / pixels
+    changed_tags = pw.TextField(default="")            # keywords, comma-separated, no values
+    file_removed_at = pw.DateTimeField(null=True)      # pruned after the retention period
+
+    class Meta:
+        indexes = ((("instance", "number"), True),)
+
+
+VERSION_MODELS = [InstanceVersion]
+ALL_MODELS.extend(VERSION_MODELS)

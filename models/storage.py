@@ -12,6 +12,7 @@ checked against the DICOM UID grammar first, so no received value can steer a pa
 
 Layout (relative paths, "/" separated):
     dicom/<study uid>/<series uid>/<sop instance uid>.dcm
+    dicom/<study uid>/<series uid>/<sop instance uid>.v<n>.dcm (version n >= 2 of a resend)
     derived/<study uid>/<series uid>/<sop instance uid>.dcm   (fast-decoding copies)
     reports/<study uid>/<sha256>.pdf
     quarantine/<yyyymmdd>/<sha256>.bin
@@ -165,18 +166,28 @@ class StorageBackend(abc.ABC):
         return rel
 
     # names --------------------------------------------------------------------------------
-    def instance_relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    def instance_relpath(self, study_uid: str, series_uid: str, sop_uid: str,
+                         version: int = 1) -> str:
+        """The original's name; version 2, 3 … (a resend that replaced it, models/versions.py)
+        get names of their own, so no cache keyed by path can serve an older file."""
         for label, uid in (("Study Instance UID", study_uid), ("Series Instance UID", series_uid),
                            ("SOP Instance UID", sop_uid)):
             if not valid_uid(uid):
                 raise StorageError(f"{label} {uid[:80]!r} is not a valid DICOM UID "
                                    "(digits and dots, at most 64 characters)")
-        return f"dicom/{study_uid}/{series_uid}/{sop_uid}.dcm"
+        suffix = f".v{int(version)}" if version > 1 else ""
+        return f"dicom/{study_uid}/{series_uid}/{sop_uid}{suffix}.dcm"
 
     def fast_copy_relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """A native-syntax copy of a compressed original, for fast decoding (derived data:
         it can be deleted at any time and is made again)."""
         return "derived/" + self.instance_relpath(study_uid, series_uid, sop_uid)[len("dicom/"):]
+
+    @staticmethod
+    def fast_copy_of(relpath: str) -> str:
+        """The fast copy's name for an original's name (each version has its own)."""
+        return "derived/" + relpath[len("dicom/"):] if relpath.startswith("dicom/") \
+            else "derived/" + relpath
 
     def report_relpath(self, study_uid: str, sha256: str) -> str:
         if not valid_uid(study_uid):

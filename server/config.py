@@ -109,12 +109,28 @@ SETTINGS: tuple[Setting, ...] = (
             'DICOM port of the hospital PACS.', minimum=1, maximum=65535, group="pacs", runtime=True),
     Setting('pacs_retrieve', 'move', str,
             'How exams are fetched from the PACS: move (C-MOVE to our listener; the PACS must know our AE title) or get (C-GET on the same association).', choices=("move", "get"), group="pacs", runtime=True),
+    Setting("dicom_conflict_policy", "replace", str,
+            "A SOP Instance UID received again with other pixel data: replace (a new version "
+            "is shown, the previous file kept with its history), keep_first (the stored one "
+            "stays; the newcomer is kept in the quarantine and answered with warning 0xB000) "
+            "or quarantine (refused with 0xC002). The same content in another form is always "
+            "a no-op success; corrected attributes with the same pixels are always a new "
+            "version (docs/integration.md, Resends and corrections).",
+            choices=("replace", "keep_first", "quarantine"), group="pacs", runtime=True),
+    Setting("dicom_version_retention_days", 365, int,
+            "Days the superseded file of a replaced instance version is kept before the "
+            "maintenance job deletes it (the history row stays). 0: keep forever.",
+            minimum=0, maximum=36500, group="pacs", runtime=True),
     Setting('hl7_enabled', False, bool,
             'Run the HL7 v2 MLLP listener (ADT, ORM/OMI, ORU with PDF).'),
     Setting('hl7_bind', '127.0.0.1', str,
             'Address the HL7 MLLP listener binds (0.0.0.0 for the hospital network).'),
     Setting('hl7_port', 2575, int,
             'Port of the HL7 MLLP listener.', minimum=1, maximum=65535),
+    Setting("hl7_charset_overrides", "", str,
+            "Senders whose messages are in another character set than their MSH-18 says: "
+            "SENDER=CHARSET, comma-separated; SENDER is MSH-3 or MSH-4, CHARSET one of GB18030, "
+            "GBK, UTF-8, ISO-8859-1 (e.g. OLDHIS=GBK). Read at start-up."),
     Setting("hl7_max_message_mb", 32, int,
             "Largest HL7 message (one MLLP frame) accepted, in MiB; a larger one is read to "
             "its end and answered AR, and the connection stays usable.", minimum=1,
@@ -128,10 +144,10 @@ SETTINGS: tuple[Setting, ...] = (
             'HL7 field holding the national ID number (PID-19, or PID-3 for the repetition typed ID, or PID-n.c).'),
     Setting('hl7_phone_field', 'PID-13', str,
             "HL7 field holding the patient's mobile phone number (PID-13 or PID-14, optionally .c for a component)."),
-    Setting('hl7_accession_field', 'OBR-18', str,
-            'HL7 field holding the accession number in ORM/ORU (falls back to OBR-3, ORC-3, IPC-1).'),
+    Setting('hl7_accession_field', 'IPC-1', str,
+            'HL7 field holding the accession number in OMI/ORM/ORU (IHE: IPC-1; falls back to IPC-1, OBR-18, OBR-3, ORC-3, OBR-2, ORC-2).'),
     Setting('hl7_receivers', '', str,
-            "Outbound HL7 receivers for 'film published' notices, comma-separated host:port. Empty: none.", group="hl7", runtime=True),
+            "Outbound HL7 receivers for 'film published' notices, comma-separated host:port or host:port/APP^FACILITY (their MSH-5 and MSH-6; without it both are the host). Empty: none.", group="hl7", runtime=True),
     Setting('outbox_enabled', True, bool,
             'Run the outbox worker that delivers outbound messages until acknowledged.'),
     Setting('outbox_max_attempts', 10, int,

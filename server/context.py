@@ -100,8 +100,14 @@ def open_context(config: Config, *, migrate_db: bool = True, storage=None) -> Ap
     from .render_service import RenderService
     db_executor = ThreadPoolExecutor(4, thread_name_prefix="db")
     auditor = Auditor(key)
+    renders = RenderService(config, storage, executor)
+    # a resent SOP Instance UID is compared by content (models/versions.py): the comparer,
+    # the settings, the audit and the render caches to forget a replaced version
+    from adapters.dicom_compare import compare_files
+    catalog.compare, catalog.config, catalog.auditor = compare_files, config, auditor
+    catalog.version_listeners = [renders.forget_instance]
     return AppContext(
         config=config, storage=storage, catalog=catalog, secret_key=key, executor=executor,
-        db_executor=db_executor, renders=RenderService(config, storage, executor),
+        db_executor=db_executor, renders=renders,
         principals=PrincipalResolver(), auditor=auditor,
         views=ViewAudit(auditor, db_executor))

@@ -9,6 +9,9 @@ promise ("originals are sacred"):
 - on schedule: `scrub_once` re-hashes every file (conf: integrity_scrub_hours), slowly, in
   the database pool, so files nobody looked at are checked too.
 
+After each scrub, `prune_versions_once` deletes the superseded files of resent instances
+older than dicom_version_retention_days (models/versions.py).
+
 A mismatch or a missing file becomes an IntegrityFinding (shown to system and security
 admins at /api/security/integrity until resolved), an audit record `integrity.mismatch` and
 an ERROR log line (which the hospital's log monitoring picks up).
@@ -23,6 +26,7 @@ from models.catalog import instances_after, reports_with_pdf
 from models.db import connection, write_transaction
 from models.leases import SingletonJob
 from models.security import record_finding
+from models.versions import prune_versions
 from models.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -109,6 +113,13 @@ def scrub_once(ctx, *, pause_s: float = 0.0) -> dict:
     return {"checked": checked, "mismatches": mismatches, "seconds": round(took, 1)}
 
 
+def prune_versions_once(ctx) -> int:
+    """Delete superseded instance-version files older than dicom_version_retention_days
+    (0: keep forever; models/versions.py). Runs after each scrub (blocking)."""
+    with connection():
+        return prune_versions(ctx.storage, ctx.config.dicom_version_retention_days)
+
+
 async def _scrub_loop(ctx, hours: int) -> None:
     await asyncio.sleep(FIRST_SCRUB_DELAY_S)
     loop = asyncio.get_running_loop()
@@ -118,6 +129,10 @@ async def _scrub_loop(ctx, hours: int) -> None:
                                        lambda: scrub_once(ctx, pause_s=0.05))
         except Exception:  # noqa: BLE001 - the next round tries again
             log.exception("integrity scrub failed")
+        try:
+            await loop.run_in_executor(ctx.db_executor, lambda: prune_versions_once(ctx))
+        except Exception:  # noqa: BLE001
+            log.exception("pruning instance versions failed")
         await asyncio.sleep(hours * 3600)
 
 

@@ -22,7 +22,8 @@ from render.errors import RenderError
 
 log = logging.getLogger(__name__)
 
-LOOKUP_TTL_S = 60.0      # where an instance's file is, its hash and size: never change
+LOOKUP_TTL_S = 60.0      # where an instance's file is, its hash and size: change only when a
+                         # resend makes a new version (forget_instance; new file name)
 ACCESS_TTL_S = 1.0       # image switch and patient of an exam: changes apply within a second
 
 
@@ -93,8 +94,7 @@ class FrameRenderer:
             study_uid=exam.study_uid, series_uid=series.series_uid, sop_uid=inst.sop_uid,
             exam_id=exam.id, patient_db_id=exam.patient_id,
             relpath=inst.file_path,
-            fast_relpath=self.storage.fast_copy_relpath(exam.study_uid, series.series_uid,
-                                                        inst.sop_uid),
+            fast_relpath=self.storage.fast_copy_of(inst.file_path),
             sha256=inst.sha256, frames=inst.frames, rows=inst.rows, columns=inst.columns,
             transfer_syntax=inst.transfer_syntax, images_enabled=bool(exam.images_enabled))
 
@@ -172,6 +172,12 @@ class FrameRenderer:
     def forget_exam(self, exam_id: int) -> None:
         self._exam_state.pop(exam_id)
 
+    def forget_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> None:
+        """A resend made a new version: look its file up again (decoded pixels, volumes and
+        rendered images are keyed by the file or its hash, so the old ones are not served)."""
+        self._instances.pop((study_uid, series_uid, sop_uid))
+        self._series.pop((study_uid, series_uid))
+
     def lookup_study_series(self, study_uid) -> list[str]:
         with connection():
             uids = catalog.study_series_uids(study_uid)
@@ -189,7 +195,7 @@ class FrameRenderer:
 
         Checked at the first decode of each instance in this process (an evicted and reloaded
         image is not hashed again); the scheduled scrub re-checks every file."""
-        if ref.sop_uid in self._verified:
+        if ref.relpath in self._verified:
             return
         try:
             actual = self.storage.sha256(ref.relpath)
@@ -198,7 +204,7 @@ class FrameRenderer:
         if actual == ref.sha256:
             if len(self._verified) > 1_000_000:
                 self._verified.clear()
-            self._verified.add(ref.sop_uid)
+            self._verified.add(ref.relpath)
             return
         log.error("integrity: original of SOP %s %s", ref.sop_uid,
                   "is missing" if not actual else "does not match its SHA-256")
@@ -224,7 +230,8 @@ class FrameRenderer:
                                                   ref.relpath, ref.fast_relpath).result()
             with self.storage.path_or_file(ref.fast_relpath if fast else ref.relpath) as src:
                 return load_image(src)
-        return self.decoded.get_or_load(ref.sop_uid, load)
+        # keyed by the file (each version of an instance has its own name)
+        return self.decoded.get_or_load(ref.relpath, load)
 
     def warm_up(self) -> None:
         """Load the numba kernels and the JPEG encoder once, so the first real request of a
@@ -245,7 +252,7 @@ class FrameRenderer:
     def display_defaults(self, ref: InstanceRef) -> dict:
         """The file's own window, frame rate and colour, read from the header only (cached),
         so a viewer can show the first image without asking for image facts first."""
-        hit = self._display.get(ref.sop_uid)
+        hit = self._display.get(ref.relpath)
         if hit is not None:
             return hit
         from render.decode import read_display_defaults
@@ -257,7 +264,7 @@ class FrameRenderer:
             log.info("no display defaults for SOP %s", ref.sop_uid)
         if len(self._display) > 100_000:
             self._display.clear()
-        self._display[ref.sop_uid] = out
+        self._display[ref.relpath] = out
         return out
 
     def _decode_pool(self):
@@ -338,7 +345,9 @@ class RenderService(FrameRenderer):
     def volume(self, refs: list[InstanceRef]):
         """The series as a volume, built once from its decoded slices (cached)."""
         from render.volume import build_volume
-        key = ("volume", refs[0].study_uid, refs[0].series_uid, len(refs))
+        files = hashlib.sha1("|".join(r.relpath for r in refs).encode(),
+                             usedforsecurity=False).hexdigest()
+        key = ("volume", refs[0].study_uid, refs[0].series_uid, len(refs), files)
         return self.volumes.get_or_load(key, lambda: build_volume([self.image(r)
                                                                    for r in refs]))
 

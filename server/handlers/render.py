@@ -14,6 +14,7 @@ Responses carry an ETag and Cache-Control: private (patient data: never a shared
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 
 from models.storage import valid_uid
@@ -96,7 +97,7 @@ class RenderedHandler(BaseHandler):
         if not 0 <= frame_index < max(ref.frames, 1):
             raise ApiError(404, f"frame {frame_index + 1} does not exist: this instance has "
                                 f"{ref.frames} frame(s), numbered from 1")
-        key = (ref.sop_uid, frame_index, tuple(sorted(params.items())))
+        key = (ref.sop_uid, ref.sha256, frame_index, tuple(sorted(params.items())))
         await self.send_image(ref.sha256, key, params["fmt"],
                               functools.partial(self.renders.render, ref, frame_index, **params))
 
@@ -206,8 +207,10 @@ class SeriesRenderHandler(RenderedHandler):
                     pitch=_float_arg(self, "pitch", 0.0, -360, 360))
 
     async def send_series_render(self, refs, key, fn, params) -> None:
-        seed = "|".join(r.sha256 for r in refs[:3]) + str(len(refs))
-        await self.send_image(seed, key, params.get("fmt", "jpeg"),
+        # every slice's hash: a new version of one slice (a resend) is a new image
+        seed = hashlib.sha1("|".join(r.sha256 for r in refs).encode(),
+                            usedforsecurity=False).hexdigest()
+        await self.send_image(seed, (*key, seed), params.get("fmt", "jpeg"),
                               functools.partial(fn, refs, **params))
 
 
@@ -269,7 +272,7 @@ class TileHandler(RenderedHandler):
             raise ApiError(404, f"frame {n} does not exist: this instance has {ref.frames}")
         params = dict(tile_size=tile_size, window=p["window"], quality=p["quality"],
                       fmt=p["fmt"], invert=p["invert"])
-        key = ("tile", sop, n, int(level), int(tx), int(ty), tuple(sorted(params.items())))
+        key = ("tile", sop, ref.sha256, n, int(level), int(tx), int(ty), tuple(sorted(params.items())))
         await self.send_image(ref.sha256, key, p["fmt"], functools.partial(
             self.renders.tile, ref, n - 1, int(level), int(tx), int(ty), **params))
 

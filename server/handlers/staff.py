@@ -19,6 +19,8 @@ import tornado.ioloop
 
 from models import db as dbmod
 from models import staff as svc
+from models.storage import valid_uid
+from models.versions import versions_of_study
 
 from .. import policy, settings
 from ..config import ROOT
@@ -222,6 +224,27 @@ class PatientExamsHandler(StaffHandler):
         self.write_json(out)
 
 
+class InstanceVersionsHandler(StaffHandler):
+    """GET /api/staff/studies/{study_uid}/versions[?sop=UID]: the instances of a study that
+    were resent with corrections or other pixels (models/versions.py), each with its
+    versions newest first: time, source (DICOM AE or import), what changed (attribute names
+    only). For staff who may read the exam's report."""
+
+    async def get(self, study_uid: str) -> None:
+        self.guard("exam.report")
+        sop = self.get_query_argument("sop", "") or None
+        if sop is not None and not valid_uid(sop):
+            raise ApiError(400, "sop 不是有效的 DICOM UID / sop is not a valid DICOM UID")
+
+        def load():
+            exam = self.ctx.catalog.exam_by_uid(study_uid)
+            self.check_exam(exam_id=exam.id, patient_db_id=exam.patient_id,
+                            images_enabled=exam.images_enabled, need="report")
+            return versions_of_study(study_uid, sop)
+        instances = await self.in_db(load)
+        self.write_json({"ok": True, "study_uid": study_uid, "instances": instances})
+
+
 class UnmaskHandler(StaffHandler):
     async def post(self, patient_id: str) -> None:
         self.guard("patient.unmask")
@@ -351,6 +374,7 @@ def routes(ctx) -> list:
         (rf"/api/staff/patients/{PATIENT_ID}/exams", PatientExamsHandler, d),
         (rf"/api/staff/patients/{PATIENT_ID}/unmask", UnmaskHandler, d),
         (rf"/api/staff/patients/{PATIENT_ID}/check-id", CheckIdHandler, d),
+        (r"/api/staff/studies/([0-9][0-9.]{0,63})/versions", InstanceVersionsHandler, d),
         (r"/api/admin/settings", RuntimeSettingsHandler, d),
         (r"/api/admin/health", SystemHealthHandler, d),
     ]

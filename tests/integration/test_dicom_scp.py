@@ -141,7 +141,9 @@ def test_broken_file_answers_failure_and_is_quarantined(scp, tmp_path):
     assert Instance.select().count() == 1      # the good one, on the same association
 
 
-def test_conflicting_content_for_same_uid_is_refused(scp, tmp_path):
+def test_conflicting_content_for_same_uid_is_refused(scp, tmp_path, ctx):
+    """Under dicom_conflict_policy = quarantine (the other policies: test_resend.py)."""
+    ctx.config.set_base(dicom_conflict_policy="quarantine")
     uid = generate_uid()
     a, b = tmp_path / "a.dcm", tmp_path / "b.dcm"
     a.write_bytes(ct_bytes(sop_uid=uid, pixel_value=1))

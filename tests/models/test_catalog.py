@@ -31,11 +31,14 @@ def test_store_then_same_again_is_a_noop(catalog):
 
 
 def test_different_bytes_same_sop_uid_is_quarantined_not_overwritten(catalog):
-    a = ct_bytes(sop_uid="1.2.3.4.5", pixel_value=1)
-    b = ct_bytes(sop_uid="1.2.3.4.5", pixel_value=2)
+    """dicom_conflict_policy = quarantine (replace and keep_first: test_resend.py)."""
+    catalog.config.set_base(dicom_conflict_policy="quarantine")
+    uids = dict(sop_uid="1.2.3.4.5", study_uid="1.2.3.4", series_uid="1.2.3.4.1")
+    a = ct_bytes(pixel_value=1, **uids)
+    b = ct_bytes(pixel_value=2, **uids)
     assert store(catalog, a).outcome == STORED
     r = store(catalog, b)
-    assert r.outcome == CONFLICT and "different content" in r.reason
+    assert r.outcome == CONFLICT and "different pixel data" in r.reason
     inst = Instance.get()
     assert catalog.storage.abspath(inst.file_path).read_bytes() == a
     q = Quarantine.get()

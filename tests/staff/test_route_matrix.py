@@ -190,6 +190,7 @@ EXPECTED = {
     ('POST', '/api/staff/tokens/([0-9]{1,12})/revoke'): (401, 403, 403, 404, 403, 403),
     ('GET', '/api/staff/patients'): (401, 403, 400, 403, 403, 403),
     ('GET', '/api/staff/patients/([^/]{1,64})/exams'): (401, 403, 200, 403, 403, 403),
+    ('GET', '/api/staff/studies/([0-9][0-9.]{0,63})/versions'): (401, 200, 200, 403, 403, 403),
     ('POST', '/api/staff/patients/([^/]{1,64})/unmask'): (401, 400, 400, 403, 403, 403),
     ('POST', '/api/staff/patients/([^/]{1,64})/check-id'): (401, 400, 400, 403, 403, 403),
     ('GET', '/api/admin/settings'): (401, 403, 403, 200, 403, 403),
