@@ -45,22 +45,55 @@ class Decoded:
     codec: str
 
 
-def _msh18_raw(raw: bytes) -> str:
+def _msh_raw(raw: bytes, n: int) -> str:
+    """MSH-n's first component from the raw bytes (before the character set is known)."""
     first = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
     if not first.startswith(b"MSH") or len(first) < 8:
         return ""
     fs = first[3:4]
     fields = first.split(fs)
     # fields[0] = "MSH", fields[1] = encoding characters = MSH-2, so MSH-n = fields[n-1]
-    if len(fields) >= 18:
-        return fields[17].split(b"^")[0].decode("latin-1").strip()
+    if len(fields) >= n:
+        return fields[n - 1].split(b"^")[0].decode("latin-1").strip()
     return ""
 
 
-def decode_message(raw: bytes, fallback: str = "GB18030") -> Decoded:
+def _msh18_raw(raw: bytes) -> str:
+    return _msh_raw(raw, 18)
+
+
+def parse_overrides(text: str) -> dict[str, str]:
+    """Setting hl7_charset_overrides 'HIS=GB18030,LIS=UTF-8' → {"HIS": "gb18030", …}: the
+    character set a sender (MSH-3 or MSH-4) really uses, whatever its MSH-18 says."""
+    out = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        sender, _, charset = item.partition("=")
+        codec = FALLBACKS.get(charset.strip().upper())
+        if not sender.strip() or codec is None:
+            raise ValueError(f"setting hl7_charset_overrides: {item.strip()!r} is not "
+                             f"SENDER=CHARSET with CHARSET one of {', '.join(FALLBACKS)}")
+        out[sender.strip().upper()] = codec
+    return out
+
+
+def decode_message(raw: bytes, fallback: str = "GB18030",
+                   overrides: dict[str, str] | None = None) -> Decoded:
     """Bytes of one message → text, by MSH-18; an empty MSH-18 means UTF-8 when the bytes
-    are valid UTF-8, otherwise the configured fallback (GB18030 also reads GBK)."""
+    are valid UTF-8, otherwise the configured fallback (GB18030 also reads GBK). A sender
+    named in `overrides` (by MSH-3 or MSH-4) is read in its configured character set
+    instead: some HIS declare 8859/1 or UTF-8 and send GBK."""
     declared = _msh18_raw(raw)
+    for sender in (_msh_raw(raw, 3).upper(), _msh_raw(raw, 4).upper()):
+        if sender and overrides and sender in overrides:
+            codec = overrides[sender]
+            try:
+                return Decoded(raw.decode(codec), declared, codec)
+            except UnicodeDecodeError as exc:
+                raise Hl7Error(f"the message is not valid {codec} (the character set set for "
+                               f"sender {sender[:40]}): byte {exc.start} cannot be "
+                               "decoded") from None
     key = declared.upper()
     if key not in CHARSETS:
         raise Hl7Error(f"MSH-18 character set {declared[:32]!r} is not supported: use "
@@ -89,7 +122,8 @@ def decode_message(raw: bytes, fallback: str = "GB18030") -> Decoded:
 class Message:
     """A parsed HL7 v2 message: message.get("PID", 3, comp=1, rep=0)."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, codec: str = "utf-8"):
+        self.codec = codec or "utf-8"     # of the bytes, for \Xhh\ escapes
         text = text.replace("\r\n", "\r").replace("\n", "\r").lstrip("\x0b\ufeff \t")
         segs = [s for s in text.split("\r") if s.strip()]
         if not segs or not segs[0].startswith("MSH") or len(segs[0]) < 8:
@@ -108,6 +142,13 @@ class Message:
                                f"{name[:8]!r} (truncated or garbled message?)")
             if name == "MSH":
                 fields = ["MSH", self.fs] + fields[1:]
+            if name == "ADD" and len(self.segments) > 1:
+                # continuation (HL7 2.10.2): ADD-1 continues the previous segment's last
+                # field, further ADD fields follow it
+                prev = self.segments[-1][1]
+                prev[-1] += fields[1] if len(fields) > 1 else ""
+                prev.extend(fields[2:])
+                continue
             self.segments.append((name, fields))
 
     def all(self, name: str) -> list[list[str]]:
@@ -151,13 +192,31 @@ class Message:
         return parts[comp - 1] if comp - 1 < len(parts) else ""
 
     def unescape(self, s: str) -> str:
+        """Every HL7 escape sequence: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ (delimiters), \\Xhh..\\ (bytes in the
+        message's character set; CR LF / CR / LF → newline), \\.br\\ and \\.sp\\ (newline),
+        highlighting \\H\\ \\N\\ and the other formatting or charset switches (dropped)."""
         if self.esc not in s:
             return s
         e = self.esc
         table = {"F": self.fs, "S": self.cs, "T": self.ss, "R": self.rs, "E": e,
                  ".br": "\n"}
-        return re.sub(re.escape(e) + r"(F|S|T|R|E|\.br)" + re.escape(e),
-                      lambda m: table[m.group(1)], s)
+
+        def one(m: re.Match) -> str:
+            code = m.group(1)
+            if code in table:
+                return table[code]
+            if code[:1] == "X":
+                try:
+                    return bytes.fromhex(code[1:]).decode(self.codec, errors="replace")
+                except ValueError:
+                    return ""
+            if code.startswith(".sp"):
+                return "\n" * max(1, int(code[3:] or 1))
+            return ""          # \H\ \N\ \.fi\ \.in±n\ \Cxxyy\ \Mxxyyzz\ \Zxx\: formatting only
+        out = re.sub(re.escape(e) + r"(F|S|T|R|E|H|N|\.br|\.sp[0-9]*|\.fi|\.nf|\.ce|"
+                     r"\.(?:in|ti|sk)[+-]?[0-9]*|X[0-9A-Fa-f]*|C[0-9A-Fa-f]*|M[0-9A-Fa-f]*|"
+                     r"Z[^" + re.escape(e) + r"]*)" + re.escape(e), one, s)
+        return out.replace("\r\n", "\n").replace("\r", "\n")
 
     # header ----------------------------------------------------------------------------
     @property
@@ -206,10 +265,62 @@ def parse_date(s: str) -> dt.date | None:
     return t.date() if t else None
 
 
+HL7_ERRORS = {0: "Message accepted", 100: "Segment sequence error",
+              101: "Required field missing", 102: "Data type error",
+              103: "Table value not found", 200: "Unsupported message type",
+              201: "Unsupported event code", 202: "Unsupported processing id",
+              203: "Unsupported version id", 204: "Unknown key identifier",
+              205: "Duplicate key identifier", 206: "Application record locked",
+              207: "Application internal error"}
+LOCATION_RE = re.compile(r"^([A-Z][A-Z0-9]{2})-(\d{1,3})(?:\.(\d{1,3}))?$")
+
+
+@dataclass(frozen=True)
+class AckIssue:
+    """One ERR segment: where (an HL7 location such as PID-19 or PID-13.1, may be empty),
+    the HL7 table 0357 code, severity E or W, and the text for the sender's staff."""
+    where: str
+    text: str
+    code: int = 207
+    severity: str = "E"
+
+
+def _version_tuple(ver: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in ver.split(".")[:3])
+    except ValueError:
+        return (2, 5)
+
+
+def _err_segments(ver: str, issues) -> list[str]:
+    """ERR per version: 2.5 and later one ERR per issue with ERR-2 location (ERL), ERR-3
+    error code (HL7 table 0357), ERR-4 severity and ERR-8 text; up to 2.4 one ERR whose
+    ERR-1 (ELD: segment^sequence^field^code&text&HL70357) repeats per issue."""
+    new = _version_tuple(ver) >= (2, 5)
+    segs, eld = [], []
+    for i in issues:
+        m = LOCATION_RE.match(i.where or "")
+        code = f"{i.code}^{escape(HL7_ERRORS.get(i.code, 'Application internal error'))}^HL70357"
+        if new:
+            loc = ""
+            if m:
+                loc = f"{m.group(1)}^1^{m.group(2)}" + (f"^1^{m.group(3)}" if m.group(3) else "")
+            sev = i.severity if i.severity in ("E", "W", "I") else "E"
+            segs.append(f"ERR||{loc}|{code}|{sev}||||{escape(i.text[:500])}")
+        else:
+            where = f"{m.group(1)}^1^{m.group(2)}" if m else "^^"
+            eld.append(f"{where}^{code.replace('^', '&')}")
+    if eld:
+        segs.append("ERR|" + "~".join(eld))
+    return segs
+
+
 def build_ack(msg: Message | None, code: str, text: str = "", *, app: str = "CLOUDFILM",
-              charset: str = "") -> str:
-    """ACK with MSA-1 code (AA / AE / AR) and MSA-2 echoing MSH-10; an ERR segment carries
-    the reason of an AE/AR."""
+              charset: str = "", issues=()) -> str:
+    """ACK with MSA-1 code (AA / AE / AR) and MSA-2 echoing MSH-10; ERR segments (the
+    message's version: ERR-1 up to 2.4, ERR-2/3/4/8 from 2.5) carry the reason of an AE/AR,
+    and the warnings (severity W) of an AA: fields that were not used. Passes hl7apy's strict
+    validation for 2.3.1 to 2.8."""
     if msg is not None:
         to_app, to_fac = msg.get("MSH", 3), msg.get("MSH", 4)
         trig = msg.get("MSH", 9, 2)
@@ -218,12 +329,20 @@ def build_ack(msg: Message | None, code: str, text: str = "", *, app: str = "CLO
     else:
         to_app = to_fac = trig = ctrl = ""
         ver = "2.5"
+    vt = _version_tuple(ver)
+    if vt <= (2, 3):
+        mtype = f"ACK^{escape(trig)}" if trig else "ACK"      # 2.3: MSG without structure
+    else:
+        mtype = f"ACK^{escape(trig)}^ACK"
     msh = ["MSH", "^~\\&", escape(app), escape(app), escape(to_app), escape(to_fac),
-           hl7_timestamp(), "", f"ACK^{escape(trig)}^ACK" if trig else "ACK",
-           new_control_id("ACK"), "P", escape(ver), "", "", "", "", "", escape(charset)]
-    segs = ["|".join(msh).rstrip("|"), f"MSA|{code}|{escape(ctrl)}|{escape(text[:200])}"]
-    if code != "AA":
-        segs.append(f"ERR||||E||||{escape(text[:500])}")
+           hl7_timestamp(), "", mtype, new_control_id("ACK"), "P", escape(ver), "", "", "",
+           "", "", escape(charset)]
+    # MSA-3 (text) was withdrawn in 2.7: from then on the text is only in ERR-8
+    msa_text = f"|{escape(text[:200])}" if vt < (2, 7) and text else ""
+    segs = ["|".join(msh).rstrip("|"), f"MSA|{code}|{escape(ctrl)}{msa_text}"]
+    if not issues and code != "AA":
+        issues = [AckIssue("", text, 207, "E")]
+    segs += _err_segments(ver, issues)
     return "\r".join(segs) + "\r"
 
 

@@ -18,8 +18,9 @@ from models.integration import (IntegrationError, ReportFields, Unsupported, app
                                 file_report, find_exam, merge_patients, record_failure,
                                 upsert_order, upsert_patient)
 
-from .hl7_codec import (CJK_RE, Hl7Error, Message, build_ack, decode_message, encode,
-                        fallback_control_id, parse_date, parse_ts, person_name)
+from .hl7_codec import (CJK_RE, AckIssue, Hl7Error, Message, build_ack, decode_message, encode,
+                        fallback_control_id, parse_date, parse_overrides, parse_ts,
+                        person_name)
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ RESULT_STATUS = {"P": "preliminary", "R": "preliminary", "I": "preliminary",
 class Hl7Settings:
     id_number_field: str = "PID-19"
     phone_field: str = "PID-13"
-    accession_field: str = "OBR-18"
+    accession_field: str = "IPC-1"
     charset_fallback: str = "GB18030"
+    charset_overrides: dict[str, str] = field(default_factory=dict)   # sender → codec
     receivers: list[str] = field(default_factory=list)
     app: str = "CLOUDFILM"
 
@@ -48,6 +50,7 @@ class Hl7Settings:
         return cls(id_number_field=c.hl7_id_number_field, phone_field=c.hl7_phone_field,
                    accession_field=c.hl7_accession_field,
                    charset_fallback=c.hl7_charset_fallback,
+                   charset_overrides=parse_overrides(c.hl7_charset_overrides),
                    receivers=[r.strip() for r in c.hl7_receivers.split(",") if r.strip()],
                    app=c.dicom_ae_title or "CLOUDFILM")
 
@@ -82,9 +85,9 @@ class Hl7Inbound:
         msg = None
         charset = ""
         try:
-            dec = decode_message(raw, self.s.charset_fallback)
+            dec = decode_message(raw, self.s.charset_fallback, self.s.charset_overrides)
             charset = dec.charset_name
-            msg = Message(dec.text)
+            msg = Message(dec.text, dec.codec)
             if frame_error:
                 raise Hl7Error(frame_error)
             if not msg.control_id:
@@ -100,9 +103,10 @@ class Hl7Inbound:
         text = dec.text
         ctrl, mtype = msg.control_id, msg.message_type
 
-        def ack(outcome: str, note: str) -> str:
+        def ack(outcome: str, note: str, issues=()) -> str:
             code = {"applied": "AA", "error": "AE", "rejected": "AR"}[outcome]
-            return build_ack(msg, code, note, app=self.s.app, charset=charset)
+            return build_ack(msg, code, note, app=self.s.app, charset=charset,
+                             issues=[self._ack_issue(i) for i in issues])
 
         res = apply_inbound(CHANNEL, ctrl, mtype, text, lambda: self._apply(msg), ack)
         if res.outcome in ("error", "rejected"):
@@ -110,11 +114,22 @@ class Hl7Inbound:
         return HandleResult(res.outcome, encode(res.ack, charset, dec.codec), ctrl, mtype,
                             res.reason)
 
+    def _ack_issue(self, issue) -> AckIssue:
+        """A models.integration.Issue as an ERR segment: id_number / phone become the fields
+        they came from (hl7_id_number_field, hl7_phone_field)."""
+        where = {"id_number": self.s.id_number_field,
+                 "phone": self.s.phone_field}.get(issue.where, issue.where)
+        text = issue.text
+        if issue.where in ("id_number", "phone"):
+            text = f"{where} ({issue.where.replace('_', ' ')}): {text}"
+        return AckIssue(where, text, issue.hl7_code, issue.severity)
+
     def _unreadable(self, raw: bytes, msg: Message | None, reason: str,
                     charset: str, code: str = "AE") -> HandleResult:
         ctrl = (msg.control_id if msg is not None else "") or fallback_control_id(raw)
         mtype = msg.message_type if msg is not None else ""
-        text = build_ack(msg, code, reason, app=self.s.app, charset=charset)
+        text = build_ack(msg, code, reason, app=self.s.app, charset=charset,
+                         issues=[AckIssue("", reason, 207 if code == "AR" else 102, "E")])
         outcome = "rejected" if code == "AR" else "error"
         record_failure(CHANNEL, ctrl, mtype, raw.decode("utf-8", errors="replace"), outcome,
                        reason, text)
@@ -130,7 +145,8 @@ class Hl7Inbound:
         if t == "ADT" and trig == "A40":
             mrg = msg.first("MRG")
             if mrg is None:
-                raise IntegrationError("ADT^A40 without an MRG segment")
+                raise IntegrationError("ADT^A40 without an MRG segment", where="MRG",
+                                       hl7_code=100)
             old = msg.get(mrg, 1)
             p = merge_patients(self.catalog, self.patient_fields(msg), old)
             return f"patient {old} merged into {p.patient_id}"
@@ -145,7 +161,7 @@ class Hl7Inbound:
     def patient_fields(self, msg: Message) -> dict:
         pid = msg.first("PID")
         if pid is None:
-            raise IntegrationError("PID segment missing")
+            raise IntegrationError("PID segment missing", where="PID", hl7_code=100)
         reps = msg.reps(pid, 3)
         patient_id = ""
         for i, _ in enumerate(reps):
@@ -155,7 +171,8 @@ class Hl7Inbound:
         if not patient_id:
             patient_id = msg.get(pid, 2) or (msg.get(pid, 3, 1, 0) if reps else "")
         if not patient_id:
-            raise IntegrationError("PID-3 (patient identifier list) is empty")
+            raise IntegrationError("PID-3 (patient identifier list) is empty", where="PID-3",
+                                   hl7_code=101)
         f = {"patient_id": patient_id, "name": person_name(msg, pid, 5),
              "sex": {"M": "M", "F": "F", "O": "O"}.get(msg.get(pid, 8).upper()[:1], ""),
              "birth_date": None}
@@ -164,7 +181,7 @@ class Hl7Inbound:
             f["birth_date"] = parse_date(bd)
             if f["birth_date"] is None:
                 raise IntegrationError(f"PID-7 birth date {bd[:20]!r} is not a date "
-                                       "(YYYYMMDD)")
+                                       "(YYYYMMDD)", where="PID-7", hl7_code=102)
         f["id_number"] = self._id_number(msg, pid)
         f["phone"] = self._phone(msg, pid)
         return f
@@ -187,23 +204,25 @@ class Hl7Inbound:
         else:
             v = (msg.get(pid, n, 1) or msg.get(pid, n, 12)
                  or msg.get(pid, n, 6) + msg.get(pid, n, 7))
-        v = re.sub(r"[\s\-()]", "", v)
-        if v and not re.fullmatch(r"\+?[0-9]{5,20}", v):
-            raise IntegrationError(f"{self.s.phone_field} is not a phone number")
-        return v
+        # validated by upsert_patient: a value that is not a phone number is stored as
+        # unverified and answered with a warning (AA), never AE
+        return re.sub(r"[\s\-()]", "", v)
 
     # orders ----------------------------------------------------------------------------
     def accession(self, msg: Message) -> str:
+        """hl7_accession_field (default IPC-1, where IHE OMI^O23 carries it), then IPC-1,
+        OBR-18, OBR-3, ORC-3, OBR-2, ORC-2: the first that is not empty."""
         m = ACC_RE.match(self.s.accession_field)
         first = msg.get(m.group(1), int(m.group(2)), int(m.group(3) or 1))
-        return (first or msg.get("OBR", 18) or msg.get("OBR", 3) or msg.get("ORC", 3)
-                or msg.get("IPC", 1) or msg.get("OBR", 2) or msg.get("ORC", 2))
+        return (first or msg.get("IPC", 1) or msg.get("OBR", 18) or msg.get("OBR", 3)
+                or msg.get("ORC", 3) or msg.get("OBR", 2) or msg.get("ORC", 2))
 
     def study_uid(self, msg: Message) -> str:
         uid = msg.get("ZDS", 1) or msg.get("IPC", 3)
         if uid and not valid_uid(uid):
             raise IntegrationError(f"Study Instance UID {uid[:70]!r} (ZDS-1 / IPC-3) is not a "
-                                   "DICOM UID")
+                                   "DICOM UID", where="ZDS-1" if msg.get("ZDS", 1) else "IPC-3",
+                                   hl7_code=102)
         return uid
 
     def _order_fields(self, msg: Message) -> dict:
@@ -248,28 +267,16 @@ class Hl7Inbound:
             raise IntegrationError("ORU^R01 without an OBR segment")
         status_code = msg.get(obr, 25).upper()
         if status_code == "X":
-            raise IntegrationError("OBR-25 'X' (result cannot be obtained) carries no report")
+            raise IntegrationError("OBR-25 'X' (result cannot be obtained) carries no report",
+                                   where="OBR-25", hl7_code=103)
         if status_code not in RESULT_STATUS:
             raise IntegrationError(f"OBR-25 result status {status_code!r} is not one of "
-                                   "P, F, C")
+                                   "P, F, C", where="OBR-25", hl7_code=103)
         accession, study_uid = self.accession(msg), self.study_uid(msg)
-        findings, impression, pdf = [], [], None
-        for obx in msg.all("OBX"):
-            vtype = msg.get(obx, 2).upper()
-            ident = " ".join(msg.get(obx, 3, i) for i in (1, 2)).upper()
-            if vtype == "ED":
-                pdf = self._pdf(msg, obx)
-                continue
-            if vtype in ("RP",):
-                continue
-            if vtype not in ("TX", "FT", "ST", "CE", "CWE", ""):
-                raise IntegrationError(f"OBX-2 value type {vtype!r} is not supported for "
-                                       "report text (TX, FT, ST, ED)")
-            value = "\n".join(msg.unescape(r) for r in msg.reps(obx, 5))
-            if vtype in ("CE", "CWE"):
-                value = msg.get(obx, 5, 2) or msg.get(obx, 5, 1)
-            target = impression if any(k in ident for k in IMPRESSION_KEYS) else findings
-            target.append(value.strip())
+        findings, impression, measurements = self._observations(msg)
+        pdf = self._pdf(msg)
+        if measurements:
+            findings.append("\n".join(measurements))
         exam = find_exam(accession, study_uid)
         if exam is None:
             if msg.first("PID") is None:
@@ -290,26 +297,99 @@ class Hl7Inbound:
         return f"report {exam.accession_number or exam.study_uid}: {r.status}" + (
             " with PDF" if pdf else "")
 
-    def _pdf(self, msg: Message, obx) -> bytes:  # noqa: C901
-        # OBX-5 (ED): source application ^ type ^ subtype ^ encoding ^ data
-        typ = msg.get(obx, 5, 2).upper()
-        sub = msg.get(obx, 5, 3).upper()
-        enc = msg.get(obx, 5, 4).upper()
-        data = msg.component_raw(obx, 5, 5)
-        if typ not in ("APPLICATION", "AP") or sub != "PDF":
-            raise IntegrationError(f"OBX-5 encapsulated data of type {typ}/{sub}: only "
-                                   "Application/PDF is accepted")
-        if enc not in ("BASE64", "B64"):
-            raise IntegrationError(f"OBX-5 encoding {enc!r}: only Base64 is accepted")
-        try:
-            pdf = base64.b64decode(re.sub(r"\s+", "", data), validate=True)
-        except (binascii.Error, ValueError):
-            raise IntegrationError("OBX-5 PDF data is not valid base64") from None
+    def _observations(self, msg: Message) -> tuple[list[str], list[str], list[str]]:
+        """OBX rows of every value type: text (TX, FT, ST, CE/CWE, and any other type) into
+        the findings, or the impression when OBX-3 names one; NM/SN rows as measurement
+        lines 'name: value unit (range) flag'; ED and RP rows are the PDF (_pdf)."""
+        findings, impression, measurements = [], [], []
+        for obx in msg.all("OBX"):
+            vtype = msg.get(obx, 2).upper()
+            if vtype in ("ED", "RP"):
+                continue
+            ident = " ".join(msg.get(obx, 3, i) for i in (1, 2)).upper()
+            if vtype in ("NM", "SN"):
+                measurements.append(_measurement(msg, obx, vtype))
+                continue
+            if vtype in ("CE", "CWE", "CNE", "CF"):
+                value = "\n".join(msg.get(obx, 5, 2, r) or msg.get(obx, 5, 1, r)
+                                  for r in range(len(msg.reps(obx, 5))))
+            elif vtype in ("TX", "FT", "ST", ""):
+                value = "\n".join(msg.unescape(r) for r in msg.reps(obx, 5))
+            else:   # DT, TS, TM, ID, IS, XPN, CX...: the components as text
+                value = "\n".join(" ".join(msg.unescape(c) for c in msg.comps(r) if c)
+                                  for r in msg.reps(obx, 5))
+            value = value.strip()
+            if not value:
+                continue
+            target = impression if any(k in ident for k in IMPRESSION_KEYS) else findings
+            target.append(value)
+        return findings, impression, measurements
+
+    def _pdf(self, msg: Message) -> bytes | None:
+        """The report PDF from OBX rows of type ED (OBX-5: source ^ Application ^ PDF ^
+        Base64 ^ data): one row, or a PDF split over several rows (or OBX-5 repetitions),
+        concatenated in order; a continuation row may carry only the data (^^^^data or the
+        bare data). None when the message has no ED row."""
+        chunks: list[str] = []
+        for obx in msg.all("OBX"):
+            if msg.get(obx, 2).upper() != "ED":
+                continue
+            for r, rep in enumerate(msg.reps(obx, 5)):
+                parts = msg.comps(rep)
+                if len(parts) == 1:             # continuation: bare data
+                    chunks.append(parts[0])
+                    continue
+                typ = msg.get(obx, 5, 2, r).upper()
+                sub = msg.get(obx, 5, 3, r).upper()
+                enc = msg.get(obx, 5, 4, r).upper()
+                if typ and (typ not in ("APPLICATION", "AP") or sub != "PDF"):
+                    raise IntegrationError(f"OBX-5 encapsulated data of type {typ}/{sub}: "
+                                           "only Application/PDF is accepted", where="OBX-5",
+                                           hl7_code=102)
+                if enc and enc not in ("BASE64", "B64", "A"):
+                    raise IntegrationError(f"OBX-5 encoding {enc!r}: only Base64 is accepted",
+                                           where="OBX-5", hl7_code=102)
+                chunks.append(msg.component_raw(obx, 5, 5, r))
+        if not chunks:
+            return None
+        pdf = _b64_chunks([re.sub(r"\s+|\\\.br\\", "", c) for c in chunks])
+        if pdf is None:
+            raise IntegrationError("OBX-5 PDF data is not valid base64", where="OBX-5",
+                                   hl7_code=102)
         if not pdf.startswith(b"%PDF-"):
             raise IntegrationError("OBX-5 data decodes to something that is not a PDF "
-                                   "(no %PDF- header)")
+                                   "(no %PDF- header)", where="OBX-5", hl7_code=102)
         return pdf
 
+
+def _b64_chunks(chunks: list[str]) -> bytes | None:
+    """Base64 split over rows: the joined text, else each row decoded on its own (senders
+    that pad every row)."""
+    for attempt in ("".join(chunks), None):
+        try:
+            if attempt is not None:
+                return base64.b64decode(attempt, validate=True)
+            return b"".join(base64.b64decode(c, validate=True) for c in chunks if c)
+        except (binascii.Error, ValueError):
+            continue
+    return None
+
+
+def _measurement(msg: Message, obx, vtype: str) -> str:
+    """An NM (or SN) OBX row as 'name: value unit (range) flag'."""
+    name = msg.get(obx, 3, 2) or msg.get(obx, 3, 1) or "value"
+    if vtype == "SN":
+        value = "".join(msg.get(obx, 5, i) for i in (1, 2, 3, 4))
+    else:
+        value = msg.get(obx, 5)
+    unit = msg.get(obx, 6, 1) or msg.get(obx, 6, 2)
+    line = f"{name}: {value}" + (f" {unit}" if unit else "")
+    if msg.get(obx, 7):
+        line += f" ({msg.get(obx, 7)})"
+    flag = msg.get(obx, 8)
+    if flag and flag.upper() != "N":
+        line += f" {flag}"
+    return line
 
 
 def _interpreter(msg: Message, obr, n: int) -> str:

@@ -6,8 +6,11 @@ Authentication, per client: every request carries
     X-CloudFilm-Client:    the client's name (a key in import_api_clients_file)
     X-CloudFilm-Timestamp: Unix time in seconds (within import_api_max_skew_s of ours)
     X-CloudFilm-Signature: hex HMAC-SHA256(key, "<timestamp>\\n<METHOD>\\n<path>\\n" + body)
-Idempotency: every document has a `message_id` chosen by the client; a repeated one is
-answered with the first answer and not applied again. See docs/integration.md.
+Idempotency: every document has a `message_id` chosen by the client; the same document again
+is answered with the first answer and not applied again; the message_id reused for a
+different document (another kind or body) is answered 409 naming the conflict. An ID number
+or phone that fails validation is stored as unverified and named in `warnings` (the document
+is applied). See docs/integration.md.
 """
 from __future__ import annotations
 
@@ -137,6 +140,13 @@ def patient_fields(d) -> dict:
             "phone": _text(d, "phone", 32), "id_number": _text(d, "id_number", 32)}
 
 
+def content_digest(kind: str, doc: dict) -> str:
+    """SHA-256 of a document as JSON with sorted keys (the same document re-serialised by
+    the client has the same digest), with its kind."""
+    canon = json.dumps([kind, doc], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
 def stable_uid(*parts: str) -> str:
     """A UID derived from its parts: a repeated document yields the same UIDs."""
     return generate_uid(entropy_srcs=[str(p) for p in parts])
@@ -211,18 +221,24 @@ class ImportApi:
         if kind not in KINDS:
             return self._fail(channel, mid, kind, body, f"unknown document kind {kind!r}: "
                               f"use one of {', '.join(KINDS)}", status=404)
+        digest = content_digest(kind, doc)
         prev = inbound_duplicate(channel, mid)
         if prev is not None:
+            if prev.digest and prev.digest != digest:
+                return self._conflict(mid, prev.message_type, prev.received_at)
             return 200, {**json.loads(prev.ack), "duplicate": True}
         raw = body.decode("utf-8")
         if len(raw) > 4096 and kind in ("report", "image"):
             raw = raw[:4096] + "…(truncated in the log; the content was stored)"
         result: dict = {}
 
-        def ack(outcome: str, note: str) -> str:
+        def ack(outcome: str, note: str, issues=()) -> str:
             if outcome == "applied":
+                warnings = [{"field": i.where, "message": i.text} for i in issues]
                 return json.dumps({"ok": True, "message_id": mid, "outcome": "applied",
-                                   "result": result}, ensure_ascii=False, default=str)
+                                   "result": result, **({"warnings": warnings} if warnings
+                                                        else {})},
+                                  ensure_ascii=False, default=str)
             return json.dumps({"ok": False, "status": 400, "error": note,
                                "message_id": mid}, ensure_ascii=False)
 
@@ -230,16 +246,36 @@ class ImportApi:
             if kind == "image":
                 # store_instance owns its transaction: store first, then record the message
                 result.update(self._image(doc, client, mid))
-                res = apply_inbound(channel, mid, kind, raw, lambda: "image stored", ack)
+                res = apply_inbound(channel, mid, kind, raw, lambda: "image stored", ack,
+                                    digest=digest)
             else:
                 res = apply_inbound(channel, mid, kind, raw,
-                                    lambda: self._apply(kind, doc, result), ack)
+                                    lambda: self._apply(kind, doc, result), ack, digest=digest)
         except (IntegrationError, CatalogError) as exc:
             return self._fail(channel, mid, kind, body, str(exc))
+        if res.outcome == "conflict":
+            prev = inbound_duplicate(channel, mid)
+            return self._conflict(mid, prev.message_type if prev else kind,
+                                  prev.received_at if prev else None)
         if res.outcome in ("applied", "duplicate"):
             return 200, {**json.loads(res.ack), **({"duplicate": True}
                                                    if res.outcome == "duplicate" else {})}
         return 400, json.loads(res.ack) | {"status": 400}
+
+    @staticmethod
+    def _conflict(mid: str, first_kind: str, first_at) -> tuple[int, dict]:
+        """A message_id reused for a different document: 409, nothing applied or recorded
+        (the first document's record and answer stay as they were)."""
+        when = f"{first_at:%Y-%m-%d %H:%M:%S} UTC" if first_at else "earlier"
+        log.info("import API message_id reused for different content (first: %s, %s)",
+                 first_kind, when)
+        return 409, {"ok": False, "status": 409, "message_id": mid, "error":
+                     f"message_id {mid!r} was already used for a different document (a "
+                     f"{first_kind} received {when}); send a new document with a new "
+                     "message_id, or the same document to get its first answer",
+                     "conflict": {"message_id": mid, "first_kind": first_kind,
+                                  "first_received_at": first_at.isoformat() if first_at
+                                  else None}}
 
     def _fail(self, channel, mid, kind, body, reason, status=400) -> tuple[int, dict]:
         ctrl = mid or "nomid-" + hashlib.sha256(body).hexdigest()[:20]

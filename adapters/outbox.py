@@ -32,39 +32,94 @@ def register_sender(channel: str, sender: Sender) -> None:
     SENDERS[channel] = sender
 
 
-def film_published_hl7(payload: dict, key: str, app: str = "CLOUDFILM") -> bytes:
+@dataclass
+class Hl7Receiver:
+    """One entry of hl7_receivers: `host:port`, or `host:port/APP^FACILITY` for the
+    receiver's MSH-5 / MSH-6 (without it both carry the host, so they are never empty)."""
+    host: str
+    port: int
+    app: str
+    facility: str
+
+    @classmethod
+    def parse(cls, destination: str) -> "Hl7Receiver":
+        addr, _, names = destination.strip().partition("/")
+        host, _, port = addr.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise DeliveryError(f"destination {destination!r} is not host:port or "
+                                "host:port/APP^FACILITY")
+        app, _, facility = names.partition("^")
+        return cls(host, int(port), app.strip() or host, facility.strip() or host)
+
+
+@dataclass
+class Hl7Out:
+    """What the 'film published' ORU needs from the settings: the sending application
+    (MSH-3/4) and the server's public base URL (the viewer link)."""
+    app: str = "CLOUDFILM"
+    base_url: str = ""
+
+
+HL7_OUT = Hl7Out()
+
+
+def film_url(payload: dict, base_url: str) -> str:
+    """The exam's film page: /film/{study_uid}, or /film/exam/{id} without a Study UID."""
+    if payload.get("url"):
+        return payload["url"]
+    if not base_url:
+        return ""
+    if payload.get("study_uid"):
+        return f"{base_url.rstrip('/')}/film/{payload['study_uid']}"
+    if payload.get("exam_id"):
+        return f"{base_url.rstrip('/')}/film/exam/{int(payload['exam_id'])}"
+    return ""
+
+
+def film_published_hl7(payload: dict, key: str, app: str = "CLOUDFILM", *,
+                       receiver: Hl7Receiver | None = None, base_url: str = "") -> bytes:
     """ORU^R01 telling the RIS/HIS that an exam's cloud film and report are published.
     MSH-10 is derived from the idempotency key, so a receiver sees the same control ID on a
-    repeated delivery."""
+    repeated delivery. MSH-5/6 are the receiver's (hl7_receivers `host:port/APP^FACILITY`);
+    the OBX rows carry the publication status, the Study Instance UID and the viewer URL,
+    each only when it has a value (OBX-5 is never empty)."""
     ctrl = "CF" + key.split(":")[1] + "-" + key.split(":")[2][:12] if key.count(":") >= 2 \
         else key[:20]
+    status = "C" if payload.get("report_status") == "corrected" else "F"
+    to_app = escape(receiver.app) if receiver else ""
+    to_fac = escape(receiver.facility) if receiver else ""
     segs = [
-        f"MSH|^~\\&|{escape(app)}|{escape(app)}|||{hl7_timestamp()}||ORU^R01^ORU_R01|"
-        f"{escape(ctrl)}|P|2.5||||||UNICODE UTF-8",
+        f"MSH|^~\\&|{escape(app)}|{escape(app)}|{to_app}|{to_fac}|{hl7_timestamp()}||"
+        f"ORU^R01^ORU_R01|{escape(ctrl)}|P|2.5||||||UNICODE UTF-8",
         f"PID|1||{escape(payload.get('patient_id', ''))}",
         f"OBR|1||{escape(payload.get('accession', ''))}|CLOUDFILM^Cloud film published|||"
-        f"||||||||||||{escape(payload.get('accession', ''))}|||||||"
-        f"{'C' if payload.get('report_status') == 'corrected' else 'F'}",
-        f"OBX|1|ST|STUDYUID^Study Instance UID||{escape(payload.get('study_uid', ''))}"
-        f"||||||F",
+        f"||||||||||||{escape(payload.get('accession', ''))}|||||||{status}",
     ]
-    if payload.get("url"):
-        segs.append(f"OBX|2|RP|URL^Cloud film||{escape(payload['url'])}||||||F")
+    rows = [("ST", "PUBLISHED^Cloud film status^L",
+             "corrected report published" if status == "C" else "published")]
+    if payload.get("study_uid"):
+        rows.append(("ST", "STUDYUID^Study Instance UID^L", escape(payload["study_uid"])))
+    url = film_url(payload, base_url)
+    if url:
+        rows.append(("RP", "FILMURL^Cloud film viewer URL^L",
+                     f"{escape(url)}^{escape(app)}^TEXT^HTML"))
+    for n, (vtype, ident, value) in enumerate(rows, 1):
+        segs.append(f"OBX|{n}|{vtype}|{ident}||{value}||||||{status}")
     return ("\r".join(segs) + "\r").encode("utf-8")
 
 
 async def send_hl7(destination: str, payload: str, key: str) -> None:
-    host, _, port = destination.rpartition(":")
-    if not host or not port.isdigit():
-        raise DeliveryError(f"destination {destination!r} is not host:port")
+    receiver = Hl7Receiver.parse(destination)
     data = json.loads(payload)
     if data.get("kind") == "film_published":
-        msg = film_published_hl7(data, key)
+        msg = film_published_hl7(data, key, HL7_OUT.app, receiver=receiver,
+                                 base_url=HL7_OUT.base_url)
     elif data.get("kind") == "raw_hl7":
         msg = data["message"].encode("utf-8")
     else:
         raise DeliveryError(f"unknown HL7 payload kind {data.get('kind')!r}")
-    await send_message(host, int(port), msg)
+    await send_message(receiver.host, receiver.port, msg)
 
 
 register_sender("hl7", send_hl7)
@@ -77,15 +132,19 @@ class OutboxSettings:
     backoff_max_s: int = 3600
     poll_s: float = 1.0
     concurrency: int = 4
+    app: str = "CLOUDFILM"          # MSH-3/4 of outbound HL7
+    base_url: str = ""              # the viewer URL in 'film published'
 
     @classmethod
     def from_config(cls, c) -> "OutboxSettings":
-        return cls(c.outbox_max_attempts, c.outbox_backoff_s, c.outbox_backoff_max_s)
+        return cls(c.outbox_max_attempts, c.outbox_backoff_s, c.outbox_backoff_max_s,
+                   app=c.dicom_ae_title or "CLOUDFILM", base_url=c.base_url)
 
 
 class OutboxWorker:
     def __init__(self, settings: OutboxSettings, executor=None):
         self.s = settings
+        HL7_OUT.app, HL7_OUT.base_url = settings.app, settings.base_url   # send_hl7 reads it
         self.executor = executor
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None

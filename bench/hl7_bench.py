@@ -26,6 +26,9 @@ from tests.integration import hl7_samples as S  # noqa: E402
 from tests.integration.test_kill import Server  # noqa: E402
 
 
+TARGETS = {1: 300, 4: 500}      # messages per second (issue 15)
+
+
 def sender(port: int, msgs: list[tuple[str, str]], out: list) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -83,8 +86,10 @@ def main() -> int:
             "Reproduce: `.venv/bin/python -m bench.hl7_bench`", "",
             "| connections | messages | AA | wall s | msgs/s | target |", "|---|---|---|---|---|---|"]
     for r in results:
+        goal = TARGETS[r["connections"]]
         rows.append(f"| {r['connections']} | {r['messages']} | {r['acked_AA']} | {r['wall_s']} "
-                    f"| {r['msgs_per_s']:.0f} | ≥ 300 ({'pass' if r['msgs_per_s'] >= 300 else 'FAIL'}) |")
+                    f"| {r['msgs_per_s']:.0f} | ≥ {goal} "
+                    f"({'pass' if r['msgs_per_s'] >= goal else 'FAIL'}) |")
     out.with_suffix(".md").write_text("\n".join(rows) + "\n")
     print(f"saved {out.relative_to(ROOT)} and .md")
     return 0

@@ -11,13 +11,16 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import peewee as pw
 
-from .catalog import Catalog, CatalogError, NotFound, category_for_modality
+from .catalog import (Catalog, CatalogError, NotFound, category_for_modality, mask_identifier,
+                      validate_id_number)
 from .db import write_transaction
 from .schema import (REPORT_STATUSES, BaseModel, Exam, InboundMessage, Outbox, Patient, Report,
                      utcnow)
@@ -55,11 +58,44 @@ INTEGRATION_MODELS = [IntegrationEvent, RetrieveJob]
 
 
 class IntegrationError(CatalogError):
-    """Content that cannot be applied; the message says what is wrong (HL7 answers AE)."""
+    """Content that cannot be applied; the message says what is wrong (HL7 answers AE).
+    `where` names the field (an HL7 location such as PID-7, or id_number / phone) and
+    `hl7_code` the HL7 table 0357 error code (101 required field missing, 102 data type
+    error, 103 table value not found, 207 application internal error, ...)."""
+
+    def __init__(self, message: str = "", *, where: str = "", hl7_code: int = 207, **kw):
+        super().__init__(message, **kw)
+        self.where = where
+        self.hl7_code = hl7_code
 
 
 class Unsupported(IntegrationError):
     """A message type or action we do not handle (HL7 answers AR)."""
+
+    def __init__(self, message: str = "", *, where: str = "MSH-9", hl7_code: int = 200, **kw):
+        super().__init__(message, where=where, hl7_code=hl7_code, **kw)
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A problem reported back to the sender: severity E (not applied) or W (applied, this
+    field ignored). `where` is a field name (id_number, phone) or an HL7 location; `text`
+    never holds the field's value."""
+    where: str
+    text: str
+    hl7_code: int = 207
+    severity: str = "E"
+
+
+_WARNINGS: ContextVar[list | None] = ContextVar("integration_warnings", default=None)
+
+
+def warn(where: str, text: str, hl7_code: int = 102) -> None:
+    """Note a field that was not used (the message is still applied); inside apply_inbound
+    the warning goes into the acknowledgement."""
+    found = _WARNINGS.get()
+    if found is not None and not any(w.where == where for w in found):
+        found.append(Issue(where, text, hl7_code, "W"))
 
 
 def _retrying(fn: Callable[[], Any]) -> Any:
@@ -107,14 +143,42 @@ def upsert_patient(catalog: Catalog, f: dict) -> Patient:
         _set(patient, "sex", f["sex"][:1].upper())
     if f.get("birth_date"):
         _set(patient, "birth_date", f["birth_date"])
-    if f.get("phone"):
-        _set(patient, "phone", f["phone"][:32])
-    if f.get("id_number") and patient.id_number_hash != catalog.id_number_hash(f["id_number"]):
-        catalog.set_patient_id_number(patient, f["id_number"])
+    _identifiers(catalog, patient, f)
     if patient.id is None or patient.is_dirty():
         patient.updated_at = utcnow()
         patient.save()
     return patient
+
+
+PHONE_RE = re.compile(r"\+?[0-9]{5,20}")
+
+
+def _identifiers(catalog: Catalog, patient: Patient, f: dict) -> None:
+    """ID number and phone. A value that fails validation (a passport or Hong Kong/Macau
+    permit number, an old 15-digit ID, a bad check digit, a phone that is not a number) never
+    refuses the message: it is kept masked as unverified, never hashed or used for identity
+    checks, and a warning names the field (the value is never logged)."""
+    phone = re.sub(r"[\s\-()]", "", str(f.get("phone") or ""))
+    if phone and PHONE_RE.fullmatch(phone):
+        _set(patient, "phone", phone[:32])
+        _set(patient, "phone_unverified", None)
+    elif phone:
+        _set(patient, "phone_unverified", mask_identifier(phone))
+        warn("phone", "not a phone number: stored as unverified, not used for identity "
+                      "checks or messages")
+    idn = str(f.get("id_number") or "").strip()
+    if not idn:
+        return
+    try:
+        v = validate_id_number(idn)
+    except CatalogError as exc:
+        _set(patient, "id_number_unverified", mask_identifier(idn))
+        warn("id_number", f"{exc.message.split(' / ')[-1]}: stored as unverified, not used "
+                          "for identity checks")
+        return
+    if patient.id_number_hash != catalog.id_number_hash(v):
+        catalog.set_patient_id_number(patient, v)
+    _set(patient, "id_number_unverified", None)
 
 
 def merge_patients(catalog: Catalog, surviving: dict, old_patient_id: str) -> Patient:
@@ -137,6 +201,10 @@ def merge_patients(catalog: Catalog, surviving: dict, old_patient_id: str) -> Pa
     # fill the survivor's blanks from the old record
     for attr in ("phone", "id_number_hash", "id_number_masked", "birth_date"):
         if getattr(target, attr) in (None, "") and getattr(old, attr) not in (None, ""):
+            setattr(target, attr, getattr(old, attr))
+    for attr, verified in (("id_number_unverified", "id_number_hash"),
+                           ("phone_unverified", "phone")):   # only when nothing better
+        if not getattr(target, verified) and not getattr(target, attr) and getattr(old, attr):
             setattr(target, attr, getattr(old, attr))
     if target.is_dirty():
         target.save()
@@ -377,43 +445,66 @@ def outbox_resend(row_id: int) -> Outbox:
 # inbound messages, exactly once -----------------------------------------------------------
 @dataclass
 class InboundResult:
-    outcome: str            # applied / duplicate / error / rejected
+    outcome: str            # applied / duplicate / conflict / error / rejected
     ack: str
     reason: str = ""
+    issues: tuple = ()      # Issue: the warnings of an applied message, the error of a failed one
+
+
+def _issue_of(exc: CatalogError) -> Issue:
+    return Issue(getattr(exc, "where", ""), str(exc), getattr(exc, "hl7_code", 207), "E")
 
 
 def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
-                  apply: Callable[[], str], ack: Callable[[str, str], str]) -> InboundResult:
+                  apply: Callable[[], str], ack: Callable[[str, str, tuple], str], *,
+                  digest: str = "") -> InboundResult:
     """Apply an inbound message once. apply() runs inside the write transaction that also
-    records the message; it returns a note. A control ID already applied is answered with
-    its stored acknowledgement and not applied again. A failure (IntegrationError: 'error',
+    records the message; it returns a note. ack(outcome, note, issues) makes the answer:
+    issues are the warnings (Issue, severity W) of an applied message (a field that failed
+    validation and was not used) or the error (severity E) of one not applied. A control ID
+    already applied is answered with its stored acknowledgement and not applied again; with
+    `digest` (of the content) given and different from the stored one, the outcome is
+    'conflict' (the stored answer is not repeated). A failure (IntegrationError: 'error',
     Unsupported: 'rejected') is recorded with its reason; a later message with the same
     control ID is tried again."""
     control_id = control_id[:128]
 
     def previous():
         return (InboundMessage.select(InboundMessage.id, InboundMessage.outcome,
-                                      InboundMessage.ack)
+                                      InboundMessage.ack, InboundMessage.digest,
+                                      InboundMessage.received_at)
                 .where((InboundMessage.channel == channel)
                        & (InboundMessage.control_id == control_id)).first())
 
+    def repeat(old) -> InboundResult:
+        if digest and old.digest and old.digest != digest:
+            return InboundResult("conflict", old.ack, "the control ID was used for different "
+                                 f"content, applied at {old.received_at:%Y-%m-%d %H:%M:%S} UTC")
+        return InboundResult("duplicate", old.ack, "already applied")
+
     def run():
-        with write_transaction():
-            old = previous()
-            if old is not None and old.outcome == "applied":
-                return InboundResult("duplicate", old.ack, "already applied")
-            note = apply()
-            text = ack("applied", note)
-            if old is not None:
-                InboundMessage.update(outcome="applied", reason=note, ack=text, raw=raw,
-                                      message_type=message_type[:32],
-                                      received_at=utcnow()).where(
-                    InboundMessage.id == old.id).execute()
-            else:
-                InboundMessage.create(channel=channel, control_id=control_id,
-                                      message_type=message_type[:32], raw=raw,
-                                      outcome="applied", reason=note, ack=text)
-            return InboundResult("applied", text, note)
+        found: list = []
+        token = _WARNINGS.set(found)
+        try:
+            with write_transaction():
+                old = previous()
+                if old is not None and old.outcome == "applied":
+                    return repeat(old)
+                note = apply()
+                text = ack("applied", note, tuple(found))
+                if old is not None:
+                    InboundMessage.update(outcome="applied", reason=note, ack=text, raw=raw,
+                                          message_type=message_type[:32], digest=digest,
+                                          received_at=utcnow()).where(
+                        InboundMessage.id == old.id).execute()
+                else:
+                    InboundMessage.create(channel=channel, control_id=control_id,
+                                          message_type=message_type[:32], raw=raw,
+                                          outcome="applied", reason=note, ack=text,
+                                          digest=digest)
+                return InboundResult("applied", text, note, tuple(found))
+        finally:
+            _WARNINGS.reset(token)
 
     try:
         for attempt in range(RETRIES):
@@ -422,16 +513,16 @@ def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
             except pw.IntegrityError:
                 prev = previous()
                 if prev is not None and prev.outcome == "applied":
-                    return InboundResult("duplicate", prev.ack, "already applied")
+                    return repeat(prev)
                 if attempt == RETRIES - 1:
                     raise
     except Unsupported as exc:
-        outcome, reason = "rejected", str(exc)
+        outcome, reason, issue = "rejected", str(exc), _issue_of(exc)
     except CatalogError as exc:
-        outcome, reason = "error", str(exc)
-    text = ack(outcome, reason)
+        outcome, reason, issue = "error", str(exc), _issue_of(exc)
+    text = ack(outcome, reason, (issue,))
     record_failure(channel, control_id, message_type, raw, outcome, reason, text)
-    return InboundResult(outcome, text, reason)
+    return InboundResult(outcome, text, reason, (issue,))
 
 
 def record_failure(channel: str, control_id: str, message_type: str, raw: str, outcome: str,
