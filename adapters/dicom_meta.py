@@ -167,8 +167,11 @@ def check_pixel_data(ds: Dataset) -> None:
                             f"{expected} are needed for {ds.Rows}x{ds.Columns}")
 
 
-def extract_meta(data: bytes, *, charset_fallback: str = "GB18030") -> tuple[dict, Dataset]:
-    """Parse data and return (index metadata, dataset). Raises DicomRejected with a reason."""
+def extract_meta(data: bytes, *, charset_fallback: str = "GB18030",
+                 charset_override: str | None = None) -> tuple[dict, Dataset]:
+    """Parse data and return (index metadata, dataset). Raises DicomRejected with a reason.
+    `charset_override` (a sender known to mislabel its text, setting dicom_charset_overrides)
+    replaces the file's Specific Character Set for reading; the stored file is unchanged."""
     ds = read_dataset(data)
     if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
         raise DicomRejected("no File Meta Information / Transfer Syntax UID (0002,0010)")
@@ -176,7 +179,9 @@ def extract_meta(data: bytes, *, charset_fallback: str = "GB18030") -> tuple[dic
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         raise DicomRejected("DICOMDIR: a media index, not an image (import the folder or the "
                             "DICOMDIR path to import the files it lists)")
-    if "SpecificCharacterSet" not in ds and _has_non_ascii_text(ds):
+    if charset_override:
+        ds.SpecificCharacterSet = charset_override
+    elif "SpecificCharacterSet" not in ds and _has_non_ascii_text(ds):
         ds.SpecificCharacterSet = charset_fallback
     try:
         ds.decode()

@@ -64,8 +64,10 @@ class InstanceSink:
 
     def __init__(self, catalog: Catalog, *, charset_fallback: str = "GB18030",
                  fast_copies: bool = True, on_stored: Callable[[dict], None] | None = None,
-                 receivers: list[str] = ()):
+                 receivers: list[str] = (), charset_overrides: dict[str, str] | None = None):
         self.catalog = catalog
+        # calling AE title → the character set its files really use (dicom_charset_overrides)
+        self.charset_overrides = {k.upper(): v for k, v in (charset_overrides or {}).items()}
         self.receivers = list(receivers)     # HL7 'film published' for a filed PDF report
         self.charset_fallback = charset_fallback
         self.fast_copies = fast_copies
@@ -76,7 +78,9 @@ class InstanceSink:
 
     def store(self, data: bytes, origin: str) -> int | Dataset:
         try:
-            meta, ds = extract_meta(data, charset_fallback=self.charset_fallback)
+            meta, ds = extract_meta(data, charset_fallback=self.charset_fallback,
+                                    charset_override=self.charset_overrides.get(
+                                        origin.split("@", 1)[0].strip().upper()))
         except DicomRejected as exc:
             self.catalog.quarantine(data, str(exc), "dicom", origin)
             log.info("C-STORE from %s rejected: %s", origin, exc)
@@ -136,6 +140,24 @@ class InstanceSink:
         self._copy_pool.submit(make_fast_copy, st, rel, st.fast_copy_of(rel))
 
 
+DICOM_CHARSETS = ("GB18030", "GBK", "ISO_IR 192", "ISO_IR 100", "ISO 2022 IR 58")
+
+
+def parse_charset_overrides(text: str) -> dict[str, str]:
+    """Setting dicom_charset_overrides 'US01=GBK,CT2=GB18030' → {calling AE: charset}."""
+    out = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        ae, _, charset = item.partition("=")
+        charset = charset.strip().upper()
+        if not ae.strip() or len(ae.strip()) > 16 or charset not in DICOM_CHARSETS:
+            raise ValueError(f"setting dicom_charset_overrides: {item.strip()!r} is not "
+                             f"AE_TITLE=CHARSET with CHARSET one of {', '.join(DICOM_CHARSETS)}")
+        out[ae.strip().upper()] = charset
+    return out
+
+
 def _peer(event) -> str:
     r = event.assoc.requestor
     return f"{r.ae_title}@{r.address}:{r.port}"
@@ -146,10 +168,11 @@ class DicomScp:
                  host: str = "127.0.0.1", port: int = 11112,
                  allowed_aets: list[str] | None = None, max_associations: int = 8,
                  charset_fallback: str = "GB18030", fast_copies: bool = True,
-                 on_stored: Callable[[dict], None] | None = None, receivers: list[str] = ()):
+                 on_stored: Callable[[dict], None] | None = None, receivers: list[str] = (),
+                 charset_overrides: dict[str, str] | None = None):
         self.sink = InstanceSink(catalog, charset_fallback=charset_fallback,
                                  fast_copies=fast_copies, on_stored=on_stored,
-                                 receivers=receivers)
+                                 receivers=receivers, charset_overrides=charset_overrides)
         self.ae_title, self.host, self.port = ae_title, host, port
         self.allowed = [a.strip() for a in (allowed_aets or []) if a.strip()]
         self.max_associations = max_associations

@@ -99,6 +99,11 @@ SETTINGS: tuple[Setting, ...] = (
             'Port of the DICOM listener.', minimum=1, maximum=65535),
     Setting('dicom_allowed_aets', '', str,
             'Calling AE titles allowed to associate, comma-separated. Empty: any calling AE title (logged at start-up).', group="pacs", runtime=True),
+    Setting("dicom_charset_overrides", "", str,
+            "Senders whose files carry text in another character set than their Specific "
+            "Character Set (0008,0005) says: CALLING_AE=CHARSET, comma-separated, CHARSET one "
+            "of GB18030, GBK, ISO_IR 192, ISO_IR 100, ISO 2022 IR 58 (e.g. US01=GBK for an "
+            "ultrasound that labels GBK names ISO_IR 100). Read at start-up."),
     Setting('dicom_max_associations', 8, int,
             'DICOM associations served at the same time.', minimum=1, maximum=64),
     Setting('pacs_ae_title', '', str,

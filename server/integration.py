@@ -14,7 +14,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from adapters.dicom_net import DicomScp, InstanceSink, PacsNode, retrieve_study
+from adapters.dicom_net import (DicomScp, InstanceSink, PacsNode, parse_charset_overrides,
+                                retrieve_study)
 from adapters.hl7_inbound import Hl7Inbound, Hl7Settings
 from adapters.hl7_mllp import MllpListener, event_recorder
 from adapters.import_api import ImportApi, load_clients
@@ -128,7 +129,9 @@ async def start_background(ctx, primary: bool) -> Services:
                                 max_associations=c.dicom_max_associations,
                                 charset_fallback=c.charset_fallback,
                                 fast_copies=c.predecode_after_import,
-                                receivers=receivers(c))
+                                receivers=receivers(c),
+                                charset_overrides=parse_charset_overrides(
+                                    c.dicom_charset_overrides))
         await loop.run_in_executor(None, SERVICES.scp.start)
     if c.hl7_enabled:
         SERVICES.mllp = await start_hl7(ctx, c.hl7_bind, c.hl7_port)
