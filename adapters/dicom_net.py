@@ -31,7 +31,7 @@ from models.integration import (ReportFields, file_report, note_event,
                                 retrieve_job_update)
 
 from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta, person_name_text
-from .fast_copy import make_fast_copy, needs_fast_copy
+from .fast_copy import BackgroundCopies, needs_fast_copy
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,11 @@ class InstanceSink:
         self.on_stored = on_stored
         self._lock = threading.Lock()
         self.stored = self.failed = 0
-        self._copy_pool = None
+        self.copies = BackgroundCopies(catalog.storage) if fast_copies else None
 
     def store(self, data: bytes, origin: str) -> int | Dataset:
+        if self.copies is not None:
+            self.copies.activity()              # queued copies wait while instances arrive
         try:
             meta, ds = extract_meta(data, charset_fallback=self.charset_fallback,
                                     charset_override=self.charset_overrides.get(
@@ -130,14 +132,12 @@ class InstanceSink:
             log.info("encapsulated PDF %s not filed as report: %s", meta["sop_uid"], exc)
 
     def _fast_copy(self, meta: dict, version: int = 1) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+        """Queue the fast copy of a compressed instance: made after the ingest, never before
+        the answer (adapters/fast_copy.py BackgroundCopies)."""
         st = self.catalog.storage
-        uids = (meta["study_uid"], meta["series_uid"], meta["sop_uid"])
-        with self._lock:
-            if self._copy_pool is None:
-                self._copy_pool = ThreadPoolExecutor(1, thread_name_prefix="fastcopy")
-        rel = st.instance_relpath(*uids, version=version)
-        self._copy_pool.submit(make_fast_copy, st, rel, st.fast_copy_of(rel))
+        rel = st.instance_relpath(meta["study_uid"], meta["series_uid"], meta["sop_uid"],
+                                  version=version)
+        self.copies.add(rel, st.fast_copy_of(rel))
 
 
 DICOM_CHARSETS = ("GB18030", "GBK", "ISO_IR 192", "ISO_IR 100", "ISO 2022 IR 58")
@@ -209,6 +209,8 @@ class DicomScp:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        if self.sink.copies is not None:
+            self.sink.copies.close()
 
     # handlers --------------------------------------------------------------------------
     def _on_store(self, event) -> int | Dataset:

@@ -71,10 +71,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("processes", 1, int,
             "Server processes sharing the port (SO_REUSEPORT). 0 means one per CPU core.",
             minimum=0, maximum=64),
-    Setting("decode_processes", 1, int,
+    Setting("decode_processes", 0, int,
             "Worker processes (per server process) that decode compressed originals which "
-            "have no fast copy yet, so decoding never stalls the server.",
-            minimum=1, maximum=32),
+            "have no fast copy yet, so decoding never stalls the server and a never-seen "
+            "series decodes on every core. 0 means one per CPU core.",
+            minimum=0, maximum=32),
     Setting("decoded_cache_mb", 1024, int, "Byte budget of the decoded-pixel cache (MiB).",
             minimum=16, maximum=262144),
     Setting("volume_cache_mb", 1024, int, "Byte budget of the MPR volume cache (MiB).",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -273,7 +274,7 @@ class FrameRenderer:
                 import multiprocessing
                 from concurrent.futures import ProcessPoolExecutor
                 self._pool = ProcessPoolExecutor(
-                    max_workers=self.config.decode_processes or 1,
+                    max_workers=self.config.decode_processes or os.cpu_count() or 1,
                     mp_context=multiprocessing.get_context("spawn"))
             return self._pool
 
