@@ -29,7 +29,7 @@ VT, FS = 0x0B, 0x1C
 BETWEEN_FRAMES = b"\r\n \t"
 MAX_MESSAGE_BYTES = 32 << 20        # default of hl7_max_message_mb: a report PDF fits easily
 IDLE_TIMEOUT_S = 300
-HEAD_KEPT = 64 << 10                # of a refused frame, enough to echo MSH-10
+HEAD_KEPT = 16 << 10                # of a refused frame, enough to echo MSH-10
 EMPTY_MSH = b"MSH|^~\\&|||||||ACK||P|2.5"
 
 # (message bytes, frame error, refusal code AE/AR) -> ACK bytes

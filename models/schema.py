@@ -12,6 +12,12 @@ EXAM_STATUSES = ("ordered", "scheduled", "examined", "reported", "cancelled")
 REPORT_STATUSES = ("preliminary", "final", "corrected")
 
 
+class LongTextField(pw.TextField):
+    """Text that may exceed 64 KiB: a whole HL7 message with its base64 PDF (MySQL's TEXT
+    stops at 65,535 bytes; LONGTEXT holds 4 GiB; SQLite treats both as TEXT)."""
+    field_type = "LONGTEXT"
+
+
 class BaseModel(pw.Model):
     class Meta:
         database = database
@@ -197,7 +203,7 @@ class InboundMessage(BaseModel):
     channel = pw.CharField(max_length=32)                          # hl7 / api / wechat
     control_id = pw.CharField(max_length=128)
     message_type = pw.CharField(max_length=32, default="")
-    raw = pw.TextField()
+    raw = LongTextField()
     outcome = pw.CharField(max_length=16, default="received")      # applied / error / rejected
     reason = pw.TextField(default="")
     ack = pw.TextField(default="")

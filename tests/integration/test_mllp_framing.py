@@ -194,3 +194,21 @@ def test_split_frame_keeps_message_bytes():
     assert b.bhs == b"BHS|^~\\&|X" and b.messages == [b"MSH|^~\\&|A\r"]
     # "MSH" inside a field is not a message start
     assert len(split_frame(b"MSH|^~\\&|A\rNTE|1||see MSH|x\r").messages) == 1
+
+
+def test_a_report_with_a_real_size_pdf_is_applied(hl7_server):
+    """A report PDF of a few hundred KiB in base64 (a real one) is applied and kept; on
+    MariaDB the message log's TEXT column stopped at 64 KiB (migration 0054: LONGTEXT)."""
+    import os
+    from models.schema import Exam, Report
+    p = Peer(hl7_server.port)
+    p.send(VT + S.orm("BIGPDF-O", "ACC-BIGPDF", pid="PBIG2").encode() + FS + CR)
+    assert p.ack()[0] == "AA"
+    pdf = b"%PDF-1.4\n%" + os.urandom(300 << 10).hex().encode()[:300 << 10] + b"\n%%EOF\n"
+    p.send(VT + S.oru("BIGPDF-R", "ACC-BIGPDF", pdf=pdf, pid="PBIG2").encode() + FS + CR)
+    code, ctrl, why = p.ack()
+    p.close()
+    assert (code, ctrl) == ("AA", "BIGPDF-R"), why
+    report = Report.get(Report.exam == Exam.get(Exam.accession_number == "ACC-BIGPDF"))
+    assert report.pdf_path
+    assert len(InboundMessage.get(InboundMessage.control_id == "BIGPDF-R").raw) > 400_000
