@@ -19,7 +19,8 @@ from .handlers.base import UID, NotFoundHandler
 # settings, timers, outbox senders); a feature adds its own module instead of editing one
 # shared table. Every module named is required: one that fails to import stops start-up
 # with its error. Order matters only for overlapping patterns (none so far).
-ROUTE_MODULES = ("render", "report", "pages", "visitor", "auth", "staff", "shares", "patient",
+ROUTE_MODULES = ("render", "dicomweb", "report", "pages", "visitor", "auth", "staff", "shares",
+                 "patient",
                  "patient_qr", "download", "integration", "wechat", "admin", "security", "openapi")
 
 

@@ -24,9 +24,9 @@ ADMIN_ROLES = {"sysadmin", "secadmin", "auditadmin"}
 
 PERMISSIONS: dict[str, set[str]] = {
     "frontdesk": {"exam.search", "exam.report", "exam.images", "exam.switch_images",
-                  "share.manage", "download.read", "patient.unmask"},
+                  "share.manage", "download.read", "patient.unmask", "exam.import"},
     "doctor": {"exam.search", "exam.report", "exam.images", "exam.download",
-               "patient.history", "share.manage", "patient.unmask"},
+               "patient.history", "share.manage", "patient.unmask", "exam.import"},
     "sysadmin": {"user.manage", "settings.manage", "integration.manage", "health.read",
                  "verification.manage"},
     "secadmin": {"security.manage"},
@@ -142,3 +142,32 @@ def check_exam(principal: Principal | None, *, exam_id: int, patient_db_id: int,
     if need == "download" and not principal.freshly_verified():
         raise AccessError("下载原始影像前请重新验证身份 / verify your identity again (within "
                           "10 minutes) before downloading", status=403)
+
+
+def visible_exams(principals, query: dict | None = None, *, level: str = "study", **kw):
+    """The one list policy: the exams (QIDO rows) the held sessions may list.
+
+    `principals`: one Principal or the sessions a browser holds. Staff with exam.search see
+    every exam; a verified patient their own; a share visitor exactly the shared exam (until
+    it expires). Below the study level (series, instances) patients and share visitors see
+    only exams whose images are switched on (and, for a share, included). Runs in the db pool.
+    """
+    from models.qido import Scope, search
+    if isinstance(principals, Principal) or principals is None:
+        principals = [principals]
+    principals = [p for p in principals if p is not None]
+    if not principals:
+        raise Unauthenticated("请先登录或验证身份 / please sign in or verify your identity")
+    staff = [p for p in principals if p.kind == "staff"]
+    if staff:
+        require(staff[0], "exam.search")
+        scope = Scope(all=True)
+    else:
+        now = utcnow()
+        patients = tuple(p.patient_db_id for p in principals
+                         if p.kind == "patient" and p.patient_db_id is not None)
+        exams = tuple((p.share_exam_id, p.share_include_images) for p in principals
+                      if p.kind == "share" and p.share_exam_id is not None
+                      and not (p.share_expires_at and now >= p.share_expires_at))
+        scope = Scope(patients=patients, exams=exams)
+    return search(scope, level, query or {}, **kw)

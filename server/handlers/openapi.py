@@ -189,6 +189,9 @@ def media_type(path: str) -> str:
         return "image/*"
     if path.startswith("/api/") or path == "/healthz":
         return "application/json"
+    if path.startswith("/dicomweb/"):           # QIDO-RS, metadata / WADO-RS, STOW-RS
+        return ("application/dicom+json" if re.search(r"/(studies|series|instances|metadata)$",
+                                                      path) else "multipart/related")
     return "text/html"
 
 

@@ -1,0 +1,329 @@
+"""DICOMweb encodings (PS3.18): DICOM JSON of QIDO-RS rows, instance metadata with
+BulkDataURIs, transcoding to explicit VR little endian, frames, and multipart/related bodies.
+
+Pure functions over stored bytes and catalogue rows; the handlers (server/handlers/dicomweb.py)
+look rows up and check access.
+"""
+from __future__ import annotations
+
+import io
+import re
+import threading
+from collections import OrderedDict
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+UNCOMPRESSED = {IMPLICIT_LE, EXPLICIT_LE, "1.2.840.10008.1.2.2"}
+CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+# keyword -> (tag, VR)
+TAGS = {
+    "SpecificCharacterSet": ("00080005", "CS"),
+    "SOPClassUID": ("00080016", "UI"),
+    "SOPInstanceUID": ("00080018", "UI"),
+    "StudyDate": ("00080020", "DA"),
+    "StudyTime": ("00080030", "TM"),
+    "AccessionNumber": ("00080050", "SH"),
+    "Modality": ("00080060", "CS"),
+    "ModalitiesInStudy": ("00080061", "CS"),
+    "InstitutionName": ("00080080", "LO"),
+    "ReferringPhysicianName": ("00080090", "PN"),
+    "RetrieveURL": ("00081190", "UR"),
+    "StudyDescription": ("00081030", "LO"),
+    "SeriesDescription": ("0008103E", "LO"),
+    "AvailableTransferSyntaxUID": ("00083002", "UI"),
+    "PatientName": ("00100010", "PN"),
+    "PatientID": ("00100020", "LO"),
+    "PatientBirthDate": ("00100030", "DA"),
+    "PatientSex": ("00100040", "CS"),
+    "BodyPartExamined": ("00180015", "CS"),
+    "StudyInstanceUID": ("0020000D", "UI"),
+    "SeriesInstanceUID": ("0020000E", "UI"),
+    "SeriesNumber": ("00200011", "IS"),
+    "InstanceNumber": ("00200013", "IS"),
+    "NumberOfStudyRelatedSeries": ("00201206", "IS"),
+    "NumberOfStudyRelatedInstances": ("00201208", "IS"),
+    "NumberOfSeriesRelatedInstances": ("00201209", "IS"),
+    "NumberOfFrames": ("00280008", "IS"),
+    "Rows": ("00280010", "US"),
+    "Columns": ("00280011", "US"),
+    "BitsAllocated": ("00280100", "US"),
+}
+BY_TAG = {tag: kw for kw, (tag, _) in TAGS.items()}
+
+STUDY_DEFAULT = ["SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber",
+                 "ModalitiesInStudy", "ReferringPhysicianName", "PatientName", "PatientID",
+                 "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDescription",
+                 "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+                 "RetrieveURL"]
+SERIES_DEFAULT = ["SpecificCharacterSet", "Modality", "SeriesDescription", "SeriesInstanceUID",
+                  "SeriesNumber", "NumberOfSeriesRelatedInstances", "StudyInstanceUID",
+                  "RetrieveURL"]
+INSTANCE_DEFAULT = ["SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceNumber",
+                    "Rows", "Columns", "BitsAllocated", "NumberOfFrames",
+                    "AvailableTransferSyntaxUID", "StudyInstanceUID", "SeriesInstanceUID",
+                    "RetrieveURL"]
+STUDY_ALL = STUDY_DEFAULT + ["InstitutionName"]
+SERIES_ALL = SERIES_DEFAULT + ["BodyPartExamined"]
+
+
+def keyword_of(key: str) -> str | None:
+    """A QIDO query key (keyword or 8-digit hex tag) as our keyword, else None."""
+    if key in TAGS:
+        return key
+    return BY_TAG.get(key.upper())
+
+
+def person_name(text: str) -> dict | None:
+    """PS3.18 F.2.2 PersonName: Chinese text as the Ideographic group (no pinyin is stored,
+    so no Alphabetic group then); other names as the Alphabetic group."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if CJK_RE.search(text):
+        return {"Ideographic": text}
+    return {"Alphabetic": text.replace(" ", "^", 1) if "^" not in text else text}
+
+
+def _value(kw: str, row: dict, base_url: str):
+    sv = row.get
+    if kw == "SpecificCharacterSet":
+        return ["ISO_IR 192"]
+    if kw == "StudyDate":
+        d = sv("exam_date")
+        return [d.strftime("%Y%m%d")] if d else None
+    if kw == "StudyTime":
+        t = sv("exam_time")
+        return [t.strftime("%H%M%S")] if t else None
+    if kw == "PatientBirthDate":
+        d = sv("patient_birth_date")
+        return [d.strftime("%Y%m%d")] if d else None
+    if kw == "PatientName":
+        pn = person_name(sv("patient_name"))
+        return [pn] if pn else None
+    if kw == "ReferringPhysicianName":
+        pn = person_name(sv("referring_physician"))
+        return [pn] if pn else None
+    if kw == "ModalitiesInStudy":
+        mods = [m for m in re.split(r"[\\,]", sv("modality") or "") if m]
+        return mods or None
+    if kw == "RetrieveURL":
+        url = f"{base_url}/studies/{sv('study_uid')}"
+        if "series_uid" in row:
+            url += f"/series/{sv('series_uid')}"
+        if "sop_uid" in row:
+            url += f"/instances/{sv('sop_uid')}"
+        return [url]
+    simple = {"AccessionNumber": "accession_number", "PatientID": "patient_id",
+              "PatientSex": "patient_sex", "StudyInstanceUID": "study_uid",
+              "StudyDescription": "description", "InstitutionName": "institution",
+              "NumberOfStudyRelatedSeries": "num_series",
+              "NumberOfStudyRelatedInstances": "num_instances", "Modality": "modality",
+              "SeriesDescription": "series_description", "SeriesInstanceUID": "series_uid",
+              "SeriesNumber": "series_number",
+              "NumberOfSeriesRelatedInstances": "series_num_instances",
+              "BodyPartExamined": "body_part", "SOPClassUID": "sop_class_uid",
+              "SOPInstanceUID": "sop_uid", "InstanceNumber": "instance_number",
+              "Rows": "rows", "Columns": "columns", "BitsAllocated": "bits_allocated",
+              "NumberOfFrames": "frames", "AvailableTransferSyntaxUID": "transfer_syntax"}
+    name = simple.get(kw)
+    if name is None or name not in row:
+        return None
+    v = sv(name)
+    if v is None or v == "":
+        return None
+    return [v]
+
+
+def qido_json(rows: list[dict], level: str, includefields: list[str], base_url: str) -> list:
+    """application/dicom+json of QIDO rows (PS3.18 F.2)."""
+    if level == "study":
+        fields, everything = STUDY_DEFAULT, STUDY_ALL
+    elif level == "series":
+        fields, everything = SERIES_DEFAULT, SERIES_ALL + STUDY_ALL
+    else:
+        fields, everything = INSTANCE_DEFAULT, INSTANCE_DEFAULT + SERIES_ALL + STUDY_ALL
+    if "all" in includefields:
+        fields = everything
+    else:
+        fields = fields + [f for f in includefields if f in everything]
+    out = []
+    for row in rows:
+        doc = {}
+        for kw in dict.fromkeys(fields):
+            tag, vr = TAGS[kw]
+            value = _value(kw, row, base_url)
+            doc[tag] = {"vr": vr, "Value": value} if value else {"vr": vr}
+        out.append(dict(sorted(doc.items())))
+    return out
+
+
+# ---------------------------------------------------------------------------- WADO-RS
+def explicit_le(data: bytes) -> bytes:
+    """The file re-encoded as explicit VR little endian (decompressing pixel data when the
+    stored syntax is compressed). Raises ValueError when that is not possible."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    ts = str(ds.file_meta.get("TransferSyntaxUID", IMPLICIT_LE))
+    if ts == EXPLICIT_LE:
+        return data
+    try:
+        if ts not in UNCOMPRESSED and "PixelData" in ds:
+            ds.decompress()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is "not transcodable"
+        raise ValueError(f"cannot transcode from {ts}: {type(exc).__name__}") from None
+    return out.getvalue()
+
+
+class MetadataCache:
+    """DICOM JSON per stored file (sha256), bounded by entry count."""
+
+    def __init__(self, entries: int = 4096):
+        self.entries = entries
+        self.data: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            v = self.data.get(key)
+            if v is not None:
+                self.data.move_to_end(key)
+            return v
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            while len(self.data) > self.entries:
+                self.data.popitem(last=False)
+
+
+def metadata_json(data: bytes, instance_url: str, threshold: int = 1024) -> dict:
+    """One instance's DICOM JSON (PS3.18 F.2) with BulkDataURI for PixelData and values
+    larger than `threshold` bytes (served by .../bulkdata/{tag})."""
+    import pydicom
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+
+    def bulk(elem) -> str:
+        return f"{instance_url}/bulkdata/{elem.tag:08X}"
+
+    doc = ds.to_json_dict(bulk_data_threshold=threshold, bulk_data_element_handler=bulk)
+    for tag in ("7FE00010", "7FE00008", "7FE00009"):
+        if tag in doc and "BulkDataURI" not in doc[tag]:
+            doc[tag] = {"vr": doc[tag]["vr"], "BulkDataURI": f"{instance_url}/bulkdata/{tag}"}
+    # what a retrieve needs to know of the file meta
+    ts = str(ds.file_meta.get("TransferSyntaxUID", IMPLICIT_LE))
+    doc["00020010"] = {"vr": "UI", "Value": [ts]}
+    return doc
+
+
+def bulkdata(data: bytes, tag_hex: str) -> bytes | None:
+    """The raw value of a top-level element (PixelData stays encoded as stored)."""
+    import pydicom
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    tag = int(tag_hex, 16)
+    if tag not in ds:
+        return None
+    value = ds[tag].value
+    if isinstance(value, (bytes, bytearray)):
+        out = bytes(value)
+        if tag == 0x00420011:            # Encapsulated Document: without the pad byte
+            out = out.rstrip(b"\x00") if out.startswith(b"%PDF-") else out
+        return out
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return None
+
+
+def frames(data: bytes, numbers: list[int], keep_compressed: bool) -> tuple[list[bytes], str]:
+    """The frames (1-based) as (bytes per frame, transfer syntax of those bytes): compressed
+    frames as stored when keep_compressed, else uncompressed little endian pixels. Raises
+    IndexError for a frame that does not exist, ValueError when decoding fails."""
+    import pydicom
+    from pydicom.encaps import generate_frames
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    if "PixelData" not in ds:
+        raise IndexError("this instance has no pixel data")
+    ts = str(ds.file_meta.get("TransferSyntaxUID", IMPLICIT_LE))
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    for k in numbers:
+        if not 1 <= k <= n:
+            raise IndexError(f"frame {k} does not exist: this instance has {n} frame(s)")
+    if ts not in UNCOMPRESSED:
+        if keep_compressed:
+            allf = list(generate_frames(ds.PixelData, number_of_frames=n))
+            return [allf[k - 1] for k in numbers], ts
+        try:
+            arr = ds.pixel_array
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"cannot decode {ts}: {type(exc).__name__}") from None
+        if n == 1:
+            arr = arr[None, ...]
+        return [arr[k - 1].astype(arr.dtype.newbyteorder("<")).tobytes() for k in numbers], \
+            EXPLICIT_LE
+    if ts == "1.2.840.10008.1.2.2" or int(ds.get("BitsAllocated", 8)) == 1:
+        arr = ds.pixel_array
+        if n == 1:
+            arr = arr[None, ...]
+        return [arr[k - 1].astype(arr.dtype.newbyteorder("<")).tobytes() for k in numbers], \
+            EXPLICIT_LE
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    size = rows * cols * spp * (int(ds.BitsAllocated) // 8)
+    pixels = bytes(ds.PixelData)
+    return [pixels[(k - 1) * size:k * size] for k in numbers], EXPLICIT_LE
+
+
+# ----------------------------------------------------------------------- multipart
+def multipart(parts: list[tuple[str, bytes]], boundary: str) -> bytes:
+    out = io.BytesIO()
+    for ctype, body in parts:
+        out.write(f"--{boundary}\r\nContent-Type: {ctype}\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode())
+        out.write(body)
+        out.write(b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue()
+
+
+def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    """Parts (content type, bytes) of a multipart/related body. Raises ValueError."""
+    m = re.search(r'boundary="?([^";]{1,200})"?', content_type or "", re.I)
+    if not content_type.lower().startswith("multipart/related") or not m:
+        raise ValueError("the body must be multipart/related with a boundary")
+    delim = b"--" + m.group(1).encode("latin-1")
+    chunks = body.split(delim)
+    out = []
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, sep, payload = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("a part has no header block")
+        if payload.endswith(b"\r\n"):
+            payload = payload[:-2]
+        ctype = "application/dicom"
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-type":
+                ctype = value.strip()
+        out.append((ctype, payload))
+    if not out:
+        raise ValueError("the multipart body has no parts")
+    return out
+
+
+def part10(data: bytes) -> bytes:
+    """A STOW part as a PS3.10 file: some clients send the file without its 128-byte
+    preamble (starting at 'DICM' or at the file meta group); the preamble is added back."""
+    if data[128:132] == b"DICM":
+        return data
+    if data[:4] == b"DICM":
+        return bytes(128) + data
+    if data[:2] == b"\x02\x00" and data[4:6].isalpha():      # explicit VR file meta
+        return bytes(128) + b"DICM" + data
+    return data
