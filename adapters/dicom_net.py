@@ -169,7 +169,11 @@ class DicomScp:
                  allowed_aets: list[str] | None = None, max_associations: int = 8,
                  charset_fallback: str = "GB18030", fast_copies: bool = True,
                  on_stored: Callable[[dict], None] | None = None, receivers: list[str] = (),
-                 charset_overrides: dict[str, str] | None = None):
+                 charset_overrides: dict[str, str] | None = None,
+                 peers: dict[str, tuple[str, int]] | None = None,
+                 query_retrieve: bool = True):
+        self.peers = dict(peers or {})
+        self.query_retrieve = query_retrieve
         self.sink = InstanceSink(catalog, charset_fallback=charset_fallback,
                                  fast_copies=fast_copies, on_stored=on_stored,
                                  receivers=receivers, charset_overrides=charset_overrides)
@@ -188,8 +192,18 @@ class DicomScp:
         ae.dimse_timeout = 60
         ae.acse_timeout = 30
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ACCEPT_ORDER)
+            # the roles: a C-GET requestor asks to be the storage SCP on our association
+            ae.add_supported_context(cx.abstract_syntax, ACCEPT_ORDER, scu_role=True,
+                                     scp_role=True)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        qr_handlers = []
+        if self.query_retrieve:
+            from .dicom_qr import QR_MODELS, QueryRetrieve
+            self.qr = QueryRetrieve(self.sink.catalog, self.ae_title, self.peers)
+            for model in QR_MODELS:
+                ae.add_supported_context(model, NATIVE[:2])
+            qr_handlers = [(evt.EVT_C_FIND, self.qr.on_find), (evt.EVT_C_GET, self.qr.on_get),
+                           (evt.EVT_C_MOVE, self.qr.on_move)]
         if self.allowed:
             ae.require_calling_aet = self.allowed
         else:
@@ -197,7 +211,8 @@ class DicomScp:
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_ABORTED, self._on_aborted),
                     (evt.EVT_ESTABLISHED, self._on_established),
-                    (evt.EVT_RELEASED, self._on_end), (evt.EVT_CONN_CLOSE, self._on_end)]
+                    (evt.EVT_RELEASED, self._on_end), (evt.EVT_CONN_CLOSE, self._on_end),
+                    *qr_handlers]
         self.ae = ae
         self.server = ae.start_server((self.host, self.port), block=False,
                                       evt_handlers=handlers)

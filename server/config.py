@@ -105,6 +105,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Character Set (0008,0005) says: CALLING_AE=CHARSET, comma-separated, CHARSET one "
             "of GB18030, GBK, ISO_IR 192, ISO_IR 100, ISO 2022 IR 58 (e.g. US01=GBK for an "
             "ultrasound that labels GBK names ISO_IR 100). Read at start-up."),
+    Setting("dicom_peers", "", str,
+            "DICOM nodes our Query/Retrieve SCP may send to (C-MOVE destinations): "
+            "AE=host:port, comma-separated (e.g. WS1=10.0.0.21:104). A C-MOVE to any other AE "
+            "title is refused (0xA801). These AE titles may also call us when "
+            "dicom_allowed_aets is set. Read at start-up."),
     Setting('dicom_max_associations', 8, int,
             'DICOM associations served at the same time.', minimum=1, maximum=64),
     Setting('pacs_ae_title', '', str,
@@ -236,6 +241,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_request_body_mb", 64, int,
             "Largest HTTP request body accepted (uploads included), in MiB; larger requests "
             "are refused before they are read.", minimum=1, maximum=65536),
+    Setting("dicomweb_cors_origins", "", str,
+            "Browser origins (scheme://host[:port], comma-separated) allowed to call /dicomweb "
+            "from another origin (CORS, e.g. a DICOMweb viewer served elsewhere). Empty: no CORS "
+            "headers."),
     Setting("password_min_length", 8, int,
             "Shortest staff password accepted.", minimum=8, maximum=64, group="security", runtime=True,
             label="密码最短长度 / minimum password length"),

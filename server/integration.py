@@ -124,6 +124,10 @@ async def start_background(ctx, primary: bool) -> Services:
     loop = asyncio.get_running_loop()
     if c.dicom_scp_enabled:
         allowed = [a for a in c.dicom_allowed_aets.split(",") if a.strip()]
+        from adapters.dicom_qr import parse_peers
+        peers = parse_peers(c.dicom_peers)
+        if allowed:
+            allowed += [ae for ae in peers if ae not in allowed]
         SERVICES.scp = DicomScp(ctx.catalog, ae_title=c.dicom_ae_title, host=c.dicom_bind,
                                 port=c.dicom_port, allowed_aets=allowed,
                                 max_associations=c.dicom_max_associations,
@@ -131,7 +135,7 @@ async def start_background(ctx, primary: bool) -> Services:
                                 fast_copies=c.predecode_after_import,
                                 receivers=receivers(c),
                                 charset_overrides=parse_charset_overrides(
-                                    c.dicom_charset_overrides))
+                                    c.dicom_charset_overrides), peers=peers)
         await loop.run_in_executor(None, SERVICES.scp.start)
     if c.hl7_enabled:
         SERVICES.mllp = await start_hl7(ctx, c.hl7_bind, c.hl7_port)
