@@ -2,6 +2,8 @@
 # CloudFilm 云胶片: `./run.sh` installs, prepares the database and demo data, and serves;
 # `./run.sh test` runs the whole test suite. Other commands: ./run.sh --help
 set -euo pipefail
+# the database, the server key, stored and derived files, backups: the service account's only
+umask 077
 cd "$(dirname "$(readlink -f "$0")")"
 
 find_python() {

@@ -42,6 +42,10 @@ class DicomRejected(Exception):
     """The file cannot be stored; the message is the reason shown to the user."""
 
 
+class DecodedTooLarge(DicomRejected):
+    """The header declares more decoded pixel bytes than max_decoded_mb (C-STORE: 0xA700)."""
+
+
 def _has_non_ascii_text(ds: Dataset) -> bool:
     for tag in TEXT_TAGS:
         raw = ds.get_item(tag)          # the raw element: not decoded yet
@@ -146,6 +150,14 @@ def check_pixel_data(ds: Dataset) -> None:
     for kw in ("Rows", "Columns", "BitsAllocated"):
         if kw not in ds:
             raise DicomRejected(f"{kw} missing: the image cannot be decoded")
+    # decompression bombs (issue 14): the declared decoded size, from the header, before
+    # anything is decoded; every import path (files, C-STORE, STOW-RS, API) passes here
+    from render.decode import ImageTooLarge, check_decoded_size
+    try:
+        check_decoded_size(ds)
+    except ImageTooLarge as exc:
+        # the English half, as every other rejection reason here (ErrorComment is ASCII)
+        raise DecodedTooLarge(exc.message.split(" / ", 1)[-1]) from None
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     elem = ds["PixelData"] if "PixelData" in ds else None
     if elem is None:

@@ -29,17 +29,23 @@ from models.catalog import ALREADY_PRESENT, STORED, Catalog, find_exam
 from models.db import close_connection
 from models.integration import (ReportFields, file_report, note_event,
                                 retrieve_job_update)
+from models.peers import Gate, audit_refusal
 
-from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta, person_name_text
+from .dicom_meta import (ENCAPSULATED_PDF, DecodedTooLarge, DicomRejected, extract_meta,
+                         person_name_text)
 from .fast_copy import BackgroundCopies, needs_fast_copy
 
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+MAX_PDU_BYTES = 1 << 20      # our maximum PDU receive size (A-ASSOCIATE user information)
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0xC001
 DUPLICATE_CONFLICT = 0xC002
+# a SOP class the sending peer may not store (peer table): 'data set does not match SOP
+# class' (a failure, so a well-behaved sender does not retry it)
+SOP_CLASS_REFUSED = 0xA900
 # a resend with other pixel data under dicom_conflict_policy = keep_first: the stored
 # instance is kept, this one is not applied (a warning, so the sender does not retry)
 KEPT_FIRST_WARNING = 0xB000
@@ -76,17 +82,20 @@ class InstanceSink:
         self.stored = self.failed = 0
         self.copies = BackgroundCopies(catalog.storage) if fast_copies else None
 
-    def store(self, data: bytes, origin: str) -> int | Dataset:
+    def store(self, data: bytes, origin: str, charset: str = "") -> int | Dataset:
+        """`charset`: the sending peer's own character set (peer table), which comes before
+        dicom_charset_overrides."""
         if self.copies is not None:
             self.copies.activity()              # queued copies wait while instances arrive
         try:
             meta, ds = extract_meta(data, charset_fallback=self.charset_fallback,
-                                    charset_override=self.charset_overrides.get(
+                                    charset_override=charset or self.charset_overrides.get(
                                         origin.split("@", 1)[0].strip().upper()))
         except DicomRejected as exc:
             self.catalog.quarantine(data, str(exc), "dicom", origin)
             log.info("C-STORE from %s rejected: %s", origin, exc)
-            return self._fail(CANNOT_UNDERSTAND, str(exc))
+            return self._fail(OUT_OF_RESOURCES if isinstance(exc, DecodedTooLarge)
+                              else CANNOT_UNDERSTAND, str(exc))
         try:
             result = self.catalog.store_instance(meta, data, source="dicom", origin=origin)
         except OSError as exc:
@@ -126,8 +135,9 @@ class InstanceSink:
         if exam is None or not pdf.startswith(b"%PDF-"):
             return
         try:
-            file_report(self.catalog, exam, ReportFields(pdf=pdf, pdf_only=True),
-                        receivers=self.receivers)
+            file_report(self.catalog, exam, ReportFields(
+                pdf=pdf, pdf_only=True, patient_id=meta["patient_id"], source="dicom",
+                origin=meta["sop_uid"]), receivers=self.receivers)
         except Exception as exc:  # noqa: BLE001 - the instance itself is stored
             log.info("encapsulated PDF %s not filed as report: %s", meta["sop_uid"], exc)
 
@@ -171,7 +181,12 @@ class DicomScp:
                  on_stored: Callable[[dict], None] | None = None, receivers: list[str] = (),
                  charset_overrides: dict[str, str] | None = None,
                  peers: dict[str, tuple[str, int]] | None = None,
-                 query_retrieve: bool = True):
+                 query_retrieve: bool = True, gate: Gate | None = None,
+                 ssl_context=None):
+        # trusted peers (models/peers.py): who may associate and which SOP classes each may
+        # store; None: the allowed_aets list as before. ssl_context: DICOM over TLS.
+        self.gate = gate
+        self.ssl_context = ssl_context
         self.peers = dict(peers or {})
         self.query_retrieve = query_retrieve
         self.sink = InstanceSink(catalog, charset_fallback=charset_fallback,
@@ -187,7 +202,10 @@ class DicomScp:
     def start(self) -> "DicomScp":
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = self.max_associations
-        ae.maximum_pdu_size = 0          # no limit: fewer, larger PDUs
+        # a bounded PDU (issue 14): 1 MiB is still few PDUs per instance; 0 invited a sender to
+        # put a whole dataset in one PDU (pynetdicom itself reads whatever length a PDU
+        # declares, so a hostile peer is bounded by the timeouts and dicom_max_associations)
+        ae.maximum_pdu_size = MAX_PDU_BYTES
         ae.network_timeout = 60
         ae.dimse_timeout = 60
         ae.acse_timeout = 30
@@ -204,7 +222,12 @@ class DicomScp:
                 ae.add_supported_context(model, NATIVE[:2])
             qr_handlers = [(evt.EVT_C_FIND, self.qr.on_find), (evt.EVT_C_GET, self.qr.on_get),
                            (evt.EVT_C_MOVE, self.qr.on_move)]
-        if self.allowed:
+        if self.gate is not None:
+            qr_handlers.append((evt.EVT_REQUESTED, self._on_requested))
+            if self.gate.loopback and not self.allowed:
+                log.warning("DICOM listener on loopback: senders not in the peer table are "
+                            "accepted")
+        elif self.allowed:
             ae.require_calling_aet = self.allowed
         else:
             log.warning("DICOM listener accepts any calling AE title (set dicom_allowed_aets)")
@@ -215,7 +238,7 @@ class DicomScp:
                     *qr_handlers]
         self.ae = ae
         self.server = ae.start_server((self.host, self.port), block=False,
-                                      evt_handlers=handlers)
+                                      evt_handlers=handlers, ssl_context=self.ssl_context)
         self.port = self.server.server_address[1]
         log.info("DICOM listener %s on %s:%d", self.ae_title, self.host, self.port)
         return self
@@ -228,8 +251,52 @@ class DicomScp:
             self.sink.copies.close()
 
     # handlers --------------------------------------------------------------------------
+    def _admission(self, assoc, what: str = ""):
+        r = assoc.requestor
+        ae = r.ae_title if r.ae_title else str(getattr(r.primitive, "calling_ae_title", ""))
+        return self.gate.admit(r.address, ae_title=ae.strip(), what=what), ae.strip()
+
+    def _on_requested(self, event) -> None:
+        """A-ASSOCIATE-RQ: a calling AE title / address the peer table does not know is
+        rejected (calling AE title not recognised), audited peer.refused."""
+        try:
+            adm, ae = self._admission(event.assoc)
+            if adm.allowed:
+                return
+            r = event.assoc.requestor
+            log.warning("DICOM association from %s@%s refused: %s", ae, r.address, adm.reason)
+            audit_refusal(getattr(self.sink.catalog, "auditor", None), "dicom", r.address,
+                          ae_title=ae, reason=adm.reason)
+            note_event("dicom", f"{ae}@{r.address}:{r.port}", "rejected",
+                       f"association rejected: {adm.reason}")
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        except Exception:  # noqa: BLE001 - a refusal must never crash the server
+            log.exception("DICOM peer check failed")
+            if not event.assoc.is_rejected:
+                event.assoc.acse.send_reject(0x02, 0x02, 0x01)
+        finally:
+            self._close_db()
+
+    def _store_refused(self, event) -> Dataset | None:
+        """A SOP class this peer may not store: 0xA900 (audited), nothing kept."""
+        if self.gate is None:
+            return None
+        sop_class = str(event.request.AffectedSOPClassUID)
+        adm, ae = self._admission(event.assoc, sop_class)
+        if adm.allowed:
+            return None
+        audit_refusal(getattr(self.sink.catalog, "auditor", None), "dicom",
+                      event.assoc.requestor.address, ae_title=ae,
+                      message_type=f"C-STORE {sop_class}", reason=adm.reason)
+        with self.sink._lock:
+            self.sink.failed += 1
+        return _failure(SOP_CLASS_REFUSED, "SOP class not allowed for this peer")
+
     def _on_store(self, event) -> int | Dataset:
         origin = _peer(event)
+        refused = self._store_refused(event)
+        if refused is not None:
+            return refused
         try:
             data = event.encoded_dataset()
         except Exception as exc:  # noqa: BLE001 - a dataset we cannot even re-encode
@@ -237,7 +304,8 @@ class DicomScp:
                                          origin)
             return _failure(CANNOT_UNDERSTAND, f"unreadable dataset: {exc}")
         try:
-            return self.sink.store(data, origin)
+            charset = self._admission(event.assoc)[0].charset if self.gate else ""
+            return self.sink.store(data, origin, charset)
         except Exception as exc:  # noqa: BLE001 - never kill the association
             log.exception("C-STORE handler failed")
             try:

@@ -143,16 +143,17 @@ class QueryRetrieve:
         return retrieve_instances(level, _keys(identifier))
 
     def _load(self, inst: dict, accepted: set[tuple[str, str]]) -> Dataset:
-        ds = dcmread(io.BytesIO(self.catalog.storage.read(inst["file_path"])), force=True)
+        data = self.catalog.storage.read(inst["file_path"])
+        ds = dcmread(io.BytesIO(data), force=True)
         ts = str(ds.file_meta.TransferSyntaxUID)
         sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", inst["sop_class_uid"]))
         if (sop_class, ts) in accepted or ts in NATIVE:
             return ds          # as stored (pynetdicom converts between native syntaxes)
         if (sop_class, ExplicitVRLittleEndian) in accepted or \
                 (sop_class, ImplicitVRLittleEndian) in accepted:
-            try:
-                ds.decompress()        # → explicit VR little endian
-                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            try:    # → explicit VR little endian, decoded in the limited worker (issue 14)
+                from .dicomweb import explicit_le
+                ds = dcmread(io.BytesIO(explicit_le(data)), force=True)
             except Exception as exc:  # noqa: BLE001 - sent as is: a failed sub-operation
                 log.warning("cannot convert %s from %s: %s", inst["sop_uid"], ts, exc)
         return ds

@@ -159,7 +159,7 @@ def qido_json(rows: list[dict], level: str, includefields: list[str], base_url: 
 
 
 # ---------------------------------------------------------------------------- WADO-RS
-def explicit_le(data: bytes) -> bytes:
+def explicit_le(data: bytes, _in_worker: bool = False) -> bytes:
     """The file re-encoded as explicit VR little endian (decompressing pixel data when the
     stored syntax is compressed). Raises ValueError when that is not possible."""
     import pydicom
@@ -168,6 +168,13 @@ def explicit_le(data: bytes) -> bytes:
     ts = str(ds.file_meta.get("TransferSyntaxUID", IMPLICIT_LE))
     if ts == EXPLICIT_LE:
         return data
+    if ts not in UNCOMPRESSED and "PixelData" in ds and not _in_worker:
+        from .fast_copy import run_limited
+        try:        # compressed pixel data decodes in the limited worker (issue 14)
+            return run_limited(explicit_le, data, True)
+        except MemoryError:
+            raise ValueError(f"cannot transcode from {ts}: over the decode memory "
+                             "limit") from None
     try:
         if ts not in UNCOMPRESSED and "PixelData" in ds:
             ds.decompress()
@@ -239,7 +246,8 @@ def bulkdata(data: bytes, tag_hex: str) -> bytes | None:
     return None
 
 
-def frames(data: bytes, numbers: list[int], keep_compressed: bool) -> tuple[list[bytes], str]:
+def frames(data: bytes, numbers: list[int], keep_compressed: bool,
+           _in_worker: bool = False) -> tuple[list[bytes], str]:
     """The frames (1-based) as (bytes per frame, transfer syntax of those bytes): compressed
     frames as stored when keep_compressed, else uncompressed little endian pixels. Raises
     IndexError for a frame that does not exist, ValueError when decoding fails."""
@@ -257,6 +265,13 @@ def frames(data: bytes, numbers: list[int], keep_compressed: bool) -> tuple[list
         if keep_compressed:
             allf = list(generate_frames(ds.PixelData, number_of_frames=n))
             return [allf[k - 1] for k in numbers], ts
+        if not _in_worker:      # compressed pixel data decodes in the limited worker
+            from .fast_copy import run_limited
+            try:
+                return run_limited(frames, data, numbers, False, True)
+            except MemoryError:
+                raise ValueError(f"cannot decode {ts}: over the decode memory limit") \
+                    from None
         try:
             arr = ds.pixel_array
         except Exception as exc:  # noqa: BLE001

@@ -12,11 +12,12 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from models.catalog import Catalog
+from models.catalog import Catalog, same_patient
+from models.peers import Gate, audit_refusal
 from models.storage import valid_uid
 from models.integration import (IntegrationError, ReportFields, Unsupported, apply_inbound,
-                                file_report, find_exam, merge_patients, record_failure,
-                                upsert_order, upsert_patient)
+                                file_report, find_exam, merge_patients, note_event,
+                                record_failure, sent_by, upsert_order, upsert_patient)
 
 from .hl7_codec import (CJK_RE, AckIssue, Hl7Error, Message, build_ack, decode_message, encode,
                         fallback_control_id, parse_date, parse_overrides, parse_ts,
@@ -70,22 +71,53 @@ class HandleResult:
     control_id: str
     message_type: str
     reason: str = ""
+    close: bool = False   # refused sender: the listener closes the connection after the ACK
+
+
+class _Every(dict):
+    """decode_message overrides that name every sender: a peer's own character set."""
+
+    def __init__(self, codec: str):
+        super().__init__()
+        self.codec = codec
+
+    def __contains__(self, key) -> bool:
+        return True
+
+    def __getitem__(self, key) -> str:
+        return self.codec
+
+    def __len__(self) -> int:
+        return 1
 
 
 class Hl7Inbound:
-    def __init__(self, catalog: Catalog, settings: Hl7Settings | None = None):
+    def __init__(self, catalog: Catalog, settings: Hl7Settings | None = None, *,
+                 gate: Gate | None = None):
         self.catalog = catalog
         self.s = settings or Hl7Settings()
         self.s.check()
+        self.gate = gate          # trusted peers (models/peers.py); None: every sender
 
     # entry point -----------------------------------------------------------------------
-    def handle(self, raw: bytes, *, frame_error: str = "", refusal: str = "AE") -> HandleResult:
+    def handle(self, raw: bytes, *, frame_error: str = "", refusal: str = "AE",
+               peer: str | None = None) -> HandleResult:
         """Decode and apply one message; never raises for bad content. A frame the listener
-        could not read (`frame_error`) is answered `refusal` (AE, or AR: do not resend)."""
+        could not read (`frame_error`) is answered `refusal` (AE, or AR: do not resend).
+        `peer` is the sender's address: with a gate, an unknown sender is answered AR and
+        the connection closed, a message type the peer may not send is answered AR."""
+        adm = None
+        if peer is not None and self.gate is not None:
+            adm = self.gate.admit(peer)
+            if not adm.allowed:
+                return self._refused(raw, peer, adm.reason, close=True)
         msg = None
         charset = ""
+        overrides = self.s.charset_overrides
+        if adm is not None and adm.charset:       # a peer's charset comes first
+            overrides = _Every(parse_overrides(f"PEER={adm.charset}")["PEER"])
         try:
-            dec = decode_message(raw, self.s.charset_fallback, self.s.charset_overrides)
+            dec = decode_message(raw, self.s.charset_fallback, overrides)
             charset = dec.charset_name
             msg = Message(dec.text, dec.codec)
             if frame_error:
@@ -108,11 +140,40 @@ class Hl7Inbound:
             return build_ack(msg, code, note, app=self.s.app, charset=charset,
                              issues=[self._ack_issue(i) for i in issues])
 
-        res = apply_inbound(CHANNEL, ctrl, mtype, text, lambda: self._apply(msg), ack)
+        if adm is not None:
+            adm = self.gate.admit(peer, what=_type_of(msg))
+            if not adm.allowed:
+                return self._refused(raw, peer, adm.reason, msg=msg, charset=charset,
+                                     codec=dec.codec)
+        with sent_by(adm.peer.name if adm is not None and adm.peer else "hl7",
+                     adm.may_change_identity if adm is not None else True):
+            res = apply_inbound(CHANNEL, ctrl, mtype, text, lambda: self._apply(msg), ack)
         if res.outcome in ("error", "rejected"):
             log.info("HL7 %s %s: %s (%s)", mtype, ctrl, res.outcome, res.reason[:200])
         return HandleResult(res.outcome, encode(res.ack, charset, dec.codec), ctrl, mtype,
                             res.reason)
+
+    def _refused(self, raw: bytes, peer: str, reason: str, *, msg: Message | None = None,
+                 charset: str = "", codec: str | None = None,
+                 close: bool = False) -> HandleResult:
+        """A sender or message type the peer table does not allow: AR with an ERR, audited
+        (peer.refused: address, message type; never the content)."""
+        if msg is None:
+            try:
+                msg = Message(raw.decode("latin-1"))
+            except Hl7Error:
+                msg = None
+        mtype = _type_of(msg) if msg is not None else ""
+        text = build_ack(msg, "AR", f"refused: {reason}", app=self.s.app, charset=charset,
+                         issues=[AckIssue("MSH-4" if close else "MSH-9",
+                                          f"refused: {reason}", 207, "E")])
+        audit_refusal(getattr(self.catalog, "auditor", None), "hl7", peer,
+                      message_type=mtype, reason=reason)
+        note_event(CHANNEL, peer, "rejected", f"{mtype or 'message'} refused: {reason}")
+        log.warning("HL7 from %s refused: %s (%s)", peer, reason, mtype)
+        ctrl = (msg.control_id if msg is not None else "") or fallback_control_id(raw)
+        ack = encode(text, charset, codec) if codec else encode(text, charset)
+        return HandleResult("rejected", ack, ctrl, mtype, reason, close=close)
 
     def _ack_issue(self, issue) -> AckIssue:
         """A models.integration.Issue as an ERR segment: id_number / phone become the fields
@@ -285,14 +346,18 @@ class Hl7Inbound:
             exam = upsert_order(self.catalog, self.patient_fields(msg),
                                 {**self._order_fields(msg), "status": "examined"},
                                 source="hl7")
-        elif msg.first("PID") is not None:
+        elif msg.first("PID") is not None and same_patient(
+                exam.patient_id, self.patient_fields(msg)["patient_id"]):
             upsert_patient(self.catalog, self.patient_fields(msg))
         signer, reviewer = _interpreter(msg, obr, 32), _interpreter(msg, obr, 33)
         signed = parse_ts(msg.get(obr, 22)) or parse_ts(
             msg.get(msg.all("OBX")[0], 14) if msg.all("OBX") else "")
         r = ReportFields(findings="\n".join(findings), impression="\n".join(impression),
                          pdf=pdf, author=signer, reviewer=reviewer,
-                         signed_at=signed, status=RESULT_STATUS[status_code])
+                         signed_at=signed, status=RESULT_STATUS[status_code],
+                         patient_id=self.patient_fields(msg)["patient_id"]
+                         if msg.first("PID") is not None else "",
+                         source="hl7", origin=f"hl7:{msg.control_id}"[:255])
         file_report(self.catalog, exam, r, receivers=self.s.receivers)
         return f"report {exam.accession_number or exam.study_uid}: {r.status}" + (
             " with PDF" if pdf else "")
@@ -360,6 +425,12 @@ class Hl7Inbound:
             raise IntegrationError("OBX-5 data decodes to something that is not a PDF "
                                    "(no %PDF- header)", where="OBX-5", hl7_code=102)
         return pdf
+
+
+def _type_of(msg: Message) -> str:
+    """MSH-9 as TYPE^TRIGGER (ADT^A08), what a peer's message types name."""
+    t, trig = msg.get("MSH", 9, 1).upper(), msg.get("MSH", 9, 2).upper()
+    return f"{t}^{trig}" if trig else t
 
 
 def _b64_chunks(chunks: list[str]) -> bytes | None:

@@ -27,13 +27,18 @@ log = logging.getLogger(__name__)
 
 VT, FS = 0x0B, 0x1C
 BETWEEN_FRAMES = b"\r\n \t"
+BUFFER_BUDGET_BYTES = 96 << 20      # default of hl7_buffer_budget_mb
 MAX_MESSAGE_BYTES = 32 << 20        # default of hl7_max_message_mb: a report PDF fits easily
 IDLE_TIMEOUT_S = 300
 HEAD_KEPT = 16 << 10                # of a refused frame, enough to echo MSH-10
 EMPTY_MSH = b"MSH|^~\\&|||||||ACK||P|2.5"
 
-# (message bytes, frame error, refusal code AE/AR) -> ACK bytes
-Handler = Callable[[bytes, str, str], Awaitable[bytes]]
+# (message bytes, frame error, refusal code AE/AR[, sender address]) -> ACK bytes
+Handler = Callable[..., Awaitable[bytes]]
+
+
+class Refused(bytes):
+    """An ACK after which the connection is closed (a sender the peer table refuses)."""
 
 
 class Incomplete(Exception):
@@ -51,19 +56,48 @@ class Frame:
     code: str = "AE"      # the refusal an error gets: AE, or AR (too large: do not resend)
 
 
+class OverBudget(Exception):
+    """The listener's connections together hold more unfinished bytes than its budget."""
+
+
+class Budget:
+    """Bytes of unfinished messages held by all connections of one listener
+    (hl7_buffer_budget_mb): the connection whose read would go past it is closed, so ten
+    senders that never send an end byte cannot hold ten times the message limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held: dict[int, int] = {}
+        self.peak = 0
+
+    def track(self, owner: object, size: int) -> None:
+        self.held[id(owner)] = size
+        total = sum(self.held.values())
+        self.peak = max(self.peak, total)
+        if self.limit and total > self.limit:
+            self.release(owner)
+            raise OverBudget(total)
+
+    def release(self, owner: object) -> None:
+        self.held.pop(id(owner), None)
+
+
 class FrameReader:
     """MLLP frames from a stream, whatever of the common variants the sender uses."""
 
     def __init__(self, reader: asyncio.StreamReader, *, limit: int = MAX_MESSAGE_BYTES,
-                 idle_s: float | None = IDLE_TIMEOUT_S):
+                 idle_s: float | None = IDLE_TIMEOUT_S, budget: Budget | None = None):
         self.reader = reader
         self.limit = limit
         self.idle_s = idle_s
+        self.budget = budget
         self.buf = bytearray()
 
     async def _fill(self) -> bool:
         chunk = await asyncio.wait_for(self.reader.read(1 << 16), self.idle_s)
         self.buf += chunk
+        if self.budget is not None:
+            self.budget.track(self, len(self.buf))
         return bool(chunk)
 
     async def next(self) -> Frame | None:
@@ -183,19 +217,27 @@ def write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 
 class MllpListener:
+    max_connections = 0     # hl7_max_connections (set by server/integration.py); 0: no cap
+    refused = 0             # connections closed at once because of the cap
+
     def __init__(self, handle: Handler, host: str, port: int, *,
                  record: Callable[[str, str, str], Awaitable[None]] | None = None,
-                 limit: int = MAX_MESSAGE_BYTES, idle_s: float | None = IDLE_TIMEOUT_S):
+                 limit: int = MAX_MESSAGE_BYTES, idle_s: float | None = IDLE_TIMEOUT_S,
+                 with_peer: bool = False, ssl_context=None):
         self.handle = handle
         self.host, self.port = host, port
         self.record = record
         self.limit, self.idle_s = limit, idle_s
+        self.with_peer = with_peer      # handle(...) also gets the sender's address
+        self.ssl_context = ssl_context  # MLLP over TLS (hl7_tls_cert_file / _key_file)
         self.server: asyncio.AbstractServer | None = None
         self.connections = 0
         self.messages = 0
+        self.budget = Budget(BUFFER_BUDGET_BYTES)   # hl7_buffer_budget_mb
 
     async def start(self) -> "MllpListener":
-        self.server = await asyncio.start_server(self._client, host=self.host, port=self.port)
+        self.server = await asyncio.start_server(self._client, host=self.host, port=self.port,
+                                                 ssl=self.ssl_context)
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("HL7 MLLP listener on %s:%d", self.host, self.port)
         return self
@@ -216,12 +258,23 @@ class MllpListener:
     async def _client(self, reader, writer) -> None:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
-        frames = FrameReader(reader, limit=self.limit, idle_s=self.idle_s)
+        if self.max_connections and self.connections >= self.max_connections:
+            # issue 14: unfinished messages hold up to `limit` bytes each, so connections are
+            # capped (memory about max_connections x limit, measured 1.3x with the buffer
+            # growth); logged with the address only
+            self.refused += 1
+            await self._note(peer, "error", f"connection refused: {self.connections} MLLP "
+                             f"connections open (hl7_max_connections = "
+                             f"{self.max_connections})")
+            writer.close()
+            return
+        frames = FrameReader(reader, limit=self.limit, idle_s=self.idle_s, budget=self.budget)
         self.connections += 1
         try:
             while await self._one_frame(frames, writer, peer):
                 pass
         finally:
+            self.budget.release(frames)
             self.connections -= 1
             writer.close()
             try:
@@ -241,18 +294,31 @@ class MllpListener:
         except asyncio.TimeoutError:
             await self._note(peer, "info", f"connection idle for {self.idle_s:.0f} s: closed")
             return False
+        except OverBudget as exc:
+            await self._note(peer, "error", f"connection closed: unfinished messages of all "
+                             f"connections would hold {exc.args[0]} bytes (hl7_buffer_budget_mb "
+                             f"= {self.budget.limit >> 20})")
+            return False
         except (ConnectionError, OSError) as exc:
             await self._note(peer, "error", f"connection error: {exc}")
             return False
         if frame is None:
             return False
+        host = peer.rsplit(":", 1)[0]
         if frame.error:
             await self._note(peer, "error", f"{frame.error}: answered {frame.code}")
-            replies = [await self._answer(frame.data or EMPTY_MSH, frame.error, frame.code)]
+            replies = [await self._answer(frame.data or EMPTY_MSH, frame.error, frame.code,
+                                          host)]
         else:
             batch = split_frame(frame.data)
-            acks = [await self._answer(m, "", "AE") for m in batch.messages]
+            acks = []
+            for m in batch.messages:
+                acks.append(await self._answer(m, "", "AE", host))
+                if isinstance(acks[-1], Refused):
+                    break               # an unknown sender: nothing more is applied
             replies = [batch_ack(batch, acks)] if batch.bhs or batch.fhs else acks
+            if any(isinstance(a, Refused) for a in acks):
+                replies = [Refused(r) for r in replies]
         if any(r is None for r in replies):
             return False
         for r in replies:
@@ -262,11 +328,18 @@ class MllpListener:
         except (ConnectionError, OSError):
             await self._note(peer, "error", "peer went away before reading the ACK")
             return False
+        if any(isinstance(r, Refused) for r in replies):
+            await self._note(peer, "error", "sender refused by the peer table: closed")
+            return False
         return True
 
-    async def _answer(self, message: bytes, error: str, code: str) -> bytes | None:
+    async def _answer(self, message: bytes, error: str, code: str,
+                      host: str = "") -> bytes | None:
         try:
-            ack = await self.handle(message, error, code)
+            if self.with_peer:
+                ack = await self.handle(message, error, code, host)
+            else:
+                ack = await self.handle(message, error, code)
         except Exception:  # noqa: BLE001 - never stop the listener
             log.exception("HL7 handler failed")
             return None

@@ -30,7 +30,8 @@ from pydicom.uid import generate_uid
 from models.catalog import ALREADY_PRESENT, STORED, Catalog, CatalogError
 from models.integration import (IntegrationError, ReportFields, Unsupported, apply_inbound,
                                 file_report, find_exam, inbound_duplicate, merge_patients,
-                                record_failure, upsert_order, upsert_patient)
+                                record_failure, sent_by, upsert_order, upsert_patient)
+from models.peers import Gate, audit_refusal
 
 from .convert import ConversionError, PictureMeta, picture_to_dicom
 from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta
@@ -169,7 +170,9 @@ def store_dicom(catalog: Catalog, data: bytes, origin: str, source: str,
         pdf = bytes(ds.get("EncapsulatedDocument", b"") or b"").rstrip(b"\x00")
         exam = find_exam(None, meta["study_uid"])
         if exam is not None and pdf.startswith(b"%PDF-"):
-            file_report(catalog, exam, ReportFields(pdf=pdf, pdf_only=True),
+            file_report(catalog, exam, ReportFields(pdf=pdf, pdf_only=True,
+                                                    patient_id=meta["patient_id"],
+                                                    source=source, origin=origin),
                         receivers=receivers)
     return {"outcome": result.outcome, "sop_uid": result.sop_uid,
             "study_uid": result.study_uid}
@@ -197,16 +200,45 @@ def store_picture(catalog: Catalog, data: bytes, meta_doc: dict, origin: str, so
     return store_dicom(catalog, dcm, origin, source) | {"converted": True}
 
 
+REFUSED_MESSAGE = ("来源地址不在对接系统白名单中，已拒绝 / this sender's address is not in the "
+                   "integration peer table: refused")
+
+
 class ImportApi:
     def __init__(self, catalog: Catalog, *, receivers: list[str] = (),
-                 charset_fallback: str = "GB18030"):
+                 charset_fallback: str = "GB18030", gate: Gate | None = None):
         self.catalog = catalog
         self.receivers = list(receivers)
         self.charset_fallback = charset_fallback
+        self.gate = gate          # trusted peers (models/peers.py); None: every address
 
-    def handle(self, client: str, kind: str, body: bytes) -> tuple[int, dict]:
+    def admit(self, address: str | None, kind: str) -> tuple[int, dict] | None:
+        """The peer table's word on a request from `address`: None (go on) or the 403
+        answer (audited peer.refused)."""
+        if self.gate is None or address is None:
+            return None
+        adm = self.gate.admit(address, what=kind)
+        if adm.allowed:
+            return None
+        audit_refusal(getattr(self.catalog, "auditor", None), "import", address,
+                      message_type=kind, reason=adm.reason)
+        log.warning("import API request from %s refused: %s", address, adm.reason)
+        return 403, {"ok": False, "status": 403, "error": REFUSED_MESSAGE}
+
+    def handle(self, client: str, kind: str, body: bytes,
+               address: str | None = None) -> tuple[int, dict]:
         """Apply one document. Returns (HTTP status, JSON answer); never raises for bad
-        input. The answer to an applied document is kept and repeated for its message_id."""
+        input. The answer to an applied document is kept and repeated for its message_id.
+        `address`: the client's IP address, checked against the peer table."""
+        refused = self.admit(address, kind)
+        if refused is not None:
+            return refused
+        adm = self.gate.admit(address, what=kind) if self.gate and address else None
+        with sent_by(adm.peer.name if adm and adm.peer else f"api:{client}",
+                     adm.may_change_identity if adm else True):
+            return self._handle(client, kind, body)
+
+    def _handle(self, client: str, kind: str, body: bytes) -> tuple[int, dict]:
         channel = f"api:{client}"[:32]
         try:
             doc = json.loads(body.decode("utf-8"))
@@ -332,7 +364,10 @@ class ImportApi:
                          impression=_text(doc, "impression", 100000), pdf=pdf,
                          author=_text(doc, "author", 128), reviewer=_text(doc, "reviewer", 128),
                          signed_at=_datetime(doc.get("signed_at"), "signed_at"),
-                         status=status if isinstance(status, str) else "")
+                         status=status if isinstance(status, str) else "",
+                         patient_id=patient_fields(doc["patient"])["patient_id"]
+                         if doc.get("patient") else "", source="api",
+                         origin=f"api:{_text(doc, 'message_id', 128)}"[:255])
         file_report(self.catalog, exam, r, receivers=self.receivers)
         result.update(accession_number=exam.accession_number, study_uid=exam.study_uid,
                       report_status=r.status, has_pdf=pdf is not None)

@@ -228,8 +228,9 @@ class Importer:
             return REJECTED
         pdf = bytes(ds.get("EncapsulatedDocument", b"") or b"").rstrip(b"\x00")
         try:
-            file_report(self.catalog, exam, ReportFields(pdf=pdf, pdf_only=True),
-                        receivers=self.receivers)
+            file_report(self.catalog, exam, ReportFields(
+                pdf=pdf, pdf_only=True, patient_id=meta["patient_id"], source=self.source,
+                origin=Path(item.name).name), receivers=self.receivers)
         except Exception as exc:  # noqa: BLE001 - CatalogError or a broken PDF
             summary.rejected.append((item.name, f"encapsulated PDF rejected: {exc}"))
             return REJECTED

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from models.catalog import Catalog, CatalogError
 from models.db import write_transaction
-from models.integration import (IntegrationError, ReportFields, file_report, find_exam,
-                                note_event, upsert_order)
+from models.integration import (CrossPatient, IntegrationError, ReportFields, file_report,
+                                find_exam, note_event, upsert_order)
 
 from .convert import is_picture
 from .import_api import _datetime, patient_fields, store_dicom, store_picture
@@ -166,6 +166,15 @@ class WatchFolder:
                   shown_name(p).rsplit(".", 1)[0].split("_")[0]).strip()
         uid = str(doc.get("study_uid") or "").strip()
         status = doc.get("status", "final")
+        try:
+            return self._file_report(p, pdf, doc, acc, uid, status)
+        except CrossPatient as exc:       # its quarantine record, after the rollback
+            if exc.after_rollback is not None:
+                exc.after_rollback()
+            raise
+
+    def _file_report(self, p: Path, pdf: bytes, doc: dict, acc: str, uid: str,
+                     status) -> str:
         with write_transaction():
             exam = find_exam(acc or None, uid or None)
             if exam is None:
@@ -181,7 +190,9 @@ class WatchFolder:
                              author=str(doc.get("author") or ""),
                              reviewer=str(doc.get("reviewer") or ""),
                              signed_at=_datetime(doc.get("signed_at"), "signed_at"),
-                             status=status)
+                             status=status, source="folder", origin=shown_name(p),
+                             patient_id=patient_fields(doc["patient"])["patient_id"]
+                             if doc.get("patient") else "")
             file_report(self.catalog, exam, r, receivers=self.receivers)
         return f"report PDF for {exam.accession_number or exam.study_uid}"
 

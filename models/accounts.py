@@ -12,6 +12,32 @@ from .schema import StaffUser
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 15, 8, 1
 
+# The admin roles of 三员分立 (server/policy.py uses this set). They act only through a
+# signed-in session (password, TOTP, allow-list): they never hold an API token.
+ADMIN_ROLES = frozenset({"sysadmin", "secadmin", "auditadmin"})
+# The password hash of a service account: no password ever matches it.
+NO_PASSWORD = "!service-account"
+
+
+def roles_of_user(user: StaffUser) -> set[str]:
+    return {r for r in (user.roles or "").split(",") if r}
+
+
+def token_refusal(owner: StaffUser, issuer: StaffUser | None = None) -> str | None:
+    """Why `issuer` may not give `owner` an API token (None: it may). An admin-role account
+    never holds one; a user may take one for themself; the system admin may issue one to an
+    integration service account only (issuer None: the server's own command line, run by
+    the operating system's administrator, with the same rule for admin roles)."""
+    if roles_of_user(owner) & ADMIN_ROLES:
+        return ("管理员账号（系统、安全、审计管理员）不能持有 API 令牌，只能登录使用 / admin accounts "
+                "(system, security, audit admin) cannot hold API tokens; they sign in")
+    if not owner.active:
+        return "账号已停用 / the account is deactivated"
+    if issuer is None or issuer.id == owner.id or owner.service_account:
+        return None
+    return ("只能为自己或集成服务账号签发 API 令牌 / API tokens are issued to their owner or, by "
+            "the system admin, to integration service accounts only")
+
 
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)

@@ -55,6 +55,43 @@ class NotFound(CatalogError):
     status = 404
 
 
+CROSS_PATIENT = ("PatientID differs from the patient this exam is filed under "
+                 "(cross-patient): quarantined, not filed")
+
+
+def same_patient(patient_db_id: int, patient_id: str | None) -> bool:
+    """Is the hospital patient ID `patient_id` the patient row patient_db_id (itself, or a
+    record merged into it)?"""
+    p = Patient.get_or_none(Patient.patient_id == (patient_id or "").strip())
+    for _ in range(8):
+        if p is None:
+            return False
+        if p.id == patient_db_id:
+            return True
+        if not p.merged_into_id:
+            return False
+        p = Patient.get_or_none(Patient.id == p.merged_into_id)
+    return False
+
+
+def owner_mismatch(meta: dict) -> bool:
+    """Would this instance land in an exam (by Study UID, by the accession of an order
+    without images, by its series or SOP Instance UID) filed under another patient?"""
+    pid = meta.get("patient_id") or ""
+    exam = Exam.get_or_none(Exam.study_uid == meta.get("study_uid"))
+    if exam is None and meta.get("accession_number"):
+        exam = (Exam.select().where((Exam.accession_number == meta["accession_number"])
+                                    & (Exam.study_uid.is_null())).order_by(Exam.id).first())
+    owners = [exam.patient_id] if exam is not None else []
+    series = Series.get_or_none(Series.series_uid == meta.get("series_uid"))
+    if series is not None:
+        owners.append(series.exam.patient_id)
+    inst = Instance.get_or_none(Instance.sop_uid == meta.get("sop_uid"))
+    if inst is not None:
+        owners.append(inst.series.exam.patient_id)
+    return any(not same_patient(o, pid) for o in set(owners))
+
+
 @dataclass
 class StoreResult:
     outcome: str
@@ -187,6 +224,9 @@ class Catalog:
         if len(meta["patient_id"]) > 64:
             return self._reject(data, "Patient ID (0010,0020) is longer than 64 characters",
                                 source, origin, sop_uid, study_uid)
+        if owner_mismatch(meta):       # every path (C-STORE, STOW, import, folder) ends here
+            log.warning("instance %s of study %s: %s", sop_uid, study_uid, CROSS_PATIENT)
+            return self._reject(data, CROSS_PATIENT, source, origin, sop_uid, study_uid)
         digest = sha256_bytes(data)
         existing = Instance.get_or_none(Instance.sop_uid == sop_uid)
         if existing is not None:

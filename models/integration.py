@@ -13,17 +13,19 @@ import json
 import logging
 import re
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import peewee as pw
 
-from .catalog import (Catalog, CatalogError, NotFound, category_for_modality, mask_identifier,
-                      validate_id_number)
-from .db import write_transaction
+from .catalog import (CROSS_PATIENT, Catalog, CatalogError, NotFound, category_for_modality,
+                      mask_identifier, mask_phone, same_patient, validate_id_number)
+from .db import database, write_transaction
 from .schema import (REPORT_STATUSES, BaseModel, Exam, InboundMessage, Outbox, Patient, Report,
-                     utcnow)
+                     Session, utcnow)
+from .personal_data import redact, seal
 from .storage import sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,33 @@ class RetrieveJob(BaseModel):
 
 
 INTEGRATION_MODELS = [IntegrationEvent, RetrieveJob]
+
+
+class ReportVersion(BaseModel):
+    """An earlier content of an exam's report, kept when a report is replaced (a final
+    report corrected, a PDF attached again); staff read them (migration m0055). The Report
+    row always holds the current content."""
+    report = pw.ForeignKeyField(Report, backref="versions", on_delete="CASCADE")
+    exam = pw.ForeignKeyField(Exam, backref="report_versions", on_delete="CASCADE")
+    number = pw.IntegerField()                          # 1: the first content filed
+    findings = pw.TextField(default="")
+    impression = pw.TextField(default="")
+    pdf_path = pw.CharField(max_length=255, null=True)
+    pdf_sha256 = pw.CharField(max_length=64, null=True)
+    author = pw.CharField(max_length=128, default="")
+    reviewer = pw.CharField(max_length=128, default="")
+    signed_at = pw.DateTimeField(null=True)
+    status = pw.CharField(max_length=16, default="final")
+    filed_at = pw.DateTimeField()                       # when this content became current
+    replaced_at = pw.DateTimeField(default=utcnow)
+    replaced_by_source = pw.CharField(max_length=32, default="")
+
+    class Meta:
+        table_name = "report_version"
+        indexes = ((("report", "number"), True),)
+
+
+REPORT_VERSION_MODELS = [ReportVersion]
 
 
 class IntegrationError(CatalogError):
@@ -98,6 +127,37 @@ def warn(where: str, text: str, hl7_code: int = 102) -> None:
         found.append(Issue(where, text, hl7_code, "W"))
 
 
+@dataclass(frozen=True)
+class Sender:
+    """Who sent what is being applied: a peer's name (for the audit) and whether it is the
+    hospital's patient master (may change a patient's phone or ID number)."""
+    name: str = "local"
+    may_change_identity: bool = True
+
+
+_SENDER: ContextVar[Sender] = ContextVar("integration_sender", default=Sender())
+
+
+@contextmanager
+def sent_by(name: str, may_change_identity: bool):
+    """Apply what follows as sent by this peer (HL7 listener, import API)."""
+    token = _SENDER.set(Sender(name[:64] or "peer", bool(may_change_identity)))
+    try:
+        yield
+    finally:
+        _SENDER.reset(token)
+
+
+class CrossPatient(IntegrationError):
+    """An image or report for an exam filed under another patient: quarantined, not filed."""
+
+    status = 409
+
+    def __init__(self, message: str = CROSS_PATIENT, **kw):
+        super().__init__(message, **kw)
+        self.after_rollback: Callable[[], None] | None = None
+
+
 def _retrying(fn: Callable[[], Any]) -> Any:
     for attempt in range(RETRIES):
         try:
@@ -111,7 +171,7 @@ def _retrying(fn: Callable[[], Any]) -> Any:
 def note_event(channel: str, peer: str, outcome: str, detail: str) -> None:
     try:
         IntegrationEvent.create(channel=channel, peer=peer[:128], outcome=outcome,
-                                detail=detail[:2000])
+                                detail=redact(detail)[:2000])     # never an ID or phone
     except Exception:  # noqa: BLE001 - the event log must never break the caller
         log.exception("could not record an integration event")
 
@@ -143,7 +203,7 @@ def upsert_patient(catalog: Catalog, f: dict) -> Patient:
         _set(patient, "sex", f["sex"][:1].upper())
     if f.get("birth_date"):
         _set(patient, "birth_date", f["birth_date"])
-    _identifiers(catalog, patient, f)
+    _guarded_identifiers(catalog, patient, f)
     if patient.id is None or patient.is_dirty():
         patient.updated_at = utcnow()
         patient.save()
@@ -181,10 +241,65 @@ def _identifiers(catalog: Catalog, patient: Patient, f: dict) -> None:
     _set(patient, "id_number_unverified", None)
 
 
+IDENTITY_FIELDS = ("phone", "phone_unverified", "id_number_hash", "id_number_masked",
+                   "id_number_unverified")
+
+
+def _guarded_identifiers(catalog: Catalog, patient: Patient, f: dict) -> None:
+    """_identifiers, with the rules for a patient already on record: only the patient
+    master (a peer with may_change_identity) may change the phone or ID number — another
+    sender's values are ignored with a warning; a change of these verification factors
+    ends the patient's sessions and is audited (patient.identity_change, masked values)."""
+    if patient.id is None:
+        _identifiers(catalog, patient, f)
+        return
+    before = {k: getattr(patient, k) for k in IDENTITY_FIELDS}
+    _identifiers(catalog, patient, f)
+    sender = _SENDER.get()
+    if not sender.may_change_identity:
+        for where in ("phone", "id_number"):
+            if any(getattr(patient, k) != before[k] for k in IDENTITY_FIELDS if
+                   k.startswith(where)):
+                warn(where, "this sender may not change the phone or ID number of a patient "
+                            "on record (only the patient master may): ignored")
+        for k, v in before.items():
+            _set(patient, k, v)
+        return
+    if any(getattr(patient, k) != before[k] for k in ("phone", "id_number_hash")):
+        identity_changed(catalog, patient, before, sender.name, actor_kind="peer")
+
+
+def identity_changed(catalog: Catalog, patient: Patient, before: dict, actor_id: str, *,
+                     actor_kind: str = "peer", ip: str = "") -> None:
+    """A patient's phone or ID number changed (HL7 ADT, the import API, or a staff edit
+    calling this): end their patient sessions and audit patient.identity_change with the
+    masked old and new values, inside the transaction of the change."""
+    Session.update(ended_at=utcnow()).where(
+        (Session.patient == patient.id) & (Session.kind == "patient")
+        & Session.ended_at.is_null()).execute()
+    parts = []
+    if patient.phone != before.get("phone"):
+        parts.append(f"phone {mask_phone(before.get('phone')) or '-'} -> "
+                     f"{mask_phone(patient.phone) or '-'}")
+    if patient.id_number_hash != before.get("id_number_hash"):
+        parts.append(f"id_number {before.get('id_number_masked') or '-'} -> "
+                     f"{patient.id_number_masked or '-'}")
+    auditor = getattr(catalog, "auditor", None)
+    if auditor is not None:
+        auditor.record("patient.identity_change", actor_kind=actor_kind, actor_id=actor_id,
+                       ip=ip, object_type="patient", object_id=patient.patient_id,
+                       detail="; ".join(parts) + "; patient sessions ended")
+    log.info("patient %s: verification factors changed, sessions ended", patient.id)
+
+
 def merge_patients(catalog: Catalog, surviving: dict, old_patient_id: str) -> Patient:
     """ADT^A40: move every exam of old_patient_id to the surviving patient; the old record
     stays, pointing at the survivor (merged_into), so nothing is lost. Call inside a
-    transaction."""
+    transaction. Only the patient master (a peer with may_change_identity) may merge: a
+    merge moves every exam of one patient to another."""
+    if not _SENDER.get().may_change_identity:
+        raise CrossPatient("only the patient master may merge patients (ADT^A40): not "
+                           "applied", where="MRG-1", hl7_code=207)
     target = upsert_patient(catalog, surviving)
     old = Patient.get_or_none(Patient.patient_id == (old_patient_id or "").strip())
     if not old_patient_id:
@@ -242,6 +357,11 @@ def upsert_order(catalog: Catalog, patient_fields: dict, o: dict, *, source: str
         if o.get("study_uid"):
             exam.study_uid = o["study_uid"][:64]
     elif exam.patient_id != patient.id:
+        if not _SENDER.get().may_change_identity:
+            # only the patient master may move an exam to another patient
+            raise CrossPatient("the order's patient differs from the patient this exam is "
+                               "filed under: not applied (only the patient master may move "
+                               "an exam)", where="PID-3", hl7_code=207)
         exam.patient = patient
     if modality and not exam.modality:
         exam.modality = modality
@@ -291,6 +411,12 @@ class ReportFields:
     # attached to the exam's report, whose text, signer and status it keeps (final when the
     # exam had no final report yet).
     pdf_only: bool = False
+    # The Patient ID the sender gave with the report (HL7 PID-3, the import API's patient,
+    # the DICOM object's Patient ID): a report naming another patient than the exam's is
+    # quarantined, never filed. Empty: not given (the sender named only the exam).
+    patient_id: str = ""
+    source: str = "report"           # for the quarantine record: hl7 / api / dicom / folder
+    origin: str = ""
 
 
 class ReportNotReplaced(IntegrationError):
@@ -335,6 +461,8 @@ def file_report(catalog: Catalog, exam: Exam, r: ReportFields, *, pdf_file=None,
     if r.status not in REPORT_STATUSES:
         raise IntegrationError(f"report status {r.status!r}: expected preliminary, final or "
                                "corrected")
+    if r.patient_id and not same_patient(exam.patient_id, r.patient_id):
+        _refuse_cross_patient(catalog, exam, r)
     if r.pdf is not None and pdf_file is None:
         pdf_file = write_report_pdf(catalog, exam, r.pdf)
     if r.pdf_only and not pdf_file:
@@ -343,9 +471,11 @@ def file_report(catalog: Catalog, exam: Exam, r: ReportFields, *, pdf_file=None,
         report = Report.get_or_none(Report.exam == exam) or Report(exam=exam)
         was_final = report.id is not None and report.status in ("final", "corrected")
         if r.pdf_only:
-            r = _attached_pdf(report, r, was_final)
+            r = replace(_attached_pdf(report, r, was_final), source=r.source,
+                        origin=r.origin)
         if was_final and r.status == "preliminary":
             raise ReportNotReplaced("a preliminary result cannot replace a final report")
+        _keep_version(report, r, pdf_file)
         report.findings, report.impression = r.findings, r.impression
         if pdf_file:
             report.pdf_path, report.pdf_sha256 = pdf_file
@@ -359,6 +489,58 @@ def file_report(catalog: Catalog, exam: Exam, r: ReportFields, *, pdf_file=None,
     if r.status == "corrected":
         log.info("report of exam %s filed as a correction", exam.id)
     return report
+
+
+def _refuse_cross_patient(catalog: Catalog, exam: Exam, r: ReportFields) -> None:
+    """A report naming another patient than the exam's: quarantined (its PDF, or a note
+    when it has none) with the reason, and refused. Inside a caller's transaction the
+    quarantine row is written after the rollback (apply_inbound runs `after_rollback`)."""
+    log.warning("report for exam %s: %s", exam.id, CROSS_PATIENT)
+    exc = CrossPatient(where="PID-3", hl7_code=207)
+
+    def keep() -> None:
+        catalog.quarantine(r.pdf, f"report: {CROSS_PATIENT} (exam {exam.id})",
+                           r.source, r.origin)
+    if database.in_transaction():
+        exc.after_rollback = keep
+    else:
+        keep()
+    raise exc
+
+
+def _keep_version(report: Report, r: ReportFields, pdf_file) -> None:
+    """Before a filed report is replaced with other content, keep the old content as a
+    ReportVersion (staff read the history: report_history)."""
+    if report.id is None:
+        return
+    new_pdf = pdf_file[1] if pdf_file else report.pdf_sha256
+    if (report.findings, report.impression, report.pdf_sha256, report.status,
+            report.author, report.reviewer, report.signed_at) == (
+            r.findings, r.impression, new_pdf, r.status, r.author[:128], r.reviewer[:128],
+            r.signed_at):
+        return
+    last = (ReportVersion.select(pw.fn.MAX(ReportVersion.number))
+            .where(ReportVersion.report == report.id).scalar() or 0)
+    ReportVersion.create(report=report.id, exam=report.exam_id, number=last + 1,
+                         findings=report.findings, impression=report.impression,
+                         pdf_path=report.pdf_path, pdf_sha256=report.pdf_sha256,
+                         author=report.author, reviewer=report.reviewer,
+                         signed_at=report.signed_at, status=report.status,
+                         filed_at=report.updated_at or report.created_at or utcnow(),
+                         replaced_by_source=r.source[:32])
+
+
+def report_history(exam_id: int) -> list[dict]:
+    """The earlier contents of an exam's report, newest first (staff only)."""
+    return [{"number": v.number, "status": v.status, "findings": v.findings,
+             "impression": v.impression, "has_pdf": bool(v.pdf_path),
+             "pdf_sha256": v.pdf_sha256, "author": v.author, "reviewer": v.reviewer,
+             "signed_at": v.signed_at.isoformat() if v.signed_at else None,
+             "filed_at": v.filed_at.isoformat() if v.filed_at else None,
+             "replaced_at": v.replaced_at.isoformat() if v.replaced_at else None,
+             "replaced_by_source": v.replaced_by_source}
+            for v in ReportVersion.select().where(ReportVersion.exam == exam_id)
+            .order_by(ReportVersion.number.desc())]
 
 
 def _attached_pdf(report: Report, r: ReportFields, was_final: bool) -> ReportFields:
@@ -468,6 +650,7 @@ def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
     Unsupported: 'rejected') is recorded with its reason; a later message with the same
     control ID is tried again."""
     control_id = control_id[:128]
+    stored = seal(raw, channel, control_id)     # never in clear (models/personal_data.py)
 
     def previous():
         return (InboundMessage.select(InboundMessage.id, InboundMessage.outcome,
@@ -493,14 +676,15 @@ def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
                 note = apply()
                 text = ack("applied", note, tuple(found))
                 if old is not None:
-                    InboundMessage.update(outcome="applied", reason=note, ack=text, raw=raw,
-                                          message_type=message_type[:32], digest=digest,
+                    InboundMessage.update(outcome="applied", reason=redact(note), ack=text,
+                                          raw=stored, message_type=message_type[:32],
+                                          digest=digest,
                                           received_at=utcnow()).where(
                         InboundMessage.id == old.id).execute()
                 else:
                     InboundMessage.create(channel=channel, control_id=control_id,
-                                          message_type=message_type[:32], raw=raw,
-                                          outcome="applied", reason=note, ack=text,
+                                          message_type=message_type[:32], raw=stored,
+                                          outcome="applied", reason=redact(note), ack=text,
                                           digest=digest)
                 return InboundResult("applied", text, note, tuple(found))
         finally:
@@ -520,6 +704,8 @@ def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
         outcome, reason, issue = "rejected", str(exc), _issue_of(exc)
     except CatalogError as exc:
         outcome, reason, issue = "error", str(exc), _issue_of(exc)
+        if getattr(exc, "after_rollback", None) is not None:
+            exc.after_rollback()            # e.g. a cross-patient report's quarantine row
     text = ack(outcome, reason, (issue,))
     record_failure(channel, control_id, message_type, raw, outcome, reason, text)
     return InboundResult(outcome, text, reason, (issue,))
@@ -527,7 +713,11 @@ def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
 
 def record_failure(channel: str, control_id: str, message_type: str, raw: str, outcome: str,
                    reason: str, ack_text: str) -> None:
-    """Keep a message that was not applied, with its reason, for inspection."""
+    """Keep a message that was not applied, with its reason, for inspection (the message
+    sealed, the reason and answer redacted: models/personal_data.py)."""
+    control_id = control_id[:128]
+    stored, reason, ack_text = seal(raw, channel, control_id), redact(reason), redact(ack_text)
+
     def run():
         with write_transaction():
             old = InboundMessage.get_or_none((InboundMessage.channel == channel)
@@ -535,12 +725,12 @@ def record_failure(channel: str, control_id: str, message_type: str, raw: str, o
             if old is not None and old.outcome == "applied":
                 return
             if old is not None:
-                InboundMessage.update(outcome=outcome, reason=reason, ack=ack_text, raw=raw,
-                                      received_at=utcnow()).where(
+                InboundMessage.update(outcome=outcome, reason=reason, ack=ack_text,
+                                      raw=stored, received_at=utcnow()).where(
                     InboundMessage.id == old.id).execute()
             else:
                 InboundMessage.create(channel=channel, control_id=control_id,
-                                      message_type=message_type[:32], raw=raw,
+                                      message_type=message_type[:32], raw=stored,
                                       outcome=outcome, reason=reason, ack=ack_text)
     try:
         _retrying(run)
@@ -646,7 +836,8 @@ def status_summary() -> dict:
         if m is not None:
             last_in[ch] = {"control_id": m.control_id, "type": m.message_type,
                            "outcome": m.outcome, "at": m.received_at.isoformat()}
-    failures = [{"channel": m.channel, "control_id": m.control_id, "type": m.message_type,
+    failures = [{"id": m.id, "channel": m.channel, "control_id": m.control_id,
+                 "type": m.message_type,
                  "outcome": m.outcome, "reason": m.reason[:300],
                  "at": m.received_at.isoformat()}
                 for m in InboundMessage.select().where(InboundMessage.outcome != "applied")

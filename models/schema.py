@@ -5,6 +5,7 @@ import peewee as pw
 
 from .clock import utcnow  # noqa: F401 - models.schema.utcnow stays importable
 from .db import database
+from .personal_data import SealedPhoneField
 
 
 EXAM_CATEGORIES = ("radiology", "ultrasound", "endoscopy", "pathology")
@@ -38,7 +39,7 @@ class Patient(BaseModel):
     name = pw.CharField(max_length=128, default="", index=True)
     sex = pw.CharField(max_length=1, default="")                 # M / F / O / ""
     birth_date = pw.DateField(null=True)
-    phone = pw.CharField(max_length=32, null=True)
+    phone = SealedPhoneField(max_length=128, null=True)   # stored sealed (personal_data, m0058)
     id_number_hash = pw.CharField(max_length=64, null=True, index=True)   # HMAC-SHA256, hex
     id_number_masked = pw.CharField(max_length=32, null=True)             # 4420**********123X
     # identifiers the HIS sent that failed validation (a passport or permit number, an old
@@ -139,6 +140,7 @@ class CountedLink(BaseModel):
     revoked_at = pw.DateTimeField(null=True)
     failed_attempts = pw.IntegerField(default=0)
     locked_until = pw.DateTimeField(null=True)
+    lock_count = pw.IntegerField(default=0)       # locks so far: each lasts longer (m0057)
     created_by_kind = pw.CharField(max_length=16, default="staff")
     created_by = pw.CharField(max_length=64, default="")
     created_at = pw.DateTimeField(default=utcnow)
@@ -229,6 +231,9 @@ class StaffUser(BaseModel):
     locked_until = pw.DateTimeField(null=True)
     password_changed_at = pw.DateTimeField(default=utcnow)
     created_at = pw.DateTimeField(default=utcnow)
+    # an integration service account (m0056): API tokens only, no admin role, no password
+    # sign-in
+    service_account = pw.BooleanField(default=False)
 
 
 ALL_MODELS.append(StaffUser)
@@ -276,6 +281,7 @@ class AuditHead(BaseModel):
     """One row: the newest audit record's id and HMAC, locked while appending."""
     last_id = pw.IntegerField(default=0)
     last_hmac = pw.CharField(max_length=64, default="")
+    signature = pw.CharField(max_length=64, default="")   # HMAC of (last_id, last_hmac): m0058
 
 
 ALL_MODELS.extend([Session, ApiToken, RuntimeSetting, AuditHead])

@@ -90,6 +90,58 @@ def remember_password(user: StaffUser, old_hash: str, keep: int = 24) -> None:
         PasswordHistory.delete().where(PasswordHistory.id.in_(stale)).execute()
 
 
+# attempts at a staff account's secrets (password, current password, TOTP, recovery code) ----
+def reserve_attempt(user_id: int, *, max_failures: int, now: dt.datetime | None = None) -> bool:
+    """Reserve one attempt at an account's secret BEFORE the secret is compared: one
+    conditional UPDATE counts it as a failure (failed_logins + 1) only while fewer than
+    max_failures are counted and the account is not locked. However many requests race (one
+    row, one UPDATE each: SQLite and MariaDB serialise them), at most max_failures succeed
+    per lock. False: compare nothing (locked, or max_failures attempts counted or in flight).
+    Commit before comparing (call in its own short write transaction)."""
+    now = now or utcnow()
+    return bool(StaffUser.update(failed_logins=StaffUser.failed_logins + 1).where(
+        (StaffUser.id == user_id) & (StaffUser.failed_logins < max_failures)
+        & (StaffUser.locked_until.is_null() | (StaffUser.locked_until <= now))).execute())
+
+
+def release_attempt(user_id: int) -> None:
+    """The reserved attempt was the right secret: it does not count as a failure."""
+    StaffUser.update(failed_logins=StaffUser.failed_logins - 1).where(
+        (StaffUser.id == user_id) & (StaffUser.failed_logins > 0)).execute()
+
+
+def lock_if_exhausted(user_id: int, *, max_failures: int, lock_minutes: int,
+                      now: dt.datetime | None = None) -> bool:
+    """After a wrong secret or a refused reservation: lock the account for lock_minutes when
+    max_failures attempts are counted and it is not locked yet (the count starts again).
+    True for the one call that locked it (it audits `account.locked`)."""
+    now = now or utcnow()
+    return bool(StaffUser.update(failed_logins=0,
+                                 locked_until=now + dt.timedelta(minutes=lock_minutes)).where(
+        (StaffUser.id == user_id) & (StaffUser.failed_logins >= max_failures)
+        & (StaffUser.locked_until.is_null() | (StaffUser.locked_until <= now))).execute())
+
+
+UNKNOWN_USER_DETAIL = "unknown or disabled user"
+
+
+def unknown_user_failures(username: str) -> tuple[int, dt.datetime | None]:
+    """For a user name that is no account (or a disabled one): the failed sign-ins audited
+    since its last `account.locked` record, and that record's time. Such a name locks like an
+    account (server/signin.py), so the lock-out does not tell which names exist."""
+    from .schema import AuditEvent
+    name = username[:64]
+    last = (AuditEvent.select(AuditEvent.id, AuditEvent.time)
+            .where((AuditEvent.action == "account.locked")
+                   & (AuditEvent.object_type == "staff_user") & (AuditEvent.object_id == name))
+            .order_by(AuditEvent.id.desc()).first())
+    fails = AuditEvent.select().where(
+        (AuditEvent.id > (last.id if last else 0)) & (AuditEvent.action == "login")
+        & (AuditEvent.actor_id == name) & (AuditEvent.outcome == "fail")
+        & (AuditEvent.detail == UNKNOWN_USER_DETAIL)).count()
+    return fails, (last.time if last else None)
+
+
 def password_expired(user: StaffUser, max_age_days: int, now: dt.datetime | None = None) -> bool:
     if max_age_days <= 0 or user.password_changed_at is None:
         return False

@@ -89,6 +89,9 @@ TOKEN_PREFIX = "cft_"
 
 
 def create_api_token(user: StaffUser, *, name: str = "", days: int = 90) -> str:
+    from .accounts import ADMIN_ROLES, roles_of_user
+    if roles_of_user(user) & ADMIN_ROLES:
+        raise ValueError("admin accounts cannot hold API tokens")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with write_transaction():
         ApiToken.create(staff_user=user, token_hash=token_hash(token), name=name[:64],
@@ -105,4 +108,7 @@ def load_api_token(token: str) -> ApiToken | None:
         return None
     if not t.staff_user.active:
         return None
+    from .accounts import ADMIN_ROLES, roles_of_user
+    if roles_of_user(t.staff_user) & ADMIN_ROLES:
+        return None        # issued before admin accounts were refused tokens: never usable
     return t

@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 TOKEN_BYTES = 24                 # 192 bits in the share URL
 CODE_DIGITS = 6
 MAX_CODE_FAILURES = 5            # wrong codes before the share locks
-LOCK_MINUTES = 15
+LOCK_MINUTES = 15                # the first lock; each further one lasts longer (LOCK_STEPS)
+# How long the 1st, 2nd, … lock of a share or patient QR lasts; None: until the front desk
+# unlocks it (POST /api/shares/{id}/unlock, audited share.unlock). 15 guesses in all.
+LOCK_STEPS = (dt.timedelta(minutes=LOCK_MINUTES), dt.timedelta(hours=1), None)
+LOCKED_FOR_GOOD = dt.datetime(9999, 12, 31)     # locked_until of a lock the desk must lift
 IP_WINDOW = dt.timedelta(minutes=15)
 SMS_VALID = dt.timedelta(minutes=5)
 SMS_RESEND = dt.timedelta(seconds=60)
@@ -49,6 +53,10 @@ MSG_REVOKED = "分享已被撤销，无法打开 / this share was revoked"
 MSG_EXHAUSTED = "分享的打开次数已用完 / this share has been opened as often as allowed"
 MSG_LOCKED = (f"访问码连续错误 {MAX_CODE_FAILURES} 次，该分享已锁定 {LOCK_MINUTES} 分钟 / too "
               f"many wrong codes: this share is locked for {LOCK_MINUTES} minutes")
+MSG_LOCKED_HOUR = (f"访问码再次连续错误 {MAX_CODE_FAILURES} 次，该分享已锁定 1 小时 / too many "
+                   "wrong codes again: this share is locked for an hour")
+MSG_LOCKED_DESK = ("访问码多次错误，该分享已锁定，请联系医院服务台解锁 / too many wrong codes: this "
+                   "share is locked until the hospital's front desk unlocks it")
 MSG_IP_LIMIT = "尝试次数过多，请稍后再试 / too many attempts from your network; try again later"
 MSG_OTHER_PATIENT = ("此二维码不是您本人的：您填写的身份信息属于另一位患者。请使用您本人的二维码，或"
                      "在“我的云胶片”中直接验证身份查看您本人的检查 / this QR code belongs to "
@@ -161,6 +169,46 @@ def check_ip(ip: str, limit: int, auditor, action: str) -> None:
         raise AccessRefused(429, MSG_IP_LIMIT, "ip-limit")
 
 
+# per-identity limits: failed verifications naming one phone or ID number, from any address
+# (the per-address limit is high for hospital NATs; this one does not lock out neighbours) ----
+IDENTITY_MAX_FAILURES = 10
+MSG_IDENTITY_LIMIT = ("该身份信息验证失败次数过多，请 15 分钟后再试或联系医院服务台 / too many failed "
+                      "checks of these identity details; try again in 15 minutes or ask the "
+                      "hospital's front desk")
+
+
+def identity_key(key: bytes, phone: str | None, id_number: str | None) -> str:
+    """A verification's claimed identity as it is kept in its audit record (object_id): keyed
+    hashes (17 characters per part, their own purpose), never the numbers themselves."""
+    return "".join(f"{tag}{_mac(key, 'identity', tag, v)[:16]}"
+                   for tag, v in (("p", phone), ("i", id_number)) if v)
+
+
+def identity_failures(ident: str, now: dt.datetime | None = None) -> int:
+    """Failed verifications in IP_WINDOW that named the same phone or the same ID number."""
+    parts = [ident[i:i + 17] for i in range(0, len(ident), 17)]
+    if not parts:
+        return 0
+    named = AuditEvent.object_id.contains(parts[0])
+    for p in parts[1:]:
+        named |= AuditEvent.object_id.contains(p)
+    since = (now or utcnow()) - IP_WINDOW
+    return (AuditEvent.select().where((AuditEvent.action == "verify")
+                                      & (AuditEvent.outcome == "fail")
+                                      & (AuditEvent.time >= since) & named).count())
+
+
+def check_identity(ident: str, auditor, ip: str) -> None:
+    """Refuse (429) a verification whose phone or ID number failed IDENTITY_MAX_FAILURES times
+    in IP_WINDOW, before anything is compared; whether such a patient exists is not told."""
+    if ident and identity_failures(ident) >= IDENTITY_MAX_FAILURES:
+        with write_transaction():
+            auditor.record("verify", actor_kind="anonymous", ip=ip, object_type="patient",
+                           object_id=ident, outcome="refused",
+                           detail="per-identity failure limit")
+        raise AccessRefused(429, MSG_IDENTITY_LIMIT, "identity-limit")
+
+
 # shares --------------------------------------------------------------------------------------
 @dataclass
 class NewShare:
@@ -193,7 +241,10 @@ def share_json(sh: Share, exam: Exam | None = None) -> dict:
             "revoked_at": sh.revoked_at.isoformat() + "Z" if sh.revoked_at else None,
             "created_at": sh.created_at.isoformat() + "Z", "created_by_kind": sh.created_by_kind,
             "created_by": sh.created_by if sh.created_by_kind != "patient" else "",
-            "state": share_state(sh)}
+            "state": share_state(sh), "lock_count": sh.lock_count,
+            "locked_until": (None if not sh.locked_until or sh.locked_until <= utcnow()
+                             else "desk" if sh.locked_until >= LOCKED_FOR_GOOD
+                             else sh.locked_until.isoformat() + "Z")}
 
 
 def create_share(exam: Exam, *, key: bytes, auditor, include_images: bool = True,
@@ -259,7 +310,14 @@ def share_status(token: str) -> tuple[Share, dict]:
 def _state_message(state: str, sh: Share) -> str:
     return {"open": "", "revoked": MSG_REVOKED,
             "expired": MSG_EXPIRED + f"（{_local(sh.expires_at)}）",
-            "exhausted": MSG_EXHAUSTED, "locked": MSG_LOCKED}[state]
+            "exhausted": MSG_EXHAUSTED, "locked": _locked_message(sh)}[state]
+
+
+def _locked_message(sh) -> str:
+    """The lock's message by how long it lasts (escalating: LOCK_STEPS)."""
+    if sh.locked_until and sh.locked_until >= LOCKED_FOR_GOOD:
+        return MSG_LOCKED_DESK
+    return MSG_LOCKED_HOUR if (sh.lock_count or 0) >= 2 else MSG_LOCKED
 
 
 def _local(t: dt.datetime) -> str:
@@ -283,36 +341,103 @@ def _count_open(model, row_id: int, now: dt.datetime) -> int:
         & model.revoked_at.is_null() & (model.expires_at > now)).execute()
 
 
+def _reserve_attempt(model, row_id: int, now: dt.datetime) -> bool:
+    """Reserve one attempt at a share's code (or a patient QR's identity check) BEFORE the
+    secret is compared: one conditional UPDATE, committed at once, counts it as a failure
+    only while fewer than MAX_CODE_FAILURES are counted and the row is not locked. However
+    many requests race, at most MAX_CODE_FAILURES secrets are compared per lock (SQLite and
+    MariaDB alike). A successful open clears the count (_count_open)."""
+    with write_transaction():
+        return bool(model.update(failed_attempts=model.failed_attempts + 1).where(
+            (model.id == row_id) & (model.failed_attempts < MAX_CODE_FAILURES)
+            & (model.locked_until.is_null() | (model.locked_until <= now))).execute())
+
+
+def _release_attempt(model, row_id: int) -> None:
+    """A reserved attempt refused before anything secret was compared does not count."""
+    with write_transaction():
+        model.update(failed_attempts=model.failed_attempts - 1).where(
+            (model.id == row_id) & (model.failed_attempts > 0)).execute()
+
+
+def _lock_if_exhausted(model, row_id: int, *, auditor, ip: str, object_type: str,
+                       what: str, first: dict | None = None) -> bool:
+    """Inside a write transaction: at MAX_CODE_FAILURES counted failures, lock the row for the
+    next of LOCK_STEPS (15 min, 1 h, then until the front desk unlocks it); audited
+    `<object_type>.locked` by the one call that locks, after `first` (the attempt's own audit
+    record, if any). The row is written before the audit chain's head, the order of every
+    share transaction (_count_open too), so concurrent ones queue on MariaDB instead of
+    deadlocking. True if this call locked it."""
+    now = utcnow()
+    level = model.select(model.lock_count).where(model.id == row_id).scalar() or 0
+    step = LOCK_STEPS[min(level, len(LOCK_STEPS) - 1)]
+    locked = model.update(failed_attempts=0, lock_count=model.lock_count + 1,
+                          locked_until=LOCKED_FOR_GOOD if step is None else now + step).where(
+        (model.id == row_id) & (model.lock_count == level)
+        & (model.failed_attempts >= MAX_CODE_FAILURES)
+        & (model.locked_until.is_null() | (model.locked_until <= now))).execute()
+    if first:
+        auditor.record(**first)
+    if locked:
+        how = "until the front desk unlocks it" if step is None else \
+            f"{int(step.total_seconds() // 60)} min"
+        auditor.record(f"{object_type}.locked", actor_kind="system", ip=ip,
+                       object_type=object_type, object_id=str(row_id), outcome="alert",
+                       detail=f"{MAX_CODE_FAILURES} {what}; lock {level + 1}: {how}")
+    return bool(locked)
+
+
 def _count_failure(model, row_id: int, *, auditor, ip: str, action: str, object_type: str,
                    detail: str, what: str) -> int | None:
-    """Count one failed attempt on a share or patient QR (atomically) and lock it for
-    LOCK_MINUTES at the MAX_CODE_FAILURES-th. Returns the tries left, None once locked."""
-    now = utcnow()
+    """A reserved attempt was wrong (it is counted already): audit it and lock the row at the
+    MAX_CODE_FAILURES-th. Returns the tries left, None once locked."""
     with write_transaction():
-        model.update(failed_attempts=model.failed_attempts + 1).where(
-            model.id == row_id).execute()
-        failures = model.select(model.failed_attempts).where(model.id == row_id).scalar()
-        auditor.record(action, actor_kind="anonymous", ip=ip, object_type=object_type,
-                       object_id=str(row_id), outcome="fail", detail=detail)
-        if failures >= MAX_CODE_FAILURES:
-            model.update(failed_attempts=0,
-                         locked_until=now + dt.timedelta(minutes=LOCK_MINUTES)).where(
-                model.id == row_id).execute()
-            auditor.record(f"{object_type}.locked", actor_kind="system", ip=ip,
-                           object_type=object_type, object_id=str(row_id), outcome="alert",
-                           detail=f"{MAX_CODE_FAILURES} {what}; locked {LOCK_MINUTES} min")
+        if _lock_if_exhausted(model, row_id, auditor=auditor, ip=ip, object_type=object_type,
+                              what=what, first=dict(
+                                  action=action, actor_kind="anonymous", ip=ip,
+                                  object_type=object_type, object_id=str(row_id),
+                                  outcome="fail", detail=detail)):
             return None
-    return MAX_CODE_FAILURES - failures
+        row = model.select(model.failed_attempts, model.locked_until).where(
+            model.id == row_id).first()
+    left = MAX_CODE_FAILURES - row.failed_attempts
+    if left <= 0 or (row.locked_until and row.locked_until > utcnow()):
+        return None
+    return left
+
+
+def _refuse_reserved(model, row_id: int, *, auditor, ip: str, object_type: str, what: str):
+    """No attempt could be reserved: nothing is compared; the row is locked (or locks now,
+    when MAX_CODE_FAILURES attempts are counted). Returns the fresh row."""
+    with write_transaction():
+        _lock_if_exhausted(model, row_id, auditor=auditor, ip=ip, object_type=object_type,
+                           what=what)
+    return model.get_by_id(row_id)
 
 
 def _refuse_code(sh: Share, *, auditor, ip: str) -> AccessRefused:
-    """Count one wrong code (atomically); lock the share at the fifth."""
+    """A wrong code (reserved, so counted already): audited; the share locks at the fifth."""
     left = _count_failure(Share, sh.id, auditor=auditor, ip=ip, action="share.open",
                           object_type="share", detail="wrong code", what="wrong codes")
     if left is None:
-        return AccessRefused(429, MSG_LOCKED, "locked")
+        return AccessRefused(429, _locked_message(Share.get_by_id(sh.id)), "locked")
     return AccessRefused(403, f"访问码错误，还可尝试 {left} 次 / wrong access code ({left} "
                               f"tries left)", "wrong")
+
+
+def _check_share_code(sh: Share, code: str | None, *, key: bytes, auditor, ip: str,
+                      action: str, now: dt.datetime) -> None:
+    """The one check of a share's code: its format, an attempt reserved on the share, then
+    the comparison. Raises AccessRefused (400 format, 403 wrong, 429 locked)."""
+    code = check_code_format(code)
+    if not _reserve_attempt(Share, sh.id, now):
+        fresh = _refuse_reserved(Share, sh.id, auditor=auditor, ip=ip, object_type="share",
+                                 what="wrong codes")
+        raise _refuse_state(fresh, "locked", auditor=auditor, ip=ip, action=action)
+    want = share_code_hash(key, sh.token_hash, code)
+    if not hmac.compare_digest(want.encode(), sh.code_hash.encode()):
+        raise _refuse_code(sh, auditor=auditor, ip=ip)
+    _release_attempt(Share, sh.id)      # the right code: at once, so it never blocks others
 
 
 def _refuse_state(sh: Share, state: str, *, auditor, ip: str, action="share.open"):
@@ -341,10 +466,8 @@ def open_share(token: str, code: str | None, *, key: bytes, auditor, ip: str = "
     if sh.locked_until and sh.locked_until > now:
         raise _refuse_state(sh, "locked", auditor=auditor, ip=ip)
     if sh.code_hash != "-":                       # "-": a signed PACS token, no code
-        code = check_code_format(code)
-        want = share_code_hash(key, sh.token_hash, code)
-        if not hmac.compare_digest(want.encode(), sh.code_hash.encode()):
-            raise _refuse_code(sh, auditor=auditor, ip=ip)
+        _check_share_code(sh, code, key=key, auditor=auditor, ip=ip, action="share.open",
+                          now=now)
     state = share_state(sh, now)
     if state in ("revoked", "expired"):
         raise _refuse_state(sh, state, auditor=auditor, ip=ip)
@@ -377,11 +500,8 @@ def reverify_share_session(session_id: int, share_id: int, code: str, *, key: by
     now = utcnow()
     if sh.locked_until and sh.locked_until > now:
         raise _refuse_state(sh, "locked", auditor=auditor, ip=ip, action="share.reverify")
-    code = check_code_format(code)
-    if not hmac.compare_digest(share_code_hash(key, sh.token_hash, code).encode(),
-                               sh.code_hash.encode()):
-        err = _refuse_code(sh, auditor=auditor, ip=ip)
-        raise err
+    _check_share_code(sh, code, key=key, auditor=auditor, ip=ip, action="share.reverify",
+                      now=now)
     state = share_state(sh, now)
     if state in ("revoked", "expired"):
         raise _refuse_state(sh, state, auditor=auditor, ip=ip, action="share.reverify")
@@ -412,6 +532,23 @@ def revoke_share(share_id: int, *, auditor, actor_kind: str, actor_id: str, ip: 
     return sh
 
 
+def unlock_share(share_id: int, *, auditor, actor_id: str, ip: str = "") -> Share:
+    """The front desk lifts a share's lock (after checking who is asking): the wrong-code
+    count starts again. The lock count stays, so the next lock again lasts until the desk
+    unlocks it. Audited `share.unlock`."""
+    sh = Share.get_or_none(Share.id == share_id)
+    if sh is None:
+        raise AccessRefused(404, "没有找到该分享 / no such share")
+    with write_transaction():
+        was = sh.locked_until
+        Share.update(locked_until=None, failed_attempts=0).where(Share.id == sh.id).execute()
+        auditor.record("share.unlock", actor_kind="staff", actor_id=actor_id, ip=ip,
+                       object_type="share", object_id=str(sh.id),
+                       outcome="ok" if was and was > utcnow() else "none",
+                       detail=f"locks so far={sh.lock_count}")
+    return Share.get_by_id(sh.id)
+
+
 def list_shares(*, exam: Exam | None = None, patient_db_id: int | None = None,
                 limit: int = 200) -> list[dict]:
     q = Share.select(Share, Exam).join(Exam)
@@ -434,6 +571,11 @@ MSG_PQR_EXHAUSTED = "二维码的打开次数已用完 / this QR code has been u
 MSG_PQR_LOCKED = (f"身份信息连续错误 {MAX_CODE_FAILURES} 次，该二维码已锁定 {LOCK_MINUTES} 分钟 / "
                   f"too many failed verifications: this QR code is locked for {LOCK_MINUTES} "
                   "minutes")
+MSG_PQR_LOCKED_HOUR = ("身份信息再次多次错误，该二维码已锁定 1 小时 / too many failed verifications "
+                       "again: this QR code is locked for an hour")
+MSG_PQR_LOCKED_DESK = ("身份信息多次错误，该二维码已锁定，请到医院服务台重新办理 / too many failed "
+                       "verifications: this QR code is locked; ask the hospital's front desk for "
+                       "a new one")
 
 
 @dataclass
@@ -458,7 +600,9 @@ def _state_message_pqr(state: str, q: PatientShare) -> str:
     return {"open": "", "revoked": MSG_PQR_REVOKED,
             "expired": f"二维码已于 {_local(q.expires_at)} 过期 / this QR code expired on "
                        f"{_local(q.expires_at)} (China time)",
-            "exhausted": MSG_PQR_EXHAUSTED, "locked": MSG_PQR_LOCKED}[state]
+            "exhausted": MSG_PQR_EXHAUSTED,
+            "locked": MSG_PQR_LOCKED_DESK if q.locked_until and q.locked_until >= LOCKED_FOR_GOOD
+            else MSG_PQR_LOCKED_HOUR if (q.lock_count or 0) >= 2 else MSG_PQR_LOCKED}[state]
 
 
 def patient_qr_json(q: PatientShare, key: bytes | None = None) -> dict:
@@ -580,6 +724,10 @@ def open_patient_qr(token: str, factors: dict, *, catalog, key: bytes, auditor, 
     if state != "open":          # refused before any SMS code is spent
         raise _refuse_pqr(q, state, auditor=auditor, ip=ip)
     patient = _live_patient(q.patient_id)
+    if not _reserve_attempt(PatientShare, q.id, now):    # before any identity data is checked
+        fresh = _refuse_reserved(PatientShare, q.id, auditor=auditor, ip=ip,
+                                 object_type="patient_qr", what="failed verifications")
+        raise _refuse_pqr(fresh, "locked", auditor=auditor, ip=ip)
     try:
         v = verify_identity(factors, catalog=catalog, key=key, auditor=auditor, ip=ip,
                             ip_limit=ip_limit, bound_patient_id=patient.id)
@@ -589,10 +737,12 @@ def open_patient_qr(token: str, factors: dict, *, catalog, key: bytes, auditor, 
                                   action="patient_qr.open", object_type="patient_qr",
                                   detail=exc.reason, what="failed verifications")
             if left is None:
-                raise AccessRefused(429, MSG_PQR_LOCKED, "locked") from None
+                raise AccessRefused(429, _state_message_pqr(
+                    "locked", PatientShare.get_by_id(q.id)), "locked") from None
             zh, sep, en = str(exc).partition(" / ")
             raise AccessRefused(exc.status, f"{zh}（还可尝试 {left} 次） / {en} ({left} tries "
                                             f"left)" if sep else str(exc), exc.reason) from None
+        _release_attempt(PatientShare, q.id)     # refused before a comparison (format, limit)
         raise
     with write_transaction():
         counted = _count_open(PatientShare, q.id, now)
@@ -607,6 +757,7 @@ def open_patient_qr(token: str, factors: dict, *, catalog, key: bytes, auditor, 
                            detail=f"open {q.opens + 1}/{q.max_opens} "
                                   f"methods={'+'.join(v.methods)}")
     if counted != 1:
+        _release_attempt(PatientShare, q.id)     # the identity was right: not a failure
         fresh = PatientShare.get_by_id(q.id)
         st = share_state(fresh)
         raise _refuse_pqr(fresh, st if st != "open" else "exhausted", auditor=auditor, ip=ip)
@@ -751,6 +902,12 @@ def validate_verification_config(cfg: dict) -> dict:
         if c == ["accession"]:
             raise AccessRefused(400, "检查号可被猜测，不能单独用于验证 / the accession number is "
                                      "guessable and cannot be the only check")
+        if len(c) < 2 and c != ["sms"]:
+            # 等保三级 floor: two factors, or the SMS code (possession of the phone)
+            raise AccessRefused(400, f"不符合等保三级要求：患者身份验证须至少两项信息或短信验证码，"
+                                     f"“{METHOD_NAMES[c[0]]}”不能单独使用 / level 3 floor: a "
+                                     "patient is verified by two factors or an SMS code, "
+                                     f"never by {c[0]} alone")
         if c not in clean_combos:
             clean_combos.append(c)
     out = {"methods": clean_methods, "combinations": clean_combos}
@@ -845,23 +1002,39 @@ def request_sms_code(raw_phone: str, *, key: bytes, auditor, ip: str = "",
 
 
 def check_sms_code(phone: str, code: str, *, key: bytes) -> tuple[bool, str]:
-    """Consume the newest code of this phone if `code` matches. (ok, reason)."""
+    """Consume the newest code of this phone if `code` matches. (ok, reason).
+
+    An attempt is reserved on the code (one conditional UPDATE, committed) BEFORE it is
+    compared, so however many requests race, at most SMS_MAX_TRIES guesses are compared;
+    the code is void after them."""
     ph = phone_hash(key, phone)
     now = utcnow()
+    row = (SmsCode.select().where(SmsCode.phone_hash == ph)
+           .order_by(SmsCode.created_at.desc(), SmsCode.id.desc()).first())
+    if row is None or row.used_at is not None or row.voided or now >= row.expires_at:
+        return False, "expired"
     with write_transaction():
-        row = (SmsCode.select().where(SmsCode.phone_hash == ph)
-               .order_by(SmsCode.created_at.desc(), SmsCode.id.desc()).first())
-        if row is None or row.used_at is not None or row.voided or now >= row.expires_at:
-            return False, "expired"
-        if not hmac.compare_digest(_mac(key, "sms", ph, code).encode(),
-                                   row.code_hash.encode()):
-            tries = row.attempts + 1
-            SmsCode.update(attempts=SmsCode.attempts + 1,
-                           voided=tries >= SMS_MAX_TRIES).where(SmsCode.id == row.id).execute()
-            return False, "voided" if tries >= SMS_MAX_TRIES else "wrong"
-        done = SmsCode.update(used_at=now).where((SmsCode.id == row.id)
-                                                 & SmsCode.used_at.is_null()).execute()
-        return done == 1, "ok" if done == 1 else "expired"
+        reserved = SmsCode.update(attempts=SmsCode.attempts + 1).where(
+            (SmsCode.id == row.id) & (SmsCode.attempts < SMS_MAX_TRIES)
+            & (SmsCode.voided == False) & SmsCode.used_at.is_null()).execute()  # noqa: E712
+    if not reserved:
+        with write_transaction():
+            SmsCode.update(voided=True).where((SmsCode.id == row.id)
+                                              & (SmsCode.attempts >= SMS_MAX_TRIES)
+                                              & SmsCode.used_at.is_null()).execute()
+        fresh = SmsCode.get_by_id(row.id)
+        return False, "voided" if fresh.voided else "expired"
+    if not hmac.compare_digest(_mac(key, "sms", ph, code).encode(), row.code_hash.encode()):
+        with write_transaction():
+            tries = SmsCode.select(SmsCode.attempts).where(SmsCode.id == row.id).scalar()
+            if tries >= SMS_MAX_TRIES:
+                SmsCode.update(voided=True).where(SmsCode.id == row.id).execute()
+        return False, "voided" if tries >= SMS_MAX_TRIES else "wrong"
+    with write_transaction():
+        done = SmsCode.update(used_at=now).where(
+            (SmsCode.id == row.id) & SmsCode.used_at.is_null()
+            & (SmsCode.voided == False)).execute()  # noqa: E712
+    return done == 1, "ok" if done == 1 else "expired"
 
 
 # verification -----------------------------------------------------------------------------
@@ -916,11 +1089,14 @@ def verify_identity(factors: dict, *, catalog, key: bytes, auditor, ip: str = ""
     accession = given.get("accession")
     if accession is not None and (len(accession) > 64 or not accession.isprintable()):
         raise AccessRefused(400, "检查号格式不正确 / the accession number is not valid")
+    ident = identity_key(key, phone, idn)
+    check_identity(ident, auditor, ip)           # per identity, before anything is compared
 
     def fail(detail: str, message: str = MSG_NO_MATCH, status: int = 403):
         with write_transaction():
             auditor.record("verify", actor_kind="anonymous", ip=ip, object_type="patient",
-                           outcome="fail", detail=f"methods={'+'.join(sorted(used))} {detail}")
+                           object_id=ident, outcome="fail",
+                           detail=f"methods={'+'.join(sorted(used))} {detail}")
         return AccessRefused(status, message, detail)
 
     candidates: set[int] | None = None

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import peewee as pw
 
-from .accounts import PasswordPolicyError, check_password_strength, hash_password
+from .accounts import (NO_PASSWORD, PasswordPolicyError, check_password_strength,
+                       hash_password, token_refusal)
 from .catalog import CatalogError, NotFound, mask_phone, validate_id_number
 from .db import write_transaction
 from .schema import (ApiToken, AuditHead, Exam, Outbox, Patient, Quarantine, Report,
@@ -42,6 +43,11 @@ class Conflict(StaffError):
 class Refused(StaffError):
     """A change refused because it would lock people out or break role separation."""
     status = 409
+
+
+class TokenRefused(StaffError):
+    """An API token this issuer may not give this owner (separation of duties)."""
+    status = 403
 
 
 @dataclass
@@ -197,6 +203,7 @@ def user_summary(u: StaffUser, now: dt.datetime | None = None) -> dict:
             "password_changed_at": u.password_changed_at.isoformat()
             if u.password_changed_at else None,
             "last_sign_in": last.isoformat() if isinstance(last, dt.datetime) else last,
+            "service_account": bool(u.service_account),
             "active_tokens": tokens}
 
 
@@ -263,17 +270,33 @@ def _display_name(v: Any, fallback: str) -> str:
 
 def create_staff(username: Any, roles: Any, *, display_name: Any = "", password: Any = None,
                  actor: Actor, auditor, known_roles: dict[str, str], admin_roles: set[str],
-                 min_length: int = 8, min_classes: int = 3) -> tuple[dict, str | None]:
+                 min_length: int = 8, min_classes: int = 3,
+                 service_account: Any = False) -> tuple[dict, str | None]:
     """Create an account. Without a password a temporary one is generated and returned
-    (shown once); either way the new user must change it at first sign-in."""
+    (shown once); either way the new user must change it at first sign-in.
+
+    service_account=True: an integration service account (a machine): no admin role, no
+    password (it cannot sign in on the login page; NO_PASSWORD matches nothing), nothing to
+    change at first sign-in; it acts only through API tokens the system admin issues it."""
     username = str(username or "").strip()
     if not USERNAME_RE.fullmatch(username):
         raise StaffError("用户名须为 2-32 位字母、数字、_ . - / the user name must be 2-32 "
                          "letters, digits, _ . or -")
     roles = check_roles(roles, known_roles, admin_roles)
     name = _display_name(display_name, username)
+    if not isinstance(service_account, bool):
+        raise StaffError("service_account 须为 true 或 false / service_account must be true or "
+                         "false")
+    if service_account and set(roles) & admin_roles:
+        raise StaffError("集成服务账号不能拥有管理员角色 / a service account cannot hold an admin "
+                         "role")
+    if service_account and password not in (None, ""):
+        raise StaffError("集成服务账号没有密码，只用 API 令牌 / a service account has no password; "
+                         "it uses API tokens only")
     generated = None
-    if password in (None, ""):
+    if service_account:
+        password = temporary_password(min_length)      # checked below, then never stored
+    elif password in (None, ""):
         generated = password = temporary_password(min_length)
     if not isinstance(password, str):
         raise StaffError("密码须为文本 / the password must be text")
@@ -288,11 +311,14 @@ def create_staff(username: Any, roles: Any, *, display_name: Any = "", password:
                                     == username.lower()).exists():
             raise Conflict(f"用户名“{username}”已存在，请换一个 / the user name is already "
                            "taken")
-        u = StaffUser.create(username=username, display_name=name, password_hash=pw_hash,
-                             roles=",".join(roles), must_change_password=True)
+        u = StaffUser.create(username=username, display_name=name,
+                             password_hash=NO_PASSWORD if service_account else pw_hash,
+                             roles=",".join(roles), must_change_password=not service_account,
+                             service_account=service_account)
         auditor.record("user.create", actor_kind=actor.kind, actor_id=actor.username,
                        ip=actor.ip, object_type="staff_user", object_id=username,
-                       detail="roles=" + ",".join(roles))
+                       detail="roles=" + ",".join(roles)
+                       + (" service_account" if service_account else ""))
     return user_summary(u), generated
 
 
@@ -321,6 +347,9 @@ def update_staff(username: str, changes: dict, *, actor: Actor, auditor,
             details.append("display_name")
         if "roles" in changes:
             roles = check_roles(changes["roles"], known_roles, admin_roles)
+            if u.service_account and set(roles) & admin_roles:
+                raise StaffError("集成服务账号不能拥有管理员角色 / a service account cannot hold "
+                                 "an admin role")
             old = roles_of(u)
             if u.id == actor.user_id and "sysadmin" in old and "sysadmin" not in roles:
                 raise Refused("不能去掉自己的系统管理员角色 / you cannot remove your own "
@@ -371,6 +400,8 @@ def reset_password(username: str, *, actor: Actor, auditor, min_length: int = 8)
     pw_hash = hash_password(temp)
     with write_transaction():
         u = _user(username)
+        if u.service_account:
+            raise Refused("集成服务账号没有密码 / a service account has no password")
         if u.id == actor.user_id:
             raise Refused("请在“修改密码”中修改自己的密码 / change your own password with "
                           "“change password”")
@@ -406,13 +437,19 @@ def issue_token(username: str, *, name: Any, days: Any, actor: Actor, auditor) -
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 365:
         raise StaffError("有效期须为 1 到 365 天 / the token must be valid for 1 to 365 days")
     u = _user(username)
-    if not u.active:
-        raise StaffError("账号已停用 / the account is deactivated")
+    issuer = StaffUser.get_or_none(StaffUser.id == actor.user_id) if actor.user_id else None
+    if issuer is None and actor.kind != "cli":
+        raise TokenRefused("无法确认签发人 / the issuer is unknown")
+    why = token_refusal(u, issuer)
+    if why:
+        raise TokenRefused(why)
     with write_transaction():
         token = create_api_token(u, name=name, days=days)
         auditor.record("token.create", actor_kind=actor.kind, actor_id=actor.username,
                        ip=actor.ip, object_type="staff_user", object_id=u.username,
-                       detail=f"name={name[:40]} days={days}")
+                       detail=f"owner={u.username} issuer={actor.username} "
+                              f"service_account={int(bool(u.service_account))} "
+                              f"name={name[:40]} days={days}")
     row = ApiToken.select().where(ApiToken.staff_user == u).order_by(ApiToken.id.desc()).first()
     return next(t for t in list_tokens(u.username) if t["id"] == row.id), token
 

@@ -34,9 +34,121 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from .errors import CorruptPixelData, UnsupportedImage
+from .errors import CorruptPixelData, RenderError, UnsupportedImage
 
 log = logging.getLogger(__name__)
+
+
+class ImageTooLarge(RenderError):
+    """The header declares more decoded pixel bytes than max_decoded_mb allows (a
+    decompression bomb, or an image far beyond any real one): refused before decoding."""
+
+    status = 422
+
+
+# Decoded-size limits, in bytes: the whole instance (rows x columns x frames x samples x
+# bytes per sample; setting max_decoded_mb) and one frame (max_frame_mb). The render
+# service sets them from the settings at start-up; decode workers get them from their
+# initializer. 1 GiB per instance passes every real multi-frame image we know (the largest
+# in pydicom-data decodes to 105 MiB, a 300-frame 1024x1024 XA run to 300 MiB); 192 MiB per
+# frame passes an 8192x8192 RGB frame, while a 16384x16384 bomb frame (256 MiB) is refused.
+DEFAULT_MAX_DECODED_BYTES = 1024 << 20
+DEFAULT_MAX_FRAME_BYTES = 192 << 20
+limits = {"max_decoded_bytes": DEFAULT_MAX_DECODED_BYTES,
+          "max_frame_bytes": DEFAULT_MAX_FRAME_BYTES}
+
+
+def set_max_decoded_mb(mb: int, frame_mb: int | None = None) -> None:
+    limits["max_decoded_bytes"] = int(mb) << 20
+    if frame_mb is not None:
+        limits["max_frame_bytes"] = int(frame_mb) << 20
+
+
+def _header_int(ds: Dataset, keyword: str, default: int) -> int:
+    try:
+        v = ds.get(keyword)
+        return int(v) if v not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def decoded_size(ds: Dataset) -> int:
+    """Bytes the decoded pixel array will take, from the header alone (no pixel data read):
+    rows x columns x frames x samples x bytes per sample (1-bit images decode to bytes)."""
+    rows = max(_header_int(ds, "Rows", 0), 0)
+    cols = max(_header_int(ds, "Columns", 0), 0)
+    frames = max(_header_int(ds, "NumberOfFrames", 1), 1)
+    spp = max(_header_int(ds, "SamplesPerPixel", 1), 1)
+    bits = max(_header_int(ds, "BitsAllocated", 8), 1)
+    return rows * cols * frames * spp * max((bits + 7) // 8, 1)
+
+
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 frame declares in its own header (SOF /
+    SIZ marker), or None when it cannot be told (RLE decodes to the DICOM header's size)."""
+    import struct
+    if frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:       # J2K SOC + SIZ
+        xs, ys, xo, yo = struct.unpack(">IIII", frame[8:24])
+        return max(ys - yo, 0), max(xs - xo, 0)
+    if frame[:2] == b"\xff\xd8":
+        from pydicom.pixels.utils import _get_jpg_parameters
+        try:
+            p = _get_jpg_parameters(frame[:65536])
+        except Exception:  # noqa: BLE001 - an unreadable header: the decoder will say so
+            return None
+        if "height" in p and "width" in p:
+            return int(p["height"]), int(p["width"])
+    return None
+
+
+def check_codestream(ds: Dataset) -> None:
+    """Raise ImageTooLarge when the first compressed frame's own header declares more pixels
+    than Rows x Columns: a decoder sizes its output from the codestream, so a small DICOM
+    header in front of a huge codestream would get past check_decoded_size."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    try:
+        if ts is None or not UID(ts).is_encapsulated or "PixelData" not in ds:
+            return
+    except ValueError:          # not a transfer syntax we know: the decoder refuses it
+        return
+    import itertools
+
+    from pydicom.encaps import generate_fragments
+    try:      # the Basic Offset Table item, then the first frame's first fragment
+        items = list(itertools.islice(generate_fragments(ds.PixelData), 2))
+    except Exception:  # noqa: BLE001 - malformed fragments are refused elsewhere
+        return
+    first = next((f for f in items if f[:1] == b"\xff"), b"")
+    size = codestream_size(bytes(first[:65536]))
+    rows, cols = _header_int(ds, "Rows", 0), _header_int(ds, "Columns", 0)
+    if size is not None and size[0] * size[1] > rows * cols:
+        raise ImageTooLarge(
+            f"压缩数据声明的尺寸（{size[0]}x{size[1]}）大于文件头（{rows}x{cols}），已拒绝 / "
+            f"the compressed frame declares {size[0]}x{size[1]} pixels, more than the "
+            f"header's Rows x Columns ({rows}x{cols}); refused without decoding")
+
+
+def check_decoded_size(ds: Dataset, max_bytes: int | None = None) -> None:
+    """Raise ImageTooLarge when the header declares more decoded bytes than the limit
+    (``max_bytes``, else the process-wide max_decoded_mb; one frame: max_frame_mb), or the
+    first compressed frame declares more pixels than the header (check_codestream). Call
+    it before decoding."""
+    check_codestream(ds)
+    limit = limits["max_decoded_bytes"] if max_bytes is None else max_bytes
+    frame_limit = limits["max_frame_bytes"]
+    size = decoded_size(ds)
+    frames = max(_header_int(ds, "NumberOfFrames", 1), 1)
+    for what, value, cap, name in (("the image", size, limit, "max_decoded_mb"),
+                                   ("one frame", size // frames, frame_limit, "max_frame_mb")):
+        if cap and value > cap:
+            raise ImageTooLarge(
+                f"图像解码后过大（{value >> 20} MiB，上限 {cap >> 20} MiB，{name}），已拒绝 / "
+                f"{what} would decode to {value >> 20} MiB "
+                f"({_header_int(ds, 'Rows', 0)}x{_header_int(ds, 'Columns', 0)}, "
+                f"{frames} frame(s)), over the limit of {cap >> 20} MiB ({name}); "
+                "refused without decoding")
+
 
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
@@ -421,18 +533,20 @@ def _palette_to_rgb(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def load_image(path: str | os.PathLike) -> DecodedImage:
+def load_image(path: str | os.PathLike, max_bytes: int | None = None) -> DecodedImage:
     """Read and decode every frame of a DICOM file.
 
-    Raises CorruptPixelData / UnsupportedImage (see module doc); FileNotFoundError and
+    Raises CorruptPixelData / UnsupportedImage (see module doc), ImageTooLarge (header over
+    ``max_bytes``, default max_decoded_mb, checked before decoding); FileNotFoundError and
     PermissionError pass through unchanged.
     """
     ds = _read(path)
-    return image_from_dataset(ds)
+    return image_from_dataset(ds, max_bytes)
 
 
-def image_from_dataset(ds: Dataset) -> DecodedImage:
+def image_from_dataset(ds: Dataset, max_bytes: int | None = None) -> DecodedImage:
     """Same as :func:`load_image` for an already read dataset (it may be modified)."""
+    check_decoded_size(ds, max_bytes)
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise UnsupportedImage(

@@ -133,6 +133,15 @@ def parse_viewport(viewport: Any) -> tuple[int, int, float | None, float | None,
     return (int(vw), int(vh), region[0], region[1], region[2], region[3])
 
 
+def cap_viewport(viewport, cap: int):
+    """A parsed viewport whose longest side is at most ``cap`` pixels (scaled down keeping
+    its aspect and source region): the render-size cap of a principal (issue 14)."""
+    if viewport is None or not cap or max(viewport[0], viewport[1]) <= cap:
+        return viewport
+    f = cap / max(viewport[0], viewport[1])
+    return (max(1, int(viewport[0] * f)), max(1, int(viewport[1] * f)), *viewport[2:])
+
+
 def _check_rotate(rotate: Any) -> int:
     try:
         r = int(rotate)

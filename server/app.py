@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import re
 
 import tornado.web
 
+from . import proxies
 from .config import ROOT
+from .logmask import masked_path
 from .context import AppContext
 from .handlers.api import HealthHandler, StudiesHandler, StudyHandler
 from .handlers.base import UID, NotFoundHandler
@@ -50,19 +51,33 @@ def startup(ctx: AppContext) -> None:
             start(ctx)
 
 
-_SECRET_IN_PATH = re.compile(r"^(/s/|/p/|/api/share/[a-z]+/)[A-Za-z0-9_\-]+")
 access_log = logging.getLogger("tornado.access")
 
 
 def log_request(handler) -> None:
-    """Tornado's access log without secrets: share tokens in paths are masked and query
-    strings (which may carry codes or names) are dropped."""
+    """Tornado's access log without secrets: share, QR and signed PACS tokens, patient IDs
+    and accession numbers in paths are masked (server/logmask.py) and query strings (which
+    may carry codes, tokens or names) are dropped."""
     status = handler.get_status()
     log_method = (access_log.info if status < 400 else
                   access_log.warning if status < 500 else access_log.error)
-    path = _SECRET_IN_PATH.sub(lambda m: m.group(1) + "***", handler.request.path)
-    log_method("%d %s %s %.1fms", status, handler.request.method, path,
-               1000.0 * handler.request.request_time())
+    path = masked_path(handler)          # no tokens, patient IDs or accession numbers
+    log_method("%d %s %s %s %.1fms", status, proxies.client_ip(handler.request),
+               handler.request.method, path, 1000.0 * handler.request.request_time())
+
+
+class CloudFilmApp(tornado.web.Application):
+    """The application; every request's client address and scheme are first taken from a
+    trusted proxy's headers (server/proxies.py; Tornado's xheaders stay off: they would
+    trust anyone)."""
+
+    def __init__(self, routes, ctx: AppContext, **settings):
+        self.ctx = ctx
+        super().__init__(routes, **settings)
+
+    def find_handler(self, request, **kwargs):
+        proxies.resolve(request, self.ctx.config.trusted_proxies)
+        return super().find_handler(request, **kwargs)
 
 
 def make_app(ctx: AppContext, **settings) -> tornado.web.Application:
@@ -79,4 +94,4 @@ def make_app(ctx: AppContext, **settings) -> tornado.web.Application:
         compress_response=True,
     )
     app_settings.update(settings)
-    return tornado.web.Application(make_routes(ctx), **app_settings)
+    return CloudFilmApp(make_routes(ctx), ctx, **app_settings)

@@ -56,9 +56,20 @@ def principal_from_session(s) -> Principal | None:
 
 
 class PrincipalResolver:
-    def __init__(self):
+    def __init__(self, password_max_age_days=None):
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
+        # () -> the policy's password age limit: a token of an account whose password has
+        # expired is blocked like its sign-in (it must change the password first)
+        self.password_max_age_days = password_max_age_days
+
+    def _token_must_change(self, user) -> bool:
+        if user.must_change_password:
+            return True
+        if user.service_account or self.password_max_age_days is None:
+            return False                    # a service account has no password to age
+        from models.security import password_expired
+        return password_expired(user, int(self.password_max_age_days()))
 
     def cached(self, credential: str) -> tuple[bool, Principal | None]:
         key = hashlib.sha256(credential.encode()).hexdigest()
@@ -75,8 +86,11 @@ class PrincipalResolver:
                 p = None
                 if t is not None:
                     u = t.staff_user
+                    # a token skips nothing its owner could not: a required password
+                    # change (or an expired password) blocks it as it blocks a sign-in
                     p = Principal("staff", u.username, _roles(u), via_token=True,
-                                  staff_user_id=u.id)
+                                  staff_user_id=u.id,
+                                  must_change_password=self._token_must_change(u))
             else:
                 s = load_session(credential)
                 p = principal_from_session(s) if s is not None else None

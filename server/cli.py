@@ -102,6 +102,8 @@ def load_demo(ctx, *, force: bool = False, out=sys.stdout) -> bool:
 def cmd_serve(args) -> int:
     config = _config(args)
     _setup_logging(config.log_level)
+    from .file_modes import tighten
+    tighten(config)             # files made before umask 077 (or copied in): chmod go-rwx
     ctx = _open(config)
     from models.accounts import ensure_first_admin
     generated = ensure_first_admin(os.environ.get("CLOUDFILM_ADMIN_PASSWORD"))
@@ -266,21 +268,81 @@ def cmd_token(args) -> int:
     config = _config(args)
     _setup_logging("WARNING")
     ctx = _open(config)
+    from models.accounts import token_refusal
     from models.sessions import create_api_token
     from models.staff import staff_user_named
     user = staff_user_named(args.username)
     if user is None or not user.active:
         print(f"no active staff account named {args.username!r}", file=sys.stderr)
         return 2
+    why = token_refusal(user)
+    if why:
+        print(why, file=sys.stderr)
+        return 2
+    if user.must_change_password:
+        print("note: this account must change its password before its tokens work "
+              "(sign in once, or create it with user-add --no-change)", file=sys.stderr)
     token = create_api_token(user, name=args.name, days=args.days)
-    ctx.auditor.record("token.create", actor_kind="cli", actor_id=os.environ.get("USER", ""),
+    issuer = os.environ.get("USER", "")
+    ctx.auditor.record("token.create", actor_kind="cli", actor_id=issuer,
                        object_type="staff_user", object_id=args.username,
-                       detail=f"days={args.days}")
+                       detail=f"owner={args.username} issuer=cli:{issuer[:32]} "
+                              f"days={args.days}")
     print(token)
     print(f"(shown once; valid {args.days} days; send it as 'Authorization: Bearer …')",
           file=sys.stderr)
     ctx.close()
     return 0
+
+
+def cmd_peers(args) -> int:
+    """The trusted integration peers: list, add (or update), remove, enable, disable."""
+    config = _config(args)
+    _setup_logging("WARNING")
+    ctx = _open(config)
+    from models.catalog import CatalogError
+    from models.peers import delete_peer, list_peers, save_peer
+    from models.staff import Actor
+    actor = Actor("cli", os.environ.get("USER", ""))
+    try:
+        if args.action == "list":
+            peers = list_peers()
+            if args.json:
+                print(json.dumps(peers, ensure_ascii=False, indent=1))
+            for p in [] if args.json else peers:
+                print(f"{p['name']:<16} {p['kind']:<6} {'on ' if p['enabled'] else 'off'} "
+                      f"{','.join(p['addresses']) or '(any address)'} {p['ae_title']} "
+                      f"{','.join(p['allowed']) or '(all)'}"
+                      f"{' identity' if p['may_change_identity'] else ''}"
+                      f"{' charset=' + p['charset'] if p['charset'] else ''}")
+            return 0
+        if not args.name:
+            print("name the peer", file=sys.stderr)
+            return 2
+        if args.action == "remove":
+            delete_peer(args.name, actor=actor, auditor=ctx.auditor)
+            print(f"removed {args.name}")
+            return 0
+        old = {p["name"]: p for p in list_peers()}.get(args.name)
+        d = dict(old or {"name": args.name})
+        for key in ("kind", "addresses", "ae_title", "allowed", "charset"):
+            if getattr(args, key, None) is not None:
+                d[key] = getattr(args, key)
+        if args.identity is not None:
+            d["may_change_identity"] = args.identity == "yes"
+        if args.action in ("enable", "disable"):
+            if old is None:
+                print(f"no peer named {args.name!r}", file=sys.stderr)
+                return 2
+            d["enabled"] = args.action == "enable"
+        peer, created = save_peer(d, actor=actor, auditor=ctx.auditor)
+        print(("added " if created else "updated ") + json.dumps(peer, ensure_ascii=False))
+        return 0
+    except CatalogError as exc:
+        print(f"错误 / error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ctx.close()
 
 
 # security: audit verify/export, backup/restore, make-cert ---------------------------------
@@ -409,6 +471,35 @@ def cmd_share(args) -> int:
     return 0
 
 
+def cmd_inbound(args) -> int:
+    """`inbound show ID`: one stored inbound message decrypted (models/personal_data.py),
+    for the system admin's troubleshooting; audited `inbound.reveal` before it is shown."""
+    config = _config(args)
+    _setup_logging("WARNING")
+    ctx = _open(config)
+    from models.personal_data import inbound_message
+    try:
+        m = inbound_message(args.id, reveal=not args.redacted)
+        if m is None:
+            print(f"没有该消息 / no inbound message with id {args.id}", file=sys.stderr)
+            return 2
+        if not args.redacted:
+            ctx.auditor.record("inbound.reveal", actor_kind="cli",
+                               actor_id=os.environ.get("USER", ""),
+                               object_type="inbound_message", object_id=str(m["id"]),
+                               outcome="error" if m["problem"] else "ok",
+                               detail=f"{m['channel']} {m['type']}"[:200])
+    finally:
+        ctx.close()
+    text = m.pop("raw")
+    print(json.dumps(m, ensure_ascii=False))
+    if m["problem"]:
+        print(m["problem"], file=sys.stderr)
+        return 1
+    print(text.replace("\r\n", "\n").replace("\r", "\n"))
+    return 0
+
+
 SERVICE_TEMPLATE = ROOT / "conf" / "systemd" / "cloudfilm.service"
 
 
@@ -486,6 +577,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--since", help="export: first day (YYYY-MM-DD)")
     s.add_argument("--out", help="export: CSV file to write (default: standard output)")
     s.set_defaults(func=cmd_audit)
+    s = sub.add_parser("peers", help="the trusted HL7, DICOM and import-API senders: list, "
+                                     "add (or update), remove, enable, disable")
+    s.add_argument("action", choices=("list", "add", "remove", "enable", "disable"))
+    s.add_argument("name", nargs="?")
+    s.add_argument("--kind", choices=("hl7", "dicom", "import"))
+    s.add_argument("--addresses", help="source addresses, CIDR, comma-separated "
+                                       "(empty: any address)")
+    s.add_argument("--ae-title", dest="ae_title", help="calling AE title (DICOM)")
+    s.add_argument("--allowed", help="message types (HL7: ADT^A08,ORU^R01) or SOP class "
+                                     "UIDs (DICOM), comma-separated; empty: all")
+    s.add_argument("--identity", choices=("yes", "no"),
+                   help="may change a patient's phone and ID number (the patient master)")
+    s.add_argument("--charset", help="character set override of this sender")
+    s.add_argument("--json", action="store_true", help="list: print JSON")
+    s.set_defaults(func=cmd_peers)
     s = sub.add_parser("backup", help="consistent copy of the database, the files (with "
                                       "SHA-256 checksums) and the secret key into DEST")
     s.add_argument("dest")
@@ -514,6 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pacs-token", action="store_true",
                    help="print a signed PACS QR token for the exam instead of a share")
     s.set_defaults(func=cmd_share)
+    s = sub.add_parser("inbound", help="show one stored inbound message (HL7, import API) "
+                                       "decrypted, for troubleshooting (audited)")
+    s.add_argument("action", choices=("show",))
+    s.add_argument("id", type=int, help="the message's id (integration status page)")
+    s.add_argument("--redacted", action="store_true",
+                   help="ID numbers and phones masked, as staff screens show it")
+    s.set_defaults(func=cmd_inbound)
     s = sub.add_parser("install-service", help="install and enable the systemd service")
     s.add_argument("--dest", default="/etc/systemd/system")
     s.add_argument("--user", help="account the service runs as (default: the invoking user)")
@@ -523,6 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything is created: the database, the key, derived files, logs, backups are
+    # readable by the service account only (server/file_modes.py).
+    from .file_modes import PRIVATE_UMASK
+    os.umask(PRIVATE_UMASK)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd is None:

@@ -76,6 +76,31 @@ SETTINGS: tuple[Setting, ...] = (
             "have no fast copy yet, so decoding never stalls the server and a never-seen "
             "series decodes on every core. 0 means one per CPU core.",
             minimum=0, maximum=32),
+    Setting("max_decoded_mb", 1024, int,
+            "Largest decoded image accepted (rows x columns x frames x samples x bytes per "
+            "sample, from the header, checked before anything is decoded), in MiB: a larger "
+            "file is refused at import, C-STORE (0xA700), STOW-RS and render (422). 1024 "
+            "passes every real image we know (pydicom-data's largest: 105 MiB; a 300-frame "
+            "1024x1024 XA run: 300 MiB). Decode workers may use about 3x this plus 512 MiB.",
+            minimum=16, maximum=65536),
+    Setting("max_frame_mb", 192, int,
+            "Largest decoded single frame accepted (rows x columns x samples x bytes per "
+            "sample), in MiB, checked with max_decoded_mb: 192 passes an 8192x8192 RGB frame "
+            "(the largest real frames, mammography and CR, are under 64 MiB) and refuses a "
+            "16384x16384 decompression bomb (256 MiB).", minimum=16, maximum=65536),
+    Setting("render_heavy_per_principal", 1, int,
+            "Heavy renders (MIP, MPR, volumes) one viewer (session, share, API token or "
+            "address) runs at the same time; the others wait in that viewer's own queue. "
+            "Heavy renders together always leave one render thread to image frames.",
+            minimum=1, maximum=16),
+    Setting("render_max_px_visitor", 1024, int,
+            "Longest side of a MIP or MPR image rendered for a patient or share visitor "
+            "(larger requests are rendered at this size).", minimum=128, maximum=4096,
+            group="system", runtime=True, label="访客三维图像最大边长 / visitor 3D image size"),
+    Setting("render_max_px_staff", 2048, int,
+            "Longest side of a MIP or MPR image rendered for staff.", minimum=128,
+            maximum=4096, group="system", runtime=True,
+            label="员工三维图像最大边长 / staff 3D image size"),
     Setting("decoded_cache_mb", 1024, int, "Byte budget of the decoded-pixel cache (MiB).",
             minimum=16, maximum=262144),
     Setting("volume_cache_mb", 1024, int, "Byte budget of the MPR volume cache (MiB).",
@@ -112,6 +137,18 @@ SETTINGS: tuple[Setting, ...] = (
             "dicom_allowed_aets is set. Read at start-up."),
     Setting('dicom_max_associations', 8, int,
             'DICOM associations served at the same time.', minimum=1, maximum=64),
+    Setting("dicom_tls_cert_file", "", str,
+            "PEM certificate of the DICOM listener: with dicom_tls_key_file set, the listener "
+            "speaks DICOM over TLS only (TLS 1.2+). Empty: plain DICOM."),
+    Setting("dicom_tls_key_file", "", str, "PEM private key of dicom_tls_cert_file."),
+    Setting("dicom_tls_ca_file", "", str,
+            "PEM CA certificates: DICOM senders must present a client certificate signed by "
+            "one of them. Empty: no client certificate asked."),
+    Setting("peers_allow_unknown", False, bool,
+            "Accept HL7, DICOM and import-API senders that are not in the peer table "
+            "(./run.sh peers, /api/admin/peers) although the listener is bound to a "
+            "non-loopback address. Off: they are refused and audited (peer.refused); on "
+            "loopback unknown senders are always accepted."),
     Setting('pacs_ae_title', '', str,
             "AE title of the hospital PACS queried for a patient's history (C-FIND) and retrieved from on demand. Empty: no PACS.", group="pacs", runtime=True),
     Setting('pacs_host', '', str,
@@ -149,6 +186,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hl7_idle_timeout_s", 300, int,
             "An MLLP connection that sends nothing for this many seconds is closed.",
             minimum=5, maximum=86400),
+    Setting("hl7_tls_cert_file", "", str,
+            "PEM certificate of the HL7 MLLP listener: with hl7_tls_key_file set, MLLP is "
+            "served over TLS only (TLS 1.2+). Empty: plain MLLP."),
+    Setting("hl7_tls_key_file", "", str, "PEM private key of hl7_tls_cert_file."),
+    Setting("hl7_tls_ca_file", "", str,
+            "PEM CA certificates: HL7 senders must present a client certificate signed by one "
+            "of them. Empty: no client certificate asked."),
+    Setting("hl7_max_connections", 8, int,
+            "MLLP connections served at the same time; one more is closed at once (logged, "
+            "with the peer's address only).", minimum=1, maximum=256),
+    Setting("hl7_buffer_budget_mb", 96, int,
+            "MiB of unfinished MLLP messages all connections may hold together; the "
+            "connection whose read would pass it is closed (logged with the address only). "
+            "At least hl7_max_message_mb, so one largest message always fits.",
+            minimum=1, maximum=4096),
     Setting('hl7_charset_fallback', 'GB18030', str,
             'Character set of HL7 messages whose MSH-18 is empty (GB18030 also reads GBK).', choices=("GB18030", "GBK", "UTF-8", "ISO-8859-1")),
     Setting('hl7_id_number_field', 'PID-19', str,
@@ -194,9 +246,12 @@ SETTINGS: tuple[Setting, ...] = (
             maximum=365, group="share", runtime=True),
     Setting("share_max_days", 90, int,
             "Longest validity a share may be given, in days.", minimum=1, maximum=3650, group="share", runtime=True),
-    Setting("access_ip_max_failures", 20, int,
+    Setting("access_ip_max_failures", 200, int,
             "Failed share codes and identity checks one IP address may make in 15 minutes "
-            "(across all shares) before it is refused.", minimum=1, maximum=100000),
+            "(across all shares) before it is refused. Each share and patient QR code locks "
+            "on its own after 5 wrong tries; this per-address limit only stops spraying, so "
+            "keep it high enough for a hospital's NAT or Wi-Fi where many patients share one "
+            "address.", minimum=1, maximum=100000),
     Setting("sms_gateway", "log", str,
             "SMS gateway for verification codes: log (development: nothing is sent, the "
             "number is masked in the log) or http (the hospital's own SMS platform; phone "
@@ -238,6 +293,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allow_plain_http", False, bool,
             "Allow listening on a non-loopback address without TLS (only behind a TLS reverse "
             "proxy on the same network segment; never for patients on the open network)."),
+    Setting("trusted_proxies", "", str,
+            "Reverse proxies (addresses or CIDR networks, comma-separated) whose "
+            "X-Forwarded-For / X-Real-IP / X-Forwarded-Proto headers give the client's address "
+            "and scheme (audit, admin allow-list, per-address limits, Secure cookies, HSTS). "
+            "Behind conf/nginx/cloudfilm.conf on the same machine: 127.0.0.1/32. Empty: the "
+            "headers are ignored and the connecting address is the client."),
     Setting("max_request_body_mb", 64, int,
             "Largest HTTP request body accepted (uploads included), in MiB; larger requests "
             "are refused before they are read.", minimum=1, maximum=65536),
@@ -250,22 +311,24 @@ SETTINGS: tuple[Setting, ...] = (
             label="密码最短长度 / minimum password length"),
     Setting("password_min_classes", 3, int,
             "Character classes (lower case, upper case, digits, symbols) a staff password "
-            "must mix.", minimum=2, maximum=4, group="security", runtime=True,
+            "must mix (level 3 floor: 3).", minimum=3, maximum=4, group="security", runtime=True,
             label="密码字符类别数 / character classes"),
     Setting("password_history", 5, int,
-            "A new staff password may not repeat any of this many previous ones.",
-            minimum=0, maximum=24, group="security", runtime=True,
+            "A new staff password may not repeat any of this many previous ones (level 3 "
+            "floor: 5).", minimum=5, maximum=24, group="security", runtime=True,
             label="不得重复的历史密码个数 / previous passwords not reusable"),
     Setting("password_max_age_days", 90, int,
-            "Days after which a staff password must be changed at the next sign-in "
-            "(0: never).", minimum=0, maximum=3650, group="security", runtime=True,
-            label="密码有效期（天，0 为不过期） / password maximum age days"),
+            "Days after which a staff password must be changed at the next sign-in (level 3: "
+            "1 to 90).", minimum=1, maximum=90, group="security", runtime=True,
+            label="密码有效期（天） / password maximum age days"),
     Setting("totp_required_roles", "sysadmin,secadmin,auditadmin", str,
             "Roles that must sign in with a second factor (TOTP app or recovery code), "
-            "comma-separated; other staff may enrol voluntarily.", group="security", runtime=True),
+            "comma-separated; other staff may enrol voluntarily. Level 3 floor: every admin "
+            "role (sysadmin, secadmin, auditadmin) is always in it.", group="security",
+            runtime=True, label="须用动态口令登录的角色 / roles that need TOTP"),
     Setting("lockout_failures", 5, int,
             "Failed sign-ins (wrong password or wrong code, in any mix) that lock a staff "
-            "account.", minimum=3, maximum=10, group="security", runtime=True,
+            "account (level 3: at most 5).", minimum=3, maximum=5, group="security", runtime=True,
             label="锁定前允许的失败次数 / failures before lock-out"),
     Setting("lockout_minutes", 30, int, "How long a locked staff account stays locked.",
             minimum=5, maximum=1440, group="security", runtime=True,
@@ -382,7 +445,18 @@ def coerce(setting: Setting, value: Any, origin: str) -> Any:
         raise fail(f"must be at least {setting.minimum}")
     if setting.maximum is not None and out > setting.maximum:
         raise fail(f"must be at most {setting.maximum}")
+    if setting.name == "totp_required_roles":
+        named = {r.strip() for r in out.replace(";", ",").replace("\n", ",").split(",")}
+        missing = [r for r in LEVEL3_TOTP_ROLES if r not in named]
+        if missing:
+            raise fail("must name every admin role (level 3 floor), missing "
+                       + ", ".join(missing))
     return out
+
+
+# 等保三级 floor: the admin roles always sign in with a second factor (server/settings.py
+# names it on the security admin's page; the other floors are the rows' minimum/maximum).
+LEVEL3_TOTP_ROLES = ("sysadmin", "secadmin", "auditadmin")
 
 
 class Config:
@@ -509,6 +583,12 @@ def _check(values: dict[str, Any]) -> None:
     if tls and not (values.get("tls_cert_file") and values.get("tls_key_file")):
         raise ConfigError("settings 'tls_cert_file' and 'tls_key_file' go together: set both "
                           "(./run.sh make-cert makes a self-signed pair for trials)")
+    try:
+        from .proxies import parse_networks
+        parse_networks(values.get("trusted_proxies") or "")
+    except ValueError as exc:
+        raise ConfigError(f"setting 'trusted_proxies': {exc}; expected addresses or CIDR "
+                          "networks, comma-separated (e.g. 127.0.0.1/32)") from None
     if not loopback and not tls and not values.get("allow_plain_http"):
         raise ConfigError(f"setting 'host': {host!r} is not a loopback address and TLS is not "
                           "configured. Set tls_cert_file and tls_key_file (HTTPS), or put the "

@@ -83,6 +83,8 @@ class AppContext:
 def open_context(config: Config, *, migrate_db: bool = True, storage=None) -> AppContext:
     """storage: a models.storage.StorageBackend (default: the local folder data_dir)."""
     key = load_secret_key(config.path("secret_key_file"))
+    from models import personal_data
+    personal_data.configure(key)        # raw inbound messages sealed (before the migrations)
     dbmod.connect(config.database_url, root=ROOT)
     if migrate_db:
         ran = migrate()
@@ -99,7 +101,9 @@ def open_context(config: Config, *, migrate_db: bool = True, storage=None) -> Ap
     from .views import ViewAudit
     from .render_service import RenderService
     db_executor = ThreadPoolExecutor(4, thread_name_prefix="db")
-    auditor = Auditor(key)
+    # the audit head's anchor lives next to the server key, outside the database
+    auditor = Auditor(key, anchor_file=config.path("secret_key_file").parent
+                      / "audit-anchor.log")
     renders = RenderService(config, storage, executor)
     # a resent SOP Instance UID is compared by content (models/versions.py): the comparer,
     # the settings, the audit and the render caches to forget a replaced version
@@ -109,5 +113,5 @@ def open_context(config: Config, *, migrate_db: bool = True, storage=None) -> Ap
     return AppContext(
         config=config, storage=storage, catalog=catalog, secret_key=key, executor=executor,
         db_executor=db_executor, renders=renders,
-        principals=PrincipalResolver(), auditor=auditor,
+        principals=PrincipalResolver(lambda: config.password_max_age_days), auditor=auditor,
         views=ViewAudit(auditor, db_executor))

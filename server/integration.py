@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from adapters.dicom_net import (DicomScp, InstanceSink, PacsNode, parse_charset_overrides,
                                 retrieve_study)
 from adapters.hl7_inbound import Hl7Inbound, Hl7Settings
-from adapters.hl7_mllp import MllpListener, event_recorder
+from adapters.hl7_mllp import MllpListener, Refused, event_recorder
 from adapters.import_api import ImportApi, load_clients
 from adapters.outbox import OutboxSettings, OutboxWorker
 from adapters.watch_folder import WatchFolder
 from models.db import close_connection
 from models.integration import note_event, retrieve_job_start, retrieve_job_update
 from models.leases import SingletonJob
+from models.peers import Gate, is_loopback
+
+from .tls import ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,11 @@ def import_api_for(ctx) -> tuple[ImportApi, dict[str, bytes]] | None:
         return None
     clients = load_clients(ctx.config.path("import_api_clients_file"))
     api = ImportApi(ctx.catalog, receivers=receivers(ctx.config),
-                    charset_fallback=ctx.config.charset_fallback)
+                    charset_fallback=ctx.config.charset_fallback,
+                    # behind a reverse proxy the callers come from the network even when
+                    # the server itself listens on loopback
+                    gate=peer_gate(ctx, "import", ctx.config.host,
+                                   behind_proxy=bool(ctx.config.trusted_proxies)))
     ctx.import_api = (api, clients)
     return ctx.import_api
 
@@ -91,23 +99,54 @@ def _in_thread(fn):
     return run
 
 
+def peer_gate(ctx, kind: str, bind: str, legacy_aets: list[str] = (), *,
+              behind_proxy: bool = False) -> Gate:
+    """What a listener bound to `bind` admits (models/peers.py): peers of the table; unknown
+    senders only on loopback (or with peers_allow_unknown); for DICOM also the AE titles of
+    the old setting dicom_allowed_aets, from any address. Behind a reverse proxy the callers
+    come from the network even when the server itself listens on loopback."""
+    return Gate(kind, loopback=is_loopback(bind) and not behind_proxy,
+                legacy_aets=list(legacy_aets),
+                allow_unknown=ctx.config.peers_allow_unknown)
+
+
+def listener_tls(c, prefix: str) -> ssl.SSLContext | None:
+    """The SSLContext of a listener from {prefix}_tls_cert_file/_key_file/_ca_file, or None
+    (plain). A CA file makes a client certificate signed by it mandatory."""
+    cert, key = getattr(c, f"{prefix}_tls_cert_file"), getattr(c, f"{prefix}_tls_key_file")
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ValueError(f"settings {prefix}_tls_cert_file and {prefix}_tls_key_file go "
+                         "together: set both")
+    context = ssl_context(c.path(f"{prefix}_tls_cert_file"), c.path(f"{prefix}_tls_key_file"))
+    if getattr(c, f"{prefix}_tls_ca_file"):
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(str(c.path(f"{prefix}_tls_ca_file")))
+    return context
+
+
 async def start_hl7(ctx, host: str, port: int) -> MllpListener:
     c = ctx.config
-    SERVICES.hl7 = Hl7Inbound(ctx.catalog, Hl7Settings.from_config(c))
+    SERVICES.hl7 = Hl7Inbound(ctx.catalog, Hl7Settings.from_config(c),
+                              gate=peer_gate(ctx, "hl7", host))
     # one thread per concurrent message; each keeps its own database connection
     SERVICES.hl7_executor = ThreadPoolExecutor(8, thread_name_prefix="hl7")
     loop = asyncio.get_running_loop()
 
-    async def handle(block: bytes, frame_error: str, refusal: str) -> bytes:
+    async def handle(block: bytes, frame_error: str, refusal: str, peer: str) -> bytes:
         res = await loop.run_in_executor(
-            SERVICES.hl7_executor,
-            lambda: SERVICES.hl7.handle(block, frame_error=frame_error, refusal=refusal))
+            SERVICES.hl7_executor, lambda: SERVICES.hl7.handle(
+                block, frame_error=frame_error, refusal=refusal, peer=peer))
         if res.outcome == "applied" and SERVICES.outbox:
             SERVICES.outbox.poke()
-        return res.ack
+        return Refused(res.ack) if res.close else res.ack
 
     listener = MllpListener(handle, host, port, record=event_recorder(SERVICES.hl7_executor),
-                            limit=c.hl7_max_message_mb << 20, idle_s=c.hl7_idle_timeout_s)
+                            limit=c.hl7_max_message_mb << 20, idle_s=c.hl7_idle_timeout_s,
+                            with_peer=True, ssl_context=listener_tls(c, "hl7"))
+    listener.max_connections = c.hl7_max_connections
+    listener.budget.limit = max(c.hl7_buffer_budget_mb, c.hl7_max_message_mb) << 20
     return await listener.start()
 
 
@@ -135,7 +174,10 @@ async def start_background(ctx, primary: bool) -> Services:
                                 fast_copies=c.predecode_after_import,
                                 receivers=receivers(c),
                                 charset_overrides=parse_charset_overrides(
-                                    c.dicom_charset_overrides), peers=peers)
+                                    c.dicom_charset_overrides), peers=peers,
+                                gate=peer_gate(ctx, "dicom", c.dicom_bind,
+                                               [a.strip() for a in allowed]),
+                                ssl_context=listener_tls(c, "dicom"))
         await loop.run_in_executor(None, SERVICES.scp.start)
     if c.hl7_enabled:
         SERVICES.mllp = await start_hl7(ctx, c.hl7_bind, c.hl7_port)

@@ -12,6 +12,9 @@ promise ("originals are sacred"):
 After each scrub, `prune_versions_once` deletes the superseded files of resent instances
 older than dicom_version_retention_days (models/versions.py).
 
+Every minute the primary process of each machine anchors the audit chain head outside the
+database (`anchor_once`, models/audit.py Auditor.anchor: var/audit-anchor.log and syslog).
+
 A mismatch or a missing file becomes an IntegrityFinding (shown to system and security
 admins at /api/security/integrity until resolved), an audit record `integrity.mismatch` and
 an ERROR log line (which the hospital's log monitoring picks up).
@@ -32,6 +35,7 @@ from models.storage import StorageError
 log = logging.getLogger(__name__)
 
 FIRST_SCRUB_DELAY_S = 600          # let start-up and the demo import settle first
+ANCHOR_EVERY_S = 60                # the audit head is anchored outside the database this often
 BATCH = 200
 
 
@@ -138,12 +142,33 @@ async def _scrub_loop(ctx, hours: int) -> None:
 
 _tasks: list = []
 _jobs: list = []
+_anchor_tasks: list = []
+
+
+def anchor_once(ctx):
+    """Anchor the audit chain head outside the database (models/audit.py Auditor.anchor):
+    a signed line in var/audit-anchor.log and the system journal, when the head moved."""
+    with connection():
+        return ctx.auditor.anchor(force=False)
+
+
+async def _anchor_loop(ctx) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await loop.run_in_executor(ctx.db_executor, lambda: anchor_once(ctx))
+        except Exception:  # noqa: BLE001 - the next minute tries again
+            log.exception("anchoring the audit chain head failed")
+        await asyncio.sleep(ANCHOR_EVERY_S)
 
 
 async def start_background(ctx, primary: bool) -> None:
-    """Started by `serve`: the read check in every process, the scrub in the one process
-    of the deployment holding the 'integrity_scrub' lease."""
+    """Started by `serve`: the read check in every process, the audit anchor in the primary
+    process of each machine (each machine keeps its own anchor file), the scrub in the one
+    process of the deployment holding the 'integrity_scrub' lease."""
     install_integrity_hook(ctx)
+    if primary and getattr(ctx.auditor, "anchor_file", None) is not None:
+        _anchor_tasks.append(asyncio.get_running_loop().create_task(_anchor_loop(ctx)))
     hours = ctx.config.integrity_scrub_hours
     if hours <= 0:
         return
@@ -160,5 +185,7 @@ async def start_background(ctx, primary: bool) -> None:
 
 
 async def stop_background() -> None:
+    while _anchor_tasks:
+        _anchor_tasks.pop().cancel()
     while _jobs:
         await _jobs.pop().close()

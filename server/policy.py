@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from models.accounts import ADMIN_ROLES as _ACCOUNT_ADMIN_ROLES
 from models.clock import utcnow
 from models.errors import DomainError
 
@@ -20,7 +21,7 @@ ROLES = {
     "secadmin": "安全管理员",
     "auditadmin": "审计管理员",
 }
-ADMIN_ROLES = {"sysadmin", "secadmin", "auditadmin"}
+ADMIN_ROLES = set(_ACCOUNT_ADMIN_ROLES)     # they never hold API tokens (models/accounts.py)
 
 PERMISSIONS: dict[str, set[str]] = {
     "frontdesk": {"exam.search", "exam.report", "exam.images", "exam.switch_images",
@@ -92,7 +93,7 @@ def require(principal: Principal | None, permission: str) -> Principal:
     """Route-level check for staff permissions."""
     if principal is None:
         raise Unauthenticated("请先登录 / please sign in")
-    if principal.kind == "staff" and principal.must_change_password and not principal.via_token:
+    if principal.kind == "staff" and principal.must_change_password:
         raise AccessError("请先修改初始密码 / change your password first")
     if not principal.can(permission):
         raise AccessError("没有权限执行此操作 / your role does not allow this")
@@ -114,7 +115,7 @@ def check_exam(principal: Principal | None, *, exam_id: int, patient_db_id: int,
     if principal is None:
         raise Unauthenticated("请先登录或验证身份 / please sign in or verify your identity")
     if principal.kind == "staff":
-        if principal.must_change_password and not principal.via_token:
+        if principal.must_change_password:
             raise AccessError("请先修改初始密码 / change your password first")
         perm = {"report": "exam.report", "images": "exam.images",
                 "download": "exam.download"}[need]
@@ -142,6 +143,28 @@ def check_exam(principal: Principal | None, *, exam_id: int, patient_db_id: int,
     if need == "download" and not principal.freshly_verified():
         raise AccessError("下载原始影像前请重新验证身份 / verify your identity again (within "
                           "10 minutes) before downloading", status=403)
+
+
+def check_share(principal: Principal | None, *, exam_id: int, patient_db_id: int,
+                images_enabled: bool, allow_download: bool) -> None:
+    """A share never grants more than its creator may do at creation time: a share that
+    allows downloads needs a creator who may download this exam now (staff with
+    exam.download; a patient freshly verified, not merely a WeChat visit). The report and
+    the images are checked by the share visitor's own rules (check_exam)."""
+    if not allow_download:
+        return
+    try:
+        check_exam(principal, exam_id=exam_id, patient_db_id=patient_db_id,
+                   images_enabled=images_enabled, need="download")
+    except Unauthenticated:
+        raise
+    except AccessError as exc:
+        if exc.status == 404:
+            raise
+        zh, _, en = exc.message.partition(" / ")
+        raise AccessError(f"分享的权限不能超过您本人：不能创建允许下载的分享（{zh}） / a share cannot "
+                          f"grant more than you may do: no downloadable share ({en or zh})"
+                          ) from None
 
 
 def visible_exams(principals, query: dict | None = None, *, level: str = "study", **kw):

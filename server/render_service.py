@@ -2,7 +2,10 @@
 
 Decoded pixels, volumes and encoded images each live in a byte-budgeted LRU (conf:
 decoded_cache_mb, volume_cache_mb, jpeg_cache_mb). Decoding and rendering run in the render
-pool (conf: render_threads); the numba kernels release the GIL.
+pool (conf: render_threads); the numba kernels release the GIL. Requests reach the pool
+through FairScheduler (a queue per principal, light frames first, at most
+render_heavy_per_principal MIP/MPR renders each); compressed originals decode in limited
+worker processes (adapters/fast_copy.py decode_pool; max_decoded_mb, max_frame_mb).
 """
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from adapters.fast_copy import decode_keeping_copy, needs_fast_copy
+from adapters.fast_copy import decode_keeping_copy, decode_pool, needs_limited_decode
 from models import catalog
 from models.catalog import NotFound
 from models.db import connection
@@ -88,6 +92,13 @@ class FrameRenderer:
         self._display: dict[str, dict] = {}
         self._verified: set[str] = set()
         self._series = _TTLCache(20_000, LOOKUP_TTL_S)
+        # decoded-size limit (max_decoded_mb): this process's header checks (import,
+        # C-STORE, STOW-RS, render) and the decode workers' limit
+        from render.decode import set_max_decoded_mb
+        set_max_decoded_mb(config.max_decoded_mb, config.max_frame_mb)
+        self.max_decoded_bytes = config.max_decoded_mb << 20
+        self.scheduler = FairScheduler(config.render_threads,
+                                       config.render_heavy_per_principal)
 
     # lookups (database, cached for a few seconds) ------------------------------------------
     def _ref(self, inst, series, exam) -> InstanceRef:
@@ -223,16 +234,33 @@ class FrameRenderer:
         def load():
             self.verify_original(ref)       # never decode a tampered or missing original
             fast = self.storage.exists(ref.fast_relpath)
-            if not fast and needs_fast_copy(ref.transfer_syntax):
-                # Compressed decoders hold the GIL for 10-40 ms a frame: decode in a worker
-                # process (which also leaves a fast copy behind), so this process's event loop
-                # keeps answering while a never-seen JPEG 2000 series is scrolled.
-                return self._decode_pool().submit(decode_keeping_copy, self.storage,
-                                                  ref.relpath, ref.fast_relpath).result()
+            if not fast and needs_limited_decode(ref.transfer_syntax):
+                # Untrusted compressed data decodes only in a worker process with an
+                # address-space limit (issue 14); the decoders also hold the GIL for
+                # 10-40 ms a frame, so the event loop keeps answering meanwhile. The worker
+                # leaves a fast copy behind.
+                return self._decode_in_worker(ref)
             with self.storage.path_or_file(ref.fast_relpath if fast else ref.relpath) as src:
-                return load_image(src)
+                return load_image(src, self.max_decoded_bytes)
         # keyed by the file (each version of an instance has its own name)
         return self.decoded.get_or_load(ref.relpath, load)
+
+    def _decode_in_worker(self, ref: InstanceRef):
+        pool = self._decode_pool()
+        try:
+            return pool.submit(decode_keeping_copy, self.storage, ref.relpath,
+                               ref.fast_relpath, self.max_decoded_bytes).result()
+        except MemoryError:
+            log.warning("decode of SOP %s ran out of the worker's memory limit", ref.sop_uid)
+            raise DecodeRefused() from None
+        except BrokenProcessPool:
+            # a decoder crashed its worker: a fresh pool for the next request
+            log.warning("a decode worker died decoding SOP %s; pool restarted", ref.sop_uid)
+            with self._pool_lock:
+                if self._pool is pool:
+                    self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise DecodeRefused() from None
 
     def warm_up(self) -> None:
         """Load the numba kernels and the JPEG encoder once, so the first real request of a
@@ -271,11 +299,8 @@ class FrameRenderer:
     def _decode_pool(self):
         with self._pool_lock:
             if self._pool is None:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor
-                self._pool = ProcessPoolExecutor(
-                    max_workers=self.config.decode_processes or os.cpu_count() or 1,
-                    mp_context=multiprocessing.get_context("spawn"))
+                self._pool = decode_pool(self.config.decode_processes or os.cpu_count() or 1,
+                                         self.max_decoded_bytes)
             return self._pool
 
     def close(self) -> None:
@@ -299,6 +324,43 @@ class FrameRenderer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
+    async def run_fair(self, principal: str, heavy: bool, fn, *args, **kwargs):
+        """As run(), but scheduled fairly between principals (FairScheduler)."""
+        import asyncio
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self.scheduler.push(principal, (waiter, functools.partial(fn, *args, **kwargs)),
+                            heavy)
+        self._start_ready(loop)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            waiter.cancel()         # a job not started yet is skipped when its turn comes
+            raise
+
+    def _start_ready(self, loop) -> None:
+        while True:
+            picked = self.scheduler.pop()
+            if picked is None:
+                return
+            key, (waiter, call), heavy = picked
+            if waiter.done():                       # the client went away meanwhile
+                self.scheduler.done(key, heavy)
+                continue
+            fut = loop.run_in_executor(self.executor, call)
+
+            def finished(f, key=key, heavy=heavy, waiter=waiter):
+                self.scheduler.done(key, heavy)
+                if not waiter.done():
+                    if f.cancelled():
+                        waiter.cancel()
+                    elif f.exception() is not None:
+                        waiter.set_exception(f.exception())
+                    else:
+                        waiter.set_result(f.result())
+                self._start_ready(loop)
+            fut.add_done_callback(finished)
+
     def stats(self) -> dict:
         return {"decoded": self.decoded.stats(), "volumes": self.volumes.stats(),
                 "encoded": self.encoded.stats()}
@@ -312,6 +374,78 @@ class OriginalIntegrityError(RenderError):
     def __init__(self):
         super().__init__("原始影像文件校验失败，已通知管理员 / the original file failed its "
                          "integrity check (SHA-256); the administrators have been notified")
+
+
+class DecodeRefused(RenderError):
+    """A decode worker ran out of its memory limit or died on this file."""
+
+    status = 422
+
+    def __init__(self):
+        super().__init__("图像无法解码（超出解码内存上限或文件损坏）/ the image cannot be decoded "
+                         "within the decode worker's memory limit (or the file is damaged)")
+
+
+class FairScheduler:
+    """Which render runs next, per principal (issue 14): one queue pair (light: frames,
+    tiles; heavy: MIP, MPR, volumes) per principal, served round-robin, light work first.
+    A principal runs at most `heavy_per_principal` heavy renders at once (the rest wait in
+    its own queue), and heavy renders together never take the last of the `slots`, so a
+    256-px frame never waits behind another principal's 2048-px MIPs. Pure bookkeeping:
+    push/pop/done under a lock; RenderService.run_fair starts what pop returns."""
+
+    def __init__(self, slots: int, heavy_per_principal: int = 1):
+        import collections
+        self.slots = max(1, slots)
+        self.heavy_per_principal = max(1, heavy_per_principal)
+        self.heavy_slots = max(1, self.slots - 1)
+        self._queues: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
+        self._heavy_running: "collections.Counter[str]" = collections.Counter()
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def push(self, key: str, job, heavy: bool = False) -> None:
+        import collections
+        with self._lock:
+            q = self._queues.get(key)
+            if q is None:
+                q = self._queues[key] = (collections.deque(), collections.deque())
+            q[1 if heavy else 0].append(job)
+
+    def pop(self):
+        """(key, job, heavy) to start now, or None (no free slot or nothing eligible)."""
+        with self._lock:
+            if self.running >= self.slots:
+                return None
+            heavy_total = sum(self._heavy_running.values())
+            for heavy in (False, True):
+                for key, q in self._queues.items():
+                    if not q[heavy]:
+                        continue
+                    if heavy and (self._heavy_running[key] >= self.heavy_per_principal
+                                  or heavy_total >= self.heavy_slots):
+                        continue
+                    job = q[heavy].popleft()
+                    self._queues.move_to_end(key)       # round-robin: served, goes last
+                    if not q[0] and not q[1]:
+                        del self._queues[key]
+                    self.running += 1
+                    if heavy:
+                        self._heavy_running[key] += 1
+                    return key, job, heavy
+            return None
+
+    def done(self, key: str, heavy: bool) -> None:
+        with self._lock:
+            self.running -= 1
+            if heavy:
+                self._heavy_running[key] -= 1
+                if self._heavy_running[key] <= 0:
+                    del self._heavy_running[key]
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(a) + len(b) for a, b in self._queues.values())
 
 
 def etag_for(ref_sha: str, *parts) -> str:

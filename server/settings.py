@@ -22,7 +22,8 @@ from models.staff import (Actor, forget_settings_cache, ip_in_networks, setting_
                           store_settings, stored_settings)
 
 from . import policy as access_policy
-from .config import GROUPS, SETTINGS, SETTINGS_BY_NAME, ConfigError, Setting, coerce
+from .config import (GROUPS, LEVEL3_TOTP_ROLES, SETTINGS, SETTINGS_BY_NAME, ConfigError,
+                     Setting, coerce)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,11 @@ PREFIX = "conf."          # stored key of a run-time setting: conf.NAME
 REFRESH_S = 5
 SECURITY = "security"
 LIST_SETTINGS = {"totp_required_roles", "admin_allow_list"}   # comma-separated text
+# 等保三级 (GB/T 22239-2019 level 3) floors nobody can lower: the rows' minimum/maximum in
+# server/config.py (checked there at start-up and on stored values too) and the admin roles
+# in totp_required_roles (config.LEVEL3_TOTP_ROLES).
+LEVEL3_LIMITS = {"password_min_length", "password_min_classes", "password_history",
+                 "password_max_age_days", "lockout_failures"}
 
 
 class SettingsError(DomainError):
@@ -86,6 +92,11 @@ def _clean(s: Setting, value: Any, client_ip: str) -> Any:
         bad = [r for r in roles if r not in access_policy.ROLES]
         if bad:
             raise SettingsError(f"未知角色：{', '.join(bad)[:100]} / unknown role")
+        missing = [access_policy.ROLES[r] for r in LEVEL3_TOTP_ROLES if r not in roles]
+        if missing:
+            raise SettingsError(f"不符合等保三级要求：系统管理员、安全管理员、审计管理员必须使用动态口令"
+                                f"（TOTP）登录，不能去掉{'、'.join(missing)} / level 3 floor: every "
+                                "admin role must sign in with TOTP")
         value = ",".join(sorted(set(roles)))
     elif s.name == "admin_allow_list":
         nets = split_list(value)
@@ -108,6 +119,10 @@ def _clean(s: Setting, value: Any, client_ip: str) -> Any:
     if s.type is int and (not isinstance(value, int) or isinstance(value, bool)):
         raise SettingsError(f"设置值无效：{zh}须为整数 / invalid value: {en} must be a whole "
                             "number")
+    if s.name in LEVEL3_LIMITS and not s.minimum <= value <= s.maximum:
+        raise SettingsError(f"不符合等保三级要求：{zh}须在 {s.minimum} 到 {s.maximum} 之间 / "
+                            f"level 3 floor: {en} must be between {s.minimum} and "
+                            f"{s.maximum}")
     if s.type is int and s.minimum is not None and s.maximum is not None and \
             not s.minimum <= value <= s.maximum:
         raise SettingsError(f"设置值无效：{zh}须在 {s.minimum} 到 {s.maximum} 之间 / invalid "

@@ -9,9 +9,10 @@ steps, a ``SignInResult`` whose ``refusal()`` is raised by the handler.
 Staff (two steps when a second factor is needed):
   ``password_step`` → "ok" (session) | "second-factor" (signed ticket, 5 minutes) | "bad" |
   "locked" | "network";  ``code_step`` (TOTP or recovery code) and ``confirm_enrolment``
-  finish it. Wrong passwords and wrong codes count on ONE counter (``count_failure``: lock
-  after the policy's lockout_failures); ``start_staff_session`` is the one staff session
-  start (the browser's previous session ends, a new ID is issued: no fixation).
+  finish it. Wrong passwords and wrong codes (and the current password on a change) count
+  on ONE counter (``check_secret``: an attempt is reserved atomically BEFORE the secret is
+  compared; lock after the policy's lockout_failures); ``start_staff_session`` is the one
+  staff session start (the browser's previous session ends, a new ID is issued: no fixation).
 Patients and shares: ``verify_patient`` (identity data), ``open_patient_qr``, ``open_share``,
   the WeChat sign-ins (``wechat_visit``, ``wechat_bind``, ``wechat_switch``);
   ``start_patient_session`` is the one patient session start outside a counted open (the
@@ -22,6 +23,7 @@ Sign-out: ``sign_out`` ends sessions (and audits a staff/patient logout when ask
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -32,13 +34,15 @@ from typing import Any
 from models import shares as access
 from models import wechat as store
 from models.accounts import (PasswordPolicyError, check_password_strength,
-                             count_sign_in_failure, hash_password, verify_password)
+                             hash_password, verify_password)
 from models.clock import utcnow
 from models.db import write_transaction
 from models.errors import DomainError
 from models.security import confirm_enrolment as confirm_totp
-from models.security import (password_expired, password_reused, recovery_codes_left,
-                             remember_password, totp_enabled, use_recovery_code, verify_totp)
+from models.security import (UNKNOWN_USER_DETAIL, lock_if_exhausted, password_expired,
+                             password_reused, recovery_codes_left, release_attempt,
+                             remember_password, reserve_attempt, totp_enabled,
+                             unknown_user_failures, use_recovery_code, verify_totp)
 from models.sessions import NewSession, create_session, end_session, end_sessions, load_session
 from models.staff import (clear_sign_in_failures, ip_in_networks, require_password_change,
                           set_password_hash, staff_user_by_id, staff_user_named,
@@ -153,23 +157,51 @@ def read_ticket(ctx, ticket: str, purposes: tuple[str, ...]):
 
 
 # staff ------------------------------------------------------------------------------------------
-def count_failure(ctx, user, pol: dict, *, ip: str, what: str = "password",
-                  name: str | None = None) -> str:
-    """The one lock-out rule: a wrong password or a wrong code counts one failed sign-in
-    (audited as `login` or `login.second_factor`); at the policy's lockout_failures the account
-    locks for lockout_minutes (audited as `account.locked`). Returns "locked" or "bad"."""
-    name = name or user.username
+def _audit_attempt(ctx, user, pol: dict, *, ip: str, name: str, action: str, outcome: str,
+                   detail: str) -> bool:
+    """One write transaction: lock at lockout_failures, audit this attempt, and audit
+    `account.locked` once. The account row is written before the audit chain's head, the
+    order of every sign-in transaction (start_staff_session too), so concurrent ones queue
+    on MariaDB instead of deadlocking."""
     failures = int(pol["lockout_failures"])
     with write_transaction():
-        locked = count_sign_in_failure(user.id, max_failures=failures,
-                                       lock_minutes=int(pol["lockout_minutes"]))
-        ctx.auditor.record("login" if what == "password" else "login.second_factor",
-                           actor_kind="staff", actor_id=name, ip=ip, outcome="fail",
-                           detail=f"wrong {what}")
+        locked = lock_if_exhausted(user.id, max_failures=failures,
+                                   lock_minutes=int(pol["lockout_minutes"]))
+        ctx.auditor.record(action, actor_kind="staff", actor_id=name, ip=ip, outcome=outcome,
+                           detail=detail)
         if locked:
             ctx.auditor.record("account.locked", actor_kind="system", ip=ip,
                                object_type="staff_user", object_id=name, outcome="ok",
                                detail=f"{failures} failed sign-ins")
+    return locked
+
+
+def check_secret(ctx, user, pol: dict, compare, *, ip: str, what: str = "password",
+                 action: str | None = None, name: str | None = None, dummy=None) -> str:
+    """The one lock-out rule for every secret of a staff account (password, the current
+    password on a change, TOTP code, recovery code): ONE counter. An attempt is reserved on
+    the account (one conditional UPDATE, committed) BEFORE `compare()` runs, so however many
+    requests race, at most lockout_failures secrets are compared before the account locks
+    for lockout_minutes (audited `account.locked`). A refused reservation compares nothing
+    (`dummy()` does the same work instead) and is audited as refused; a wrong secret is
+    audited as `action` (default `login` / `login.second_factor`) with outcome fail.
+    Returns "ok" (the reservation released), "bad" or "locked"."""
+    name = name or user.username
+    action = action or ("login" if what == "password" else "login.second_factor")
+    with write_transaction():
+        reserved = reserve_attempt(user.id, max_failures=int(pol["lockout_failures"]))
+    if not reserved:
+        if dummy is not None:
+            dummy()
+        _audit_attempt(ctx, user, pol, ip=ip, name=name, action=action, outcome="refused",
+                       detail="account locked")
+        return "locked"
+    if compare():
+        with write_transaction():
+            release_attempt(user.id)
+        return "ok"
+    locked = _audit_attempt(ctx, user, pol, ip=ip, name=name, action=action, outcome="fail",
+                            detail=f"wrong {what}")
     return "locked" if locked else "bad"
 
 
@@ -218,6 +250,27 @@ def _second_factor_needed(ctx, user, pol: dict, ip: str) -> str | None:
     return None
 
 
+def _unknown_user(ctx, pol: dict, username: str, password: str, ip: str) -> str:
+    """A user name that is no (enabled) account: the same work (one scrypt of a dummy hash),
+    the same answers and the same lock-out as an account ("bad" until lockout_failures, then
+    "locked" for lockout_minutes), so no answer tells which names exist. Counted from the
+    audit trail; nothing secret is compared."""
+    verify_password(password, _DUMMY_HASH)
+    limit, minutes = int(pol["lockout_failures"]), int(pol["lockout_minutes"])
+    with write_transaction():
+        fails, locked_at = unknown_user_failures(username)
+        if locked_at is not None and locked_at + dt.timedelta(minutes=minutes) > utcnow():
+            _audit_login(ctx, username, ip, "refused", "account locked")
+            return "locked"
+        _audit_login(ctx, username, ip, "fail", UNKNOWN_USER_DETAIL)
+        if fails + 1 < limit:
+            return "bad"
+        ctx.auditor.record("account.locked", actor_kind="system", ip=ip,
+                           object_type="staff_user", object_id=username, outcome="ok",
+                           detail=f"{limit} failed sign-ins (no such account)")
+    return "locked"
+
+
 def password_step(ctx, username: str, password: str, *, ip: str = "", user_agent: str = "",
                   old: str | None = None) -> SignInResult:
     """Sign-in with user name and password: a session, or the ticket of the second step."""
@@ -225,16 +278,14 @@ def password_step(ctx, username: str, password: str, *, ip: str = "", user_agent
         raise SignInRefused(MSG_MISSING, status=400)
     pol = _policy(ctx)
     user = staff_user_named(username)
-    if user is None or not user.active:
-        verify_password(password, _DUMMY_HASH)
-        _audit_login(ctx, username, ip, "fail", "unknown or disabled user")
-        return _result(pol, "bad")
-    if user.locked_until and user.locked_until > utcnow():
-        verify_password(password, _DUMMY_HASH)
-        _audit_login(ctx, username, ip, "refused", "account locked")
-        return _result(pol, "locked")
-    if not verify_password(password, user.password_hash):
-        return _result(pol, count_failure(ctx, user, pol, ip=ip, name=username))
+    if user is None or not user.active or user.service_account:
+        # a service account has no password: it is answered like an unknown account
+        return _result(pol, _unknown_user(ctx, pol, username, password, ip))
+    outcome = check_secret(ctx, user, pol, lambda: verify_password(password, user.password_hash),
+                           ip=ip, name=username,
+                           dummy=lambda: verify_password(password, _DUMMY_HASH))
+    if outcome != "ok":
+        return _result(pol, outcome)
     if _roles(user) & ADMIN_ROLES and not ip_in_networks(ip, pol["admin_allow_list"]):
         _audit_login(ctx, username, ip, "refused", "address not on the admin allow-list")
         return _result(pol, "network")
@@ -254,11 +305,12 @@ def code_step(ctx, ticket: str, *, code: str = "", recovery_code: str = "", ip: 
         raise SignInRefused(MSG_NO_CODE, status=400)
     pol = _policy(ctx)
     user = read_ticket(ctx, ticket, ("totp",))
-    ok = verify_totp(user, ctx.secret_key, code) if code else \
-        use_recovery_code(user, recovery_code)
-    if not ok:
-        what = "TOTP code" if code else "recovery code"
-        return _result(pol, count_failure(ctx, user, pol, ip=ip, what=what), step="code")
+    outcome = check_secret(ctx, user, pol,
+                           lambda: verify_totp(user, ctx.secret_key, code) if code else
+                           use_recovery_code(user, recovery_code),
+                           ip=ip, what="TOTP code" if code else "recovery code")
+    if outcome != "ok":
+        return _result(pol, outcome, step="code")
     extra = {"recovery_codes_left": recovery_codes_left(user)} if recovery_code else {}
     new = start_staff_session(ctx, user, pol, old=old, ip=ip, user_agent=user_agent,
                               how="totp" if code else "recovery code")
@@ -273,13 +325,19 @@ def confirm_enrolment(ctx, code: str, *, ticket: str | None = None,
     `user_id` (no session change). The recovery codes are in `extra` (shown once)."""
     pol = _policy(ctx)
     user = read_ticket(ctx, ticket, ("enrol",)) if ticket else staff_user_by_id(user_id)
-    with write_transaction():
-        codes = confirm_totp(user, ctx.secret_key, code)
-        if codes is not None:
-            ctx.auditor.record("totp.enrol", actor_kind="staff", actor_id=user.username, ip=ip,
-                               object_type="staff_user", object_id=user.username)
-    if codes is None:
-        outcome = count_failure(ctx, user, pol, ip=ip, what="TOTP code") if ticket else "bad"
+    codes = None
+
+    def confirm() -> bool:
+        nonlocal codes
+        with write_transaction():
+            codes = confirm_totp(user, ctx.secret_key, code)
+            if codes is not None:
+                ctx.auditor.record("totp.enrol", actor_kind="staff", actor_id=user.username,
+                                   ip=ip, object_type="staff_user", object_id=user.username)
+        return codes is not None
+    outcome = check_secret(ctx, user, pol, confirm, ip=ip, what="TOTP code") if ticket else \
+        ("ok" if confirm() else "bad")
+    if outcome != "ok":
         return _result(pol, outcome, step="code")
     extra = {"recovery_codes": codes}
     if not ticket:
@@ -289,12 +347,34 @@ def confirm_enrolment(ctx, code: str, *, ticket: str | None = None,
     return _result(pol, "ok", step="code", user=user, session=new, extra=extra)
 
 
+def confirm_password(ctx, user, password: str, *, ip: str = "", action: str) -> None:
+    """A signed-in account confirms its password before a sensitive change (second factor
+    off, new recovery codes): counted on the account's lock-out counter like a sign-in and
+    audited as `action` when wrong. Raises SignInRefused (400 wrong, 423 locked)."""
+    outcome = check_secret(ctx, user, _policy(ctx),
+                           lambda: verify_password(password, user.password_hash),
+                           ip=ip, what="password", action=action,
+                           dummy=lambda: verify_password(password, _DUMMY_HASH))
+    if outcome == "locked":
+        raise SignInRefused(MSG_ACCOUNT_LOCKED, status=423)
+    if outcome != "ok":
+        raise SignInRefused("密码错误 / wrong password", status=400)
+
+
 def change_password(ctx, user_id: int, old_password: str, new_password: str, *,
                     ip: str = "") -> None:
-    """A signed-in account changes its own password (history and strength policy)."""
+    """A signed-in account changes its own password (history and strength policy). The
+    current password is a secret check like a sign-in: it counts on the account's lock-out
+    counter and a wrong one is audited (`password.change`, outcome fail)."""
     pol = _policy(ctx)
     user = staff_user_by_id(user_id)
-    if not verify_password(old_password, user.password_hash):
+    outcome = check_secret(ctx, user, pol,
+                           lambda: verify_password(old_password, user.password_hash),
+                           ip=ip, what="current password", action="password.change",
+                           dummy=lambda: verify_password(old_password, _DUMMY_HASH))
+    if outcome == "locked":
+        raise SignInRefused(MSG_ACCOUNT_LOCKED, status=423)
+    if outcome != "ok":
         raise SignInRefused("原密码错误 / the current password is wrong", status=400)
     if old_password == new_password:
         raise SignInRefused("新密码不能与原密码相同 / choose a new password", status=400)

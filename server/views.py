@@ -28,7 +28,7 @@ class ViewAudit:
                 self._seen.clear()
             self._seen.add(key)
         kind, subject = p.audit_actor()
-        ip = handler.request.remote_ip or ""
+        ip = handler.client_ip()
 
         def write():
             try:

@@ -2,6 +2,7 @@
 a storage folder, the real DICOM corpus of pydicom-data, and a live server on port 0."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -187,6 +188,45 @@ def staff_token(username="doctor1", roles=("doctor",)):
     from models.sessions import create_api_token
     user = StaffUser.get_or_none(StaffUser.username == username) or make_staff(username, roles)
     return create_api_token(user, name="test")
+
+
+def staff_session(username="admin1", roles=("sysadmin",)) -> tuple[str, str]:
+    """A signed-in staff session (cookie value, CSRF token) for an account with these roles,
+    as after password and TOTP. Admin-role accounts act only through such sessions: they
+    cannot hold API tokens (separation of duties, tests/security/test_duties.py)."""
+    from models.db import database
+    from models.schema import StaffUser
+    from models.sessions import create_session
+    with database.connection_context():
+        user = StaffUser.get_or_none(StaffUser.username == username) or \
+            make_staff(username, roles)
+        new = create_session("staff", staff_user=user, verified=True, ip="127.0.0.1")
+    return new.token, new.session.csrf_token
+
+
+@contextlib.contextmanager
+def admins_sign_in_with_password_alone():
+    """For tests of other things than the second factor (it has its own,
+    tests/security/test_authentication.py): admin roles sign in with the password alone.
+    The policy itself can no longer say so (level 3 floor: every admin role needs TOTP),
+    so this wraps the sign-in's decision, in this process, for the duration only."""
+    from server import signin
+    original = signin._second_factor_needed
+
+    def without_required_totp(ctx, user, pol, ip):
+        return original(ctx, user, {**pol, "totp_required_roles": []}, ip)
+
+    signin._second_factor_needed = without_required_totp
+    try:
+        yield
+    finally:
+        signin._second_factor_needed = original
+
+
+def staff_headers(username="admin1", roles=("sysadmin",)) -> dict:
+    """Request headers of a signed-in staff session (see staff_session)."""
+    cookie, csrf = staff_session(username, roles)
+    return {"Cookie": f"cf_session={cookie}", "X-CSRF-Token": csrf}
 
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def test_first_and_second_start(tmp_path):
             except urllib.error.HTTPError as e:
                 assert e.code == 401
             cli(dict(env, CLOUDFILM_NEW_USER_PASSWORD="Reader-Pass-9"), "user-add", "doc",
-                "--roles", "doctor")
+                "--roles", "doctor", "--no-change")
             token = cli(env, "token", "doc").strip()
             assert token.startswith("cft_")
             studies = get_json(port, "/api/studies", token)["studies"]

@@ -7,25 +7,16 @@
   message_id with a different body is answered 409.
 
 Idempotent: a column is added only when it is missing."""
-from playhouse.migrate import SchemaMigrator, migrate
-
 from ..schema import InboundMessage, Patient
+from .columns import add_columns, drop_columns
 
 COLUMNS = ((Patient, "id_number_unverified"), (Patient, "phone_unverified"),
            (InboundMessage, "digest"))
 
 
 def up(db):
-    migrator = SchemaMigrator.from_database(db)
-    for model, name in COLUMNS:
-        table = model._meta.table_name
-        if name not in {c.name for c in db.get_columns(table)}:
-            migrate(migrator.add_column(table, name, model._meta.fields[name]))
+    add_columns(db, COLUMNS)
 
 
 def down(db):
-    migrator = SchemaMigrator.from_database(db)
-    for model, name in reversed(COLUMNS):
-        table = model._meta.table_name
-        if name in {c.name for c in db.get_columns(table)}:
-            migrate(migrator.drop_column(table, name))
+    drop_columns(db, COLUMNS)

@@ -101,8 +101,11 @@ class SecurityPolicyHandler(StaffHandler):
         out = {"ok": True, "policy": settings.policy(self.ctx),
                "stored": settings.stored_rows(settings.SECURITY),
                "limits": {s["name"]: {"min": s["minimum"], "max": s["maximum"],
-                                      "label": s["label"]}
+                                      "label": s["label"],
+                                      "level3": s["name"] in settings.LEVEL3_LIMITS}
                           for s in rows if s["type"] == "int"},
+               # 等保三级: these roles always need TOTP (the page cannot untick them)
+               "totp_floor": list(settings.LEVEL3_TOTP_ROLES),
                "roles": [{"role": r, "name": n} for r, n in policy.ROLES.items()],
                "client_ip": self.client_ip()}
         if changed is not None:

@@ -114,6 +114,7 @@ class StudyHandler(BaseHandler):
         by_id = self.request.path.startswith("/api/exams/")
         if not by_id and not valid_uid(ref):
             raise ApiError(400, "the study UID is not a valid DICOM UID")
+        self.require_principal()     # anonymous: one 401 whether the exam exists or not
 
         def load():
             catalog = self.ctx.catalog

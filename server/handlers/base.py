@@ -12,7 +12,7 @@ import tornado.web
 from models.errors import DomainError
 from render.errors import RenderError
 
-from .. import policy
+from .. import policy, proxies
 from ..auth import COOKIE, KEEP_COOKIE, MAX_KEPT
 from ..policy import Principal
 
@@ -34,7 +34,8 @@ def set_security_headers(handler: tornado.web.RequestHandler) -> None:
         handler.set_header(k, v)
     handler.set_header("Server", "CloudFilm")
     if handler.request.protocol == "https":
-        # security: browsers keep to HTTPS for a year once they have seen it over TLS
+        # security: browsers keep to HTTPS for a year once they have seen it over TLS (ours,
+        # or a trusted proxy's: server/proxies.py sets the scheme from X-Forwarded-Proto)
         handler.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
 
 
@@ -235,7 +236,8 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.principal
 
     def client_ip(self) -> str:
-        return self.request.remote_ip or ""
+        """The client's address (behind a trusted proxy: the forwarded one)."""
+        return proxies.client_ip(self.request)
 
     def json_body(self, max_bytes: int = 1 << 20) -> dict:
         if len(self.request.body) > max_bytes:
@@ -271,11 +273,22 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ, value, tb) -> None:
         mapped = error_status(value) if value is not None else None
+        from ..logmask import masked_path
         if mapped and mapped[0] < 500:
-            log.info("%s %s -> %d: %s", self.request.method, self.request.path, mapped[0],
+            log.info("%s %s -> %d: %s", self.request.method, masked_path(self), mapped[0],
                      getattr(value, "log_message", None) or mapped[1])
             return
-        super().log_exception(typ, value, tb)
+        if isinstance(value, tornado.web.HTTPError):
+            super().log_exception(typ, value, tb)      # its line uses _request_summary
+            return
+        # Tornado's own line adds repr(request), whose URI keeps the query string
+        logging.getLogger("tornado.application").error(
+            "Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
+
+    def _request_summary(self) -> str:
+        # Tornado's uncaught-exception and warning lines: no query string, path masked
+        from ..logmask import request_summary
+        return request_summary(self)
 
     # helpers -----------------------------------------------------------------------------
     def int_arg(self, name: str, default: int, lo: int, hi: int) -> int:

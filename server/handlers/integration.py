@@ -10,8 +10,11 @@ import functools
 
 from adapters.dicom_net import PacsError, PacsNode, find_patient_studies
 from adapters.import_api import AuthError, verify
-from models.integration import (outbox_resend, record_remote_studies, retrieve_progress,
-                                status_summary)
+from models.integration import (outbox_resend, record_remote_studies, report_history,
+                                retrieve_progress, status_summary)
+from models.peers import delete_peer, list_peers, save_peer
+from models.staff import Actor
+from models.storage import valid_uid
 
 from .. import integration as svc
 from .base import UID, ApiError, BaseHandler
@@ -24,6 +27,11 @@ class IntegrationHandler(BaseHandler):
 
     async def db(self, fn, *args, **kwargs):
         return await self.in_db(fn, *args, **kwargs)
+
+    def actor(self) -> Actor:
+        """The signed-in admin, for audit records."""
+        p = self.principal
+        return Actor("staff", p.subject, self.client_ip(), p.staff_user_id)
 
 
 class ImportApiHandler(IntegrationHandler):
@@ -46,13 +54,16 @@ class ImportApiHandler(IntegrationHandler):
         body = self.request.body or b""
         if len(body) > 64 << 20:
             raise ApiError(413, "document larger than 64 MiB")
+        refused = await self.db(api.admit, self.client_ip(), kind)
+        if refused is not None:                 # not in the peer table: 403, audited
+            raise ApiError(refused[0], refused[1]["error"])
         try:
             client = verify(clients, h.get("X-CloudFilm-Client"), h.get("X-CloudFilm-Timestamp"),
                             h.get("X-CloudFilm-Signature"), self.request.method,
                             self.request.path, body, self.ctx.config.import_api_max_skew_s)
         except AuthError as exc:
             raise ApiError(401, str(exc)) from None
-        status, answer = await self.db(api.handle, client, kind, body)
+        status, answer = await self.db(api.handle, client, kind, body, self.client_ip())
         if svc.SERVICES.outbox:
             svc.SERVICES.outbox.poke()
         self.write_json(answer, status=status)
@@ -127,10 +138,56 @@ class PacsRetrieveHandler(IntegrationHandler):
         self.write_json(await self.db(retrieve_progress, study_uid))
 
 
+class PeersHandler(IntegrationHandler):
+    """The trusted integration peers (HL7, DICOM, import API): GET lists them, POST
+    creates or updates one by name (audited peer.create / peer.update)."""
+
+    async def get(self) -> None:
+        self.guard("settings.manage")
+        self.write_json({"ok": True, "peers": await self.db(list_peers)})
+
+    async def post(self) -> None:
+        self.guard("settings.manage")
+        body = self.json_body(16384)
+        peer, created = await self.db(save_peer, body, actor=self.actor(),
+                                      auditor=self.ctx.auditor)
+        self.write_json({"ok": True, "peer": peer, "created": created},
+                        status=201 if created else 200)
+
+
+class PeerHandler(IntegrationHandler):
+    """DELETE /api/admin/peers/{name}: remove one integration peer (audited peer.delete)."""
+
+    async def delete(self, name: str) -> None:
+        self.guard("settings.manage")
+        await self.db(delete_peer, name, actor=self.actor(), auditor=self.ctx.auditor)
+        self.write_json({"ok": True, "deleted": name})
+
+
+class ReportHistoryHandler(IntegrationHandler):
+    """GET /api/studies/{uid}/report/versions: the earlier contents of the exam's report,
+    kept when it was replaced (staff only)."""
+
+    async def get(self, study_uid: str) -> None:
+        self.guard("exam.report")
+        if not valid_uid(study_uid):
+            raise ApiError(400, "the study UID is not a valid DICOM UID")
+
+        def load():
+            exam = self.ctx.catalog.exam_by_uid(study_uid)
+            self.check_exam(exam_id=exam.id, patient_db_id=exam.patient_id,
+                            images_enabled=exam.images_enabled, need="report")
+            return report_history(exam.id)
+        self.write_json({"ok": True, "study_uid": study_uid, "versions": await self.db(load)})
+
+
 def routes(ctx) -> list:
     d = {"ctx": ctx}
     return [
         (r"/api/import/v1/([a-z]{1,16})", ImportApiHandler, d),
+        (r"/api/admin/peers", PeersHandler, d),
+        (r"/api/admin/peers/([^/]{1,64})", PeerHandler, d),
+        (rf"/api/studies/{UID}/report/versions", ReportHistoryHandler, d),
         (r"/api/admin/integration", IntegrationStatusHandler, d),
         (r"/api/admin/integration/outbox/([0-9]{1,12})/resend", OutboxResendHandler, d),
         (r"/api/pacs/patients/([^/]{1,64})/studies", PacsStudiesHandler, d),

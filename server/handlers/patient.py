@@ -29,7 +29,7 @@ from .. import signin
 from .auth import adopt_session, clear_session_cookie, client, write_keep_cookie
 from .base import ApiError, BaseHandler
 from .pages import PageHandler
-from .shares import created_json, share_options
+from .shares import created_json, creator_may_share, share_options
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ class PatientSharesHandler(PatientBase):
             exam = find_patient_exam(study_uid, p.patient_db_id)
             if exam is None:
                 raise ApiError(404, "没有找到该检查 / no such exam")
+            creator_may_share(p, exam, opts)
             return svc.create_share(exam, key=self.ctx.secret_key, auditor=self.ctx.auditor,
                                     created_by_kind="patient", created_by=p.subject,
                                     ip=self.client_ip(), **opts)

@@ -36,6 +36,12 @@ class RenderedHandler(BaseHandler):
         self.kind = kind
         self.renders = ctx.renders
 
+    async def prepare(self) -> None:
+        await super().prepare()
+        # anonymous callers get one answer (401) before any lookup, so the answer never
+        # tells an existing Study/Series/SOP UID from a made-up one
+        self.require_principal()
+
     def check_uids(self, *uids: str) -> None:
         for uid in uids:
             if not valid_uid(uid):
@@ -101,8 +107,26 @@ class RenderedHandler(BaseHandler):
         await self.send_image(ref.sha256, key, params["fmt"],
                               functools.partial(self.renders.render, ref, frame_index, **params))
 
-    async def send_image(self, etag_seed: str, key, fmt: str, produce) -> None:
-        """ETag and 304, then the encoded-image cache, then produce() in the render pool."""
+    def render_principal(self) -> str:
+        """Whose queue a render waits in (fair scheduling, issue 14): the session, else the
+        staff API token's user, else the address of an anonymous caller."""
+        p = self.principal
+        if p is None:
+            return f"ip:{self.client_ip()}"
+        if p.session_id is not None:
+            return f"session:{p.session_id}"
+        return f"{p.kind}:{p.subject}"
+
+    def max_render_px(self) -> int:
+        """Longest side of a MIP/MPR image for this caller: staff, or patient/visitor."""
+        p, c = self.principal, self.ctx.config
+        staff = p is not None and p.kind == "staff"
+        return c.render_max_px_staff if staff else c.render_max_px_visitor
+
+    async def send_image(self, etag_seed: str, key, fmt: str, produce,
+                         heavy: bool = False) -> None:
+        """ETag and 304, then the encoded-image cache, then produce() in the render pool
+        (scheduled fairly per principal; heavy: MIP/MPR)."""
         etag = etag_for(etag_seed, key)
         self.set_header("ETag", etag)
         self.set_header("Cache-Control", "private, max-age=3600")
@@ -112,7 +136,7 @@ class RenderedHandler(BaseHandler):
             return
         body = self.renders.encoded.get(key)
         if body is None:
-            body = await self.renders.run(produce)
+            body = await self.renders.run_fair(self.render_principal(), heavy, produce)
             self.renders.encoded.put(key, body)
         self.set_header("Content-Type", "image/png" if fmt == "png" else "image/jpeg")
         self.finish(body)
@@ -211,13 +235,18 @@ class SeriesRenderHandler(RenderedHandler):
         seed = hashlib.sha1("|".join(r.sha256 for r in refs).encode(),
                             usedforsecurity=False).hexdigest()
         await self.send_image(seed, (*key, seed), params.get("fmt", "jpeg"),
-                              functools.partial(fn, refs, **params))
+                              functools.partial(fn, refs, **params), heavy=True)
+
+    async def run_heavy(self, fn, *args, **kwargs):
+        return await self.renders.run_fair(self.render_principal(), True, fn, *args, **kwargs)
 
 
 class MprHandler(SeriesRenderHandler):
     async def get(self, study, series, plane) -> None:
+        from render.pipeline import cap_viewport
         p = self.render_params()
-        params = dict(self.plane_args(), window=p["window"], viewport=p["viewport"],
+        params = dict(self.plane_args(), window=p["window"],
+                      viewport=cap_viewport(p["viewport"], self.max_render_px()),
                       quality=p["quality"], fmt=p["fmt"], invert=p["invert"],
                       slab_mm=_float_arg(self, "slab", 0.0, 0, 1000),
                       slab_mode=(self.get_query_argument("mode", "mip") or "mip")[:8])
@@ -232,8 +261,8 @@ class MprGeometryHandler(SeriesRenderHandler):
         args = self.plane_args()
         viewport = self.get_query_argument("viewport", None) or None
         refs = await self.series_refs(study, series)
-        out = await self.renders.run(self.renders.mpr_geometry, refs, plane,
-                                     viewport=viewport, **args)
+        out = await self.run_heavy(self.renders.mpr_geometry, refs, plane,
+                                   viewport=viewport, **args)
         out["ok"] = True
         self.write_json(out)
 
@@ -243,7 +272,7 @@ class MipHandler(SeriesRenderHandler):
         p = self.render_params()
         params = dict(yaw=_float_arg(self, "yaw", 0.0, -360, 360),
                       pitch=_float_arg(self, "pitch", 0.0, -360, 360),
-                      size=self.int_arg("size", 256, 16, 2048),
+                      size=min(self.int_arg("size", 256, 16, 2048), self.max_render_px()),
                       mode=(self.get_query_argument("mode", "mip") or "mip")[:8],
                       window=p["window"], quality=p["quality"], fmt=p["fmt"],
                       invert=p["invert"])
@@ -255,7 +284,7 @@ class MipHandler(SeriesRenderHandler):
 class VolumeInfoHandler(SeriesRenderHandler):
     async def get(self, study, series) -> None:
         refs = await self.series_refs(study, series)
-        vol = await self.renders.run(self.renders.volume, refs)
+        vol = await self.run_heavy(self.renders.volume, refs)
         out = self.renders.volume_info_of(vol)
         out["ok"] = True
         self.write_json(out)

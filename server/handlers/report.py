@@ -15,6 +15,12 @@ log = logging.getLogger(__name__)
 
 
 class ReportBase(BaseHandler):
+    async def prepare(self) -> None:
+        await super().prepare()
+        # anonymous callers get one answer (401) before any lookup, so the answer never
+        # tells an existing study from a made-up one
+        self.require_principal()
+
     def load(self, study_uid: str) -> tuple[bytes, str, object]:
         """(pdf bytes, sha256, exam) — run in the db pool."""
         exam = self.ctx.catalog.exam_by_uid(study_uid)

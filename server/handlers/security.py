@@ -138,10 +138,9 @@ class TotpDisableHandler(BaseHandler):
         password = str(body.get("password") or "")
 
         def off():
-            from models.accounts import verify_password
-            user = _own_user(self)
-            if not verify_password(password, user.password_hash):
-                raise ApiError(400, "密码错误 / wrong password")
+            user = _own_user(self)      # the password counts on the lock-out (signin.py)
+            signin.confirm_password(self.ctx, user, password, ip=self.client_ip(),
+                                    action="totp.disable")
             pol = effective_policy(self.ctx)
             if _roles(user) & set(pol.get("totp_required_roles") or ()):
                 raise ApiError(403, "您的角色必须使用双因素登录 / your role requires two-factor "
@@ -163,10 +162,9 @@ class RecoveryCodesHandler(BaseHandler):
         password = str(body.get("password") or "")
 
         def regen():
-            from models.accounts import verify_password
-            user = _own_user(self)
-            if not verify_password(password, user.password_hash):
-                raise ApiError(400, "密码错误 / wrong password")
+            user = _own_user(self)      # the password counts on the lock-out (signin.py)
+            signin.confirm_password(self.ctx, user, password, ip=self.client_ip(),
+                                    action="totp.recovery_codes")
             if not totp_enabled(user):
                 raise ApiError(409, "尚未启用双因素登录 / two-factor sign-in is not enabled")
             with write_transaction():

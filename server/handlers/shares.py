@@ -4,6 +4,7 @@ QR codes; PACS-printed QR codes; the per-exam image switch; the share pages.
     POST /api/shares                       staff share.manage: create (returns url, code, QR)
     GET  /api/shares?study_uid=            staff share.manage: the exam's shares
     POST /api/shares/{id}/revoke           staff share.manage
+    POST /api/shares/{id}/unlock           staff share.manage: lift a lock (wrong codes)
     POST /api/share/status  {token}        anyone: state of a share before the code is typed
     POST /api/share/open    {token, code}  anyone: one open → share session cookie
     POST /api/share/reverify {code}        share session: confirm the code before a download
@@ -67,6 +68,15 @@ def share_options(ctx, body: dict) -> dict:
                 max_expiry=dt.timedelta(days=cfg.share_max_days))
 
 
+def creator_may_share(principal, exam, opts: dict) -> None:
+    """Raise unless the creator may themself do what the share would allow (policy)."""
+    from ..policy import check_share
+    # (a report-only share never allows downloads: models/shares.py refuses that asking)
+    check_share(principal, exam_id=exam.id, patient_db_id=exam.patient_id,
+                images_enabled=bool(exam.images_enabled),
+                allow_download=opts["allow_download"] and opts["include_images"])
+
+
 def created_json(ctx, new: svc.NewShare) -> dict:
     url = share_url(ctx, new.token)
     return {"ok": True, "url": url, "code": new.code, "share": svc.share_json(new.share),
@@ -84,6 +94,7 @@ class SharesHandler(BaseHandler):
 
         def make():
             exam = self.ctx.catalog.exam_by_uid(study_uid)
+            creator_may_share(p, exam, opts)
             return svc.create_share(exam, key=self.ctx.secret_key, auditor=self.ctx.auditor,
                                     created_by_kind="staff", created_by=p.subject,
                                     ip=self.client_ip(), **opts)
@@ -109,6 +120,17 @@ class ShareRevokeHandler(BaseHandler):
                          actor_kind="staff", actor_id=p.subject, ip=self.client_ip())
         self.ctx.principals.clear()
         self.write_json({"ok": True})
+
+
+class ShareUnlockHandler(BaseHandler):
+    """Lift a share's lock after too many wrong codes (the front desk, once it has checked
+    who is asking); audited share.unlock."""
+
+    async def post(self, share_id: str) -> None:
+        p = self.require("share.manage")
+        sh = await self.in_db(svc.unlock_share, int(share_id), auditor=self.ctx.auditor,
+                              actor_id=p.subject, ip=self.client_ip())
+        self.write_json({"ok": True, "share": await self.in_db(svc.share_json, sh)})
 
 
 def share_view_json(sh, held) -> dict:
@@ -286,6 +308,8 @@ def compile_pattern(pattern: str) -> tuple[str, str, str, str | None]:
 
 
 class PacsQrHandler(BaseHandler):
+    log_masks_path_args = True      # a signed token or an accession number (server/logmask.py)
+
     def initialize(self, ctx, field: str, where: str, name: str | None) -> None:
         super().initialize(ctx)
         self.field, self.where, self.name = field, where, name
@@ -333,6 +357,7 @@ def routes(ctx) -> list:
     return [
         (r"/api/shares", SharesHandler, d),
         (r"/api/shares/([0-9]{1,12})/revoke", ShareRevokeHandler, d),
+        (r"/api/shares/([0-9]{1,12})/unlock", ShareUnlockHandler, d),
         (r"/api/share/status", ShareStatusHandler, d),
         (r"/api/share/open", ShareOpenHandler, d),
         (r"/api/share/me", ShareMeHandler, d),

@@ -146,7 +146,8 @@ class UsersHandler(StaffHandler):
             display_name=body.get("display_name"), password=body.get("password"),
             actor=actor_of(self), auditor=self.ctx.auditor, known_roles=policy.ROLES,
             admin_roles=policy.ADMIN_ROLES, min_length=pol["password_min_length"],
-            min_classes=pol["password_min_classes"])
+            min_classes=pol["password_min_classes"],
+            service_account=body.get("service_account", False))
         out = {"ok": True, "user": user}
         if generated:
             out["temporary_password"] = generated
@@ -190,6 +191,26 @@ class UserTokensHandler(StaffHandler):
         self.guard("user.manage")
         body = self.json_body(4096)
         info, token = await self.in_db(svc.issue_token, username, name=body.get("name"),
+                                       days=body.get("days", 90), actor=actor_of(self),
+                                       auditor=self.ctx.auditor)
+        self.write_json({"ok": True, "token": token, "info": info}, status=201)
+
+
+class MyTokensHandler(StaffHandler):
+    """Issue an API token to oneself (front desk, doctor) from a signed-in session; admin
+    accounts hold no token, a token cannot make another token."""
+
+    async def post(self) -> None:
+        p = self.require_principal()
+        if p.kind != "staff" or p.via_token:
+            raise ApiError(403, "请登录后为自己签发令牌 / sign in to issue yourself a token")
+        if p.roles & policy.ADMIN_ROLES:
+            raise ApiError(403, "管理员账号不能持有 API 令牌 / admin accounts cannot hold API "
+                                "tokens")
+        if p.must_change_password:
+            raise policy.AccessError("请先修改初始密码 / change your password first")
+        body = self.json_body(4096)
+        info, token = await self.in_db(svc.issue_token, p.subject, name=body.get("name"),
                                        days=body.get("days", 90), actor=actor_of(self),
                                        auditor=self.ctx.auditor)
         self.write_json({"ok": True, "token": token, "info": info}, status=201)
@@ -369,6 +390,7 @@ def routes(ctx) -> list:
         (rf"/api/staff/users/{USERNAME}/password-reset", PasswordResetHandler, d),
         (rf"/api/staff/users/{USERNAME}/tokens", UserTokensHandler, d),
         (r"/api/staff/tokens", TokensHandler, d),
+        (r"/api/staff/me/tokens", MyTokensHandler, d),
         (r"/api/staff/tokens/([0-9]{1,12})/revoke", TokenRevokeHandler, d),
         (r"/api/staff/patients", PatientSearchHandler, d),
         (rf"/api/staff/patients/{PATIENT_ID}/exams", PatientExamsHandler, d),

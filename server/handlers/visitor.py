@@ -109,6 +109,7 @@ class FilmContextHandler(BaseHandler):
         by_id = "/exam/" in self.request.path
         if not by_id and not policy_uid(ref):
             raise ApiError(400, "the study UID is not a valid DICOM UID")
+        self.require_principal()     # anonymous: one 401 whether the exam exists or not
 
         def load():
             catalog = self.ctx.catalog

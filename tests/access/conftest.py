@@ -73,12 +73,17 @@ def people(catalog, tmp_path):
 
 
 def staff(live, roles=("frontdesk",), name="desk"):
-    from tests.conftest import staff_token
+    from tests.conftest import staff_headers, staff_token
+    if {"sysadmin", "secadmin", "auditadmin"} & set(roles):
+        return staff_headers(name, roles)          # admins sign in: they hold no API token
     return {"Authorization": f"Bearer {staff_token(name, roles)}"}
 
 
 def create_share(live, study_uid, headers=None, **opts):
     body = {"study_uid": study_uid, **opts}
+    if headers is None and opts.get("allow_download"):
+        # the front desk may not download, so it cannot grant downloads: a doctor does
+        headers = staff(live, ("doctor",), "share_doc")
     r = requests.post(live.url + "/api/shares", json=body,
                       headers=headers or staff(live), timeout=30)
     assert r.status_code == 201, r.text

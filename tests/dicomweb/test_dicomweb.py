@@ -150,8 +150,9 @@ def test_stow(live, data):
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b1'})
     assert status == 409 and b"00081198" in body
     # a role without exam.import
-    from tests.conftest import staff_token
-    admin = client(live, staff_token("sys1", ("sysadmin",)))
+    from tests.conftest import staff_headers
+    admin = DICOMwebClient(url=live.url + "/dicomweb",
+                           headers=staff_headers("sys1", ("sysadmin",)))
     with pytest.raises(requests.HTTPError):
         admin.store_instances([ds])
 

@@ -87,7 +87,8 @@ def hl7_messages(n=1000):
     msgs = []
     for i in range(n):
         if i % 10 == 9:     # a final report for the order before: queues an outbound notice
-            msgs.append((f"K{i}", S.oru(f"K{i}", f"KA{i - 1}", pid=f"KP{i % 50}")))
+            # (the order's own patient: a report naming another one is refused, issue 14)
+            msgs.append((f"K{i}", S.oru(f"K{i}", f"KA{i - 1}", pid=f"KP{(i - 1) % 50}")))
         else:
             msgs.append((f"K{i}", S.orm(f"K{i}", f"KA{i}", pid=f"KP{i % 50}")))
     return msgs

@@ -247,7 +247,7 @@ def test_import_download_render_and_scrub_on_a_backend_without_local_files(
 
     live = LiveServer(mem_ctx)
     try:
-        live.token = staff_token("dl", ("doctor", "sysadmin"))
+        live.token = staff_token("dl", ("doctor",))
         status, headers, body = live.get("/api/download/studies/1.2.91.1.zip")
         assert status == 200, body
         zf = zipfile.ZipFile(io.BytesIO(body))

@@ -15,7 +15,7 @@ import requests
 from models.db import database
 from models.schema import Exam, Instance, Patient, Series
 from models.sessions import create_session
-from tests.conftest import make_staff, staff_token
+from tests.conftest import make_staff, staff_session, staff_token
 from tests.dicom_factory import ct_bytes
 from tests.security.routes import (GENERIC_QUERY, KNOWN_FINDINGS, PAYLOADS, SQLI, TRAVERSAL,
                                    XSS, World, check_response, fill_path, known_finding,
@@ -124,7 +124,8 @@ def _mutating_skip(op):
 def test_injection_payloads_on_every_route(live, world):
     app_ops = operations(live.server.request_callback)
     assert len(app_ops) > 20
-    admin = {r: staff_token(f"adm_{r}", (r,)) for r in ("sysadmin", "secadmin", "auditadmin")}
+    # admins sign in (they hold no API token): a session cookie and its CSRF token each
+    admin = {r: staff_session(f"adm_{r}", (r,)) for r in ("sysadmin", "secadmin", "auditadmin")}
     pat_cookie, pat_csrf = patient_session(world.patient_a)
     problems, sent = [], 0
     for op in app_ops:
@@ -134,7 +135,7 @@ def test_injection_payloads_on_every_route(live, world):
         principals = [("doctor", {"token": live.token}), ("anonymous", {}),
                       ("patient", {"cookie": pat_cookie, "csrf": pat_csrf})]
         if any(k in op["path"] for k in ("/admin", "/staff", "/security")):
-            principals += [(r, {"token": t}) for r, t in admin.items()]
+            principals += [(r, {"cookie": c, "csrf": x}) for r, (c, x) in admin.items()]
         base_path = fill_path(op, world)
         query_names = list(dict.fromkeys(op["query"] + list(GENERIC_QUERY)))
         for who, cred in principals:

@@ -17,7 +17,7 @@ from models.audit import drop_append_only_triggers, install_append_only_triggers
 from models.db import database
 from models.schema import AuditEvent
 from server.config import ConfigError, load_config
-from tests.conftest import ROOT, staff_token
+from tests.conftest import ROOT, staff_headers
 
 
 def cli(config, *args, timeout=120):
@@ -63,14 +63,14 @@ def test_audit_verify_names_first_edited_and_missing_record(ctx, config):
 def test_audit_csv_export_for_audit_admin_only(live, ctx):
     ctx.auditor.record("login", actor_kind="staff", actor_id="doc", ip="10.1.2.3",
                        outcome="fail", detail="wrong password")
-    tok = staff_token("aud1", ("auditadmin",))
-    st, hdrs, body = live.get("/api/admin/audit.csv", headers={"Authorization": f"Bearer {tok}"})
+    aud = staff_headers("aud1", ("auditadmin",))        # admins sign in; no API token
+    st, hdrs, body = live.get("/api/admin/audit.csv", headers=aud, auth=False)
     assert st == 200 and hdrs["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))
     assert rows[0][:4] == ["time", "actor_kind", "actor_id", "ip"]
     assert any(r[2] == "doc" and r[3] == "10.1.2.3" and r[7] == "fail" for r in rows[1:])
     assert live.get("/api/admin/audit.csv")[0] == 403       # a doctor
-    st, _, body = live.get("/api/admin/audit/verify", headers={"Authorization": f"Bearer {tok}"})
+    st, _, body = live.get("/api/admin/audit/verify", headers=aud, auth=False)
     assert st == 200 and b'"intact": true' in body
     # the export itself is audited
     with database.connection_context():

@@ -125,11 +125,11 @@ def test_doctor_optional_enrolment_and_reset_by_secadmin(live):
     j = post(live, "/api/auth/login", {"username": "doc9", "password": "Doctor-Pass-9"},
              requests.Session()).json()
     assert j["second_factor"] == "totp"
-    # a security admin (API token) resets it; the doctor signs in with the password again
-    from tests.conftest import staff_token
-    tok = staff_token("secx", ("secadmin",))
+    # a security admin (signed in; admins hold no API token) resets it; the doctor signs in
+    # with the password again
+    from tests.conftest import staff_headers
     r = requests.post(live.url + "/api/security/users/doc9/totp/reset",
-                      headers={"Authorization": f"Bearer {tok}"}, timeout=30)
+                      headers=staff_headers("secx", ("secadmin",)), timeout=30)
     assert r.status_code == 200 and r.json()["was_enabled"] is True
     r = requests.post(live.url + "/api/security/users/doc9/totp/reset",
                       headers={"Authorization": f"Bearer {live.token}"}, timeout=30)

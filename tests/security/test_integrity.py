@@ -6,7 +6,7 @@ from models.db import database
 from models.schema import AuditEvent, Instance
 from models.security import IntegrityFinding
 from server.maintenance import scrub_once
-from tests.conftest import staff_token
+from tests.conftest import staff_headers
 from tests.dicom_factory import ct_bytes
 
 pytestmark = pytest.mark.db
@@ -57,19 +57,17 @@ def test_tampered_original_is_refused_and_reported(live, ctx, catalog, tmp_path)
     assert audits == 2
 
     # admins see the findings; a doctor does not
-    admin = staff_token("sys1", ("sysadmin",))
-    st, _, body = live.get("/api/security/integrity",
-                           headers={"Authorization": f"Bearer {admin}"})
+    admin = staff_headers("sys1", ("sysadmin",))        # admins sign in; no API token
+    st, _, body = live.get("/api/security/integrity", headers=admin, auth=False)
     import json
     findings = json.loads(body)["findings"]
     assert st == 200 and {f["object_id"] for f in findings} == {"1.2.77.3.1", "1.2.77.3.2"}
     assert live.get("/api/security/integrity")[0] == 403
     fid = findings[0]["id"]
     st, _, _ = live.request("POST", f"/api/security/integrity/{fid}/resolve",
-                            headers={"Authorization": f"Bearer {admin}"})
+                            headers=admin, auth=False)
     assert st == 200
-    st, _, body = live.get("/api/security/integrity",
-                           headers={"Authorization": f"Bearer {admin}"})
+    st, _, body = live.get("/api/security/integrity", headers=admin, auth=False)
     assert len(json.loads(body)["findings"]) == 1
 
 

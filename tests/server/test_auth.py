@@ -5,7 +5,7 @@ import requests
 from models.audit import drop_append_only_triggers
 from models.db import database
 from models.schema import AuditEvent, StaffUser
-from tests.conftest import make_staff, staff_token
+from tests.conftest import make_staff, staff_headers, staff_token
 from tests.dicom_factory import ct_bytes
 
 pytestmark = pytest.mark.db
@@ -35,8 +35,8 @@ def test_anonymous_gets_401_everywhere(live, catalog, tmp_path):
 
 def test_admin_roles_do_not_see_patient_data(live, catalog):
     for role in ("sysadmin", "secadmin", "auditadmin"):
-        tok = staff_token(f"u_{role}", (role,))
-        st, _, _ = live.get("/api/studies", headers={"Authorization": f"Bearer {tok}"})
+        st, _, _ = live.get("/api/studies", headers=staff_headers(f"u_{role}", (role,)),
+                            auth=False)
         assert st == 403, role
     tok = staff_token("desk1", ("frontdesk",))
     assert live.get("/api/studies", headers={"Authorization": f"Bearer {tok}"})[0] == 200
@@ -160,15 +160,14 @@ def test_admin_routes_of_every_module_honour_the_allow_list(live):
     from models.schema import RuntimeSetting
     from server.policy import ADMIN_ONLY_PERMISSIONS
     assert "user.manage" in ADMIN_ONLY_PERMISSIONS and "exam.report" not in ADMIN_ONLY_PERMISSIONS
-    tok = staff_token("sys1", ("sysadmin",))
-    hdrs = {"Authorization": f"Bearer {tok}"}
+    hdrs = staff_headers("sys1", ("sysadmin",))       # admins sign in; they hold no token
     paths = [p for p in ("/api/admin/integration", "/api/admin/verification")]
-    before = {p: live.get(p, headers=hdrs)[0] for p in paths}
+    before = {p: live.get(p, headers=hdrs, auth=False)[0] for p in paths}
     assert set(before.values()) == {200}, before
     RuntimeSetting.create(key="conf.admin_allow_list",
                           value=_json.dumps("10.9.0.0/16"),
                           updated_by="test")
     staff_svc.forget_settings_cache()
     for p in paths:
-        st, _, body = live.get(p, headers=hdrs)
+        st, _, body = live.get(p, headers=hdrs, auth=False)
         assert st == 403 and b"allow-list" in body, (p, st, body)

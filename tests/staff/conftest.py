@@ -58,10 +58,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def browser(live):
     """A factory of signed-out browsers. Admin roles sign in with the password alone here
     (the second factor of server/handlers/security.py has its own tests): the stored
-    policy requires it of no role."""
-    from models.schema import RuntimeSetting
+    policy cannot switch it off for admin roles (level 3 floor), so the sign-in's decision
+    is wrapped for the test."""
     from models.staff import forget_settings_cache
-    RuntimeSetting.create(key="conf.totp_required_roles", value='""')
+    from tests.conftest import admins_sign_in_with_password_alone
     forget_settings_cache()
-    yield lambda: Browser(live.url)
-    forget_settings_cache()
+    with admins_sign_in_with_password_alone():
+        yield lambda: Browser(live.url)
+    forget_settings_cache()          # a test's stored settings do not reach the next one

@@ -161,12 +161,12 @@ def test_done_when_fresh_run_admin_creates_staff(chromium, tmp_path):
 def demo(tmp_path_factory):
     _need_chromium()
     server, ctx, name = start_demo_server(tmp_path_factory.mktemp("e2e_staff"))
-    from models.schema import RuntimeSetting
-    RuntimeSetting.create(key="conf.totp_required_roles", value='""')
     from models.accounts import create_user
+    from tests.conftest import admins_sign_in_with_password_alone
     create_user("fd_e2e", "Front-Desk-Pass-1", ["frontdesk"], must_change_password=False)
     create_user("doc_e2e", "Doctor-E2e-Pass-1", ["doctor"], must_change_password=False)
-    yield server
+    with admins_sign_in_with_password_alone():
+        yield server
     server.stop()
     ctx.close()
     drop_mysql(name)

@@ -206,7 +206,12 @@ def test_admin_allow_list_applies_to_admin_sign_in(live, browser):
 
 
 def test_tokens_issue_list_revoke(admin, live):
-    make_staff("script1", ("doctor",), "Robot-Pass-1")
+    # the system admin issues tokens to integration service accounts only
+    # (tests/security/test_duties.py)
+    st, out = admin.call("POST", "/api/staff/users", {"username": "script1",
+                                                      "roles": ["doctor"],
+                                                      "service_account": True})
+    assert st == 201 and out["user"]["service_account"] is True, out
     for body, word in [({"name": ""}, "用途"), ({"name": "x", "days": 999}, "365"),
                        ({"name": "x", "days": "7"}, "365")]:
         st, out = admin.call("POST", "/api/staff/users/script1/tokens", body)

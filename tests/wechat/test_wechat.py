@@ -383,19 +383,21 @@ def test_jssdk_signature(wlive, people, fake):
 
 
 def test_admin_status_configured_and_working(wlive, people, fake):
-    from tests.conftest import staff_token
-    hdr = {"Authorization": f"Bearer {staff_token('wxadmin', ('sysadmin',))}"}
-    st, _, body = wlive.request("GET", "/api/admin/wechat", headers=hdr)
+    from tests.conftest import staff_headers
+    hdr = staff_headers("wxadmin", ("sysadmin",))        # admins sign in; no API token
+    st, _, body = wlive.request("GET", "/api/admin/wechat", headers=hdr, auth=False)
     s = json.loads(body)
     assert st == 200 and s["configured"] is True and s["working"] is False
     assert s["callback_url"] == wlive.url + "/wechat/callback"
     assert "secret" not in body.decode().lower().replace("app_secret_file", "")
-    st, _, body = wlive.request("POST", "/api/admin/wechat/check", body={}, headers=hdr)
+    st, _, body = wlive.request("POST", "/api/admin/wechat/check", body={}, headers=hdr,
+                                auth=False)
     out = json.loads(body)
     assert out["check"]["ok"] is True and out["status"]["working"] is True
     assert out["status"]["access_token"]["expires_in_s"] > 7000
     fake.fail("/cgi-bin/getcallbackip", "http500")
-    st, _, body = wlive.request("POST", "/api/admin/wechat/check", body={}, headers=hdr)
+    st, _, body = wlive.request("POST", "/api/admin/wechat/check", body={}, headers=hdr,
+                                auth=False)
     out = json.loads(body)
     assert out["check"]["ok"] is False and "HTTP 500" in out["check"]["error"]
     assert out["status"]["working"] is False, out["status"].get("access_token")

@@ -72,6 +72,13 @@ async function loadShares() {
     li.append(el('div', 'muted', state));
     // only the hash of a share's token is kept: its link is shown (and copied) when created
     if (s.url) li.append(linkRow(s.url));
+    if (s.state === 'locked') {   // wrong codes: 15 min, then 1 h, then until unlocked here
+      li.append(el('div', 'muted', t(s.locked_until === 'desk' ? 'shares.locked.desk' : 'shares.locked')));
+      const u = el('button', 'btn small', t('shares.unlock'));
+      u.type = 'button';
+      u.addEventListener('click', async () => { await call('POST', `/api/shares/${s.id}/unlock`, {}); loadShares(); });
+      li.append(u);
+    }
     if (!s.revoked_at) {
       const b = el('button', 'btn small danger', t('shares.revoke'));
       b.type = 'button';

@@ -32,10 +32,11 @@ function userRow(u) {
   if (u.username !== me) {
     actions.push(u.active ? btn('停用', () => window.confirm(`停用 ${u.username}？其会话和令牌立即失效。`) && act(u, { active: false }, '账号已停用'), 'danger')
       : btn('启用', () => act(u, { active: true }, '账号已启用')));
-    actions.push(btn('重置密码', () => resetPassword(u)));
+    if (!u.service_account) actions.push(btn('重置密码', () => resetPassword(u)));
   }
   if (u.locked) actions.push(btn('解锁', () => act(u, { unlock: true }, '账号已解锁')));
-  if (u.active) actions.push(btn('发令牌', () => issueToken(u)));
+  // tokens go to integration service accounts only (separation of duties)
+  if (u.active && u.service_account) actions.push(btn('发令牌', () => issueToken(u)));
   return el('tr', { 'data-user': u.username }, el('td', {}, u.username), el('td', {}, u.display_name),
     el('td', {}, u.username === me ? u.roles.map(roleName).join('、') : roleSel), el('td', {}, state),
     el('td', {}, fmtTime(u.last_sign_in)), el('td', {}, u.active_tokens), el('td', { class: 'row' }, actions));
@@ -86,8 +87,11 @@ async function loadTokens() {
 $('user-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
   try {
-    const r = await api('POST', '/api/staff/users', { username: $('u-name').value.trim(), display_name: $('u-display').value.trim(), roles: [$('u-role').value] });
-    show($('new-pass'), 'ok', `已新建 ${r.user.username}（${r.user.roles.map(roleName).join('、')}），临时密码：${r.temporary_password}（只显示这一次，首次登录须修改）`);
+    const service = $('u-service').checked;
+    const r = await api('POST', '/api/staff/users', { username: $('u-name').value.trim(), display_name: $('u-display').value.trim(), roles: [$('u-role').value], service_account: service });
+    show($('new-pass'), 'ok', service ? `已新建集成服务账号 ${r.user.username}（${r.user.roles.map(roleName).join('、')}），没有密码，请用“发令牌”`
+      : `已新建 ${r.user.username}（${r.user.roles.map(roleName).join('、')}），临时密码：${r.temporary_password}（只显示这一次，首次登录须修改）`);
+    $('u-service').checked = false;
     $('u-name').value = ''; $('u-display').value = '';
     show($('msg'), '', '');
   } catch (e) { fail(e); }
@@ -143,6 +147,36 @@ $('settings-form').addEventListener('submit', async (ev) => {
   await loadSettings();
 });
 
+// trusted integration peers -----------------------------------------------------------------
+const KIND_NAMES = { hl7: 'HL7', dicom: 'DICOM', import: '导入接口' };
+async function loadPeers() {
+  const r = await api('GET', '/api/admin/peers');
+  $('peers').tBodies[0].replaceChildren(...r.peers.map((p) => {
+    const del = el('button', { type: 'button', class: 'danger' }, '删除');
+    del.addEventListener('click', async () => {
+      if (!window.confirm(`删除对端 ${p.name}？其后发来的消息将被拒绝。`)) return;
+      try { await api('DELETE', `/api/admin/peers/${enc(p.name)}`); ok(`已删除 ${p.name}`); } catch (e) { fail(e); }
+      await loadPeers();
+    });
+    return el('tr', {}, el('td', {}, p.name), el('td', {}, KIND_NAMES[p.kind] || p.kind),
+      el('td', {}, p.addresses.join(', ') || '任意'), el('td', {}, p.ae_title),
+      el('td', {}, p.allowed.join(', ') || '全部'), el('td', {}, p.may_change_identity ? '是' : ''),
+      el('td', {}, p.charset), el('td', {}, el('span', { class: `tag ${p.enabled ? 'on' : 'off'}` }, p.enabled ? '启用' : '停用')),
+      el('td', {}, del));
+  }));
+}
+$('peer-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const list = (v) => v.split(',').map((x) => x.trim()).filter(Boolean);
+  const peer = {
+    name: $('p-name').value.trim(), kind: $('p-kind').value, addresses: list($('p-addresses').value),
+    ae_title: $('p-ae').value.trim(), allowed: list($('p-allowed').value), charset: $('p-charset').value.trim(),
+    may_change_identity: $('p-identity').checked, enabled: $('p-enabled').checked,
+  };
+  try { const r = await api('POST', '/api/admin/peers', peer); ok(`${r.peer.name}：${r.created ? '已添加' : '已更新'}，5 秒内生效`); } catch (e) { fail(e); }
+  await loadPeers();
+});
+
 // integration and health --------------------------------------------------------------------
 async function loadIntegration() {
   const box = $('integration');
@@ -188,5 +222,5 @@ $('health-refresh').addEventListener('click', () => loadHealth().catch(fail));
 
 initPage('admin').then((nav) => {
   me = nav.username;
-  return Promise.all([loadUsers(), loadTokens(), loadVerification(), loadSettings(), loadIntegration(), loadHealth()]);
+  return Promise.all([loadUsers(), loadTokens(), loadVerification(), loadSettings(), loadPeers(), loadIntegration(), loadHealth()]);
 }).catch((e) => { if (e && e.status) fail(e); });

@@ -97,14 +97,29 @@ async function loadShares() {
     body.replaceChildren(...r.shares.map((s) => {
       const revoke = (s.state !== 'revoked' && s.state !== 'expired') ? el('button', { type: 'button', class: 'danger' }, '撤销') : '';
       if (revoke) revoke.addEventListener('click', () => revokeShare(s));
+      // locked after wrong codes: 15 min, then 1 h, then until unlocked here
+      const unlock = s.state === 'locked' ? el('button', { type: 'button' }, '解锁') : '';
+      if (unlock) unlock.addEventListener('click', () => unlockShare(s));
+      const state = s.locked_until === 'desk' ? '输错过多，需服务台解锁' : (STATE[s.state] || s.state);
       return el('tr', {}, el('td', {}, fmtTime(s.created_at)),
         el('td', {}, s.include_images ? (s.allow_download ? '报告+影像+下载' : '报告+影像') : '仅报告'),
         el('td', {}, `${s.opens} / ${s.max_opens}`), el('td', {}, fmtTime(s.expires_at)),
-        el('td', {}, STATE[s.state] || s.state), el('td', {}, revoke));
+        el('td', {}, state), el('td', {}, unlock, revoke));
     }));
     if (!r.shares.length) body.replaceChildren(el('tr', {}, el('td', { colspan: 6, class: 'muted' }, '还没有分享。')));
   } catch (e) {
     body.replaceChildren(el('tr', {}, el('td', { colspan: 6 }, e.message)));
+  }
+}
+
+async function unlockShare(s) {
+  if (!window.confirm('请先核实来访者身份。确定解锁此分享吗？')) return;
+  try {
+    await api('POST', `/api/shares/${s.id}/unlock`, {});
+    show($('d-msg'), 'ok', '分享已解锁。');
+    await loadShares();
+  } catch (e) {
+    show($('d-msg'), 'error', e.message);
   }
 }
 
@@ -175,4 +190,13 @@ $('today-btn').addEventListener('click', () => {
   search();
 });
 
-initPage('frontdesk').then(() => search()).catch(() => {});
+initPage('frontdesk').then((nav) => {
+  // a share never grants more than its creator may do: only roles that may download (the
+  // doctor) can allow downloads; the server refuses it anyway
+  if (!nav.roles.includes('doctor')) {
+    $('s-download').checked = false;
+    $('s-download').disabled = true;
+    $('s-download').parentElement.title = '前台没有下载原始影像的权限，不能创建允许下载的分享';
+  }
+  search();
+}).catch(() => {});

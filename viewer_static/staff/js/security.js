@@ -16,11 +16,13 @@ async function load() {
     $(box).replaceChildren(...names.filter((n) => r.limits[n]).map((n) => {
       const l = r.limits[n];
       return el('label', {}, l.label.split(' / ')[0], el('input', { type: 'number', name: n, min: l.min, max: l.max, value: r.policy[n] }),
-        el('span', { class: 'muted' }, `${l.min}–${l.max}`));
+        el('span', { class: 'muted' }, `${l.min}–${l.max}${l.level3 ? '（等保三级要求）' : ''}`));
     }));
   }
+  const floor = r.totp_floor || [];
   $('f-totp').replaceChildren(...r.roles.map((x) => el('label', { class: 'inline' },
-    el('input', { type: 'checkbox', name: 'totp', value: x.role, checked: r.policy.totp_required_roles.includes(x.role) }), x.name)));
+    el('input', { type: 'checkbox', name: 'totp', value: x.role, checked: r.policy.totp_required_roles.includes(x.role) || floor.includes(x.role), disabled: floor.includes(x.role) }),
+    x.name, floor.includes(x.role) ? '（等保三级必选）' : '')));
   $('allow-list').value = r.policy.admin_allow_list.join('\n');
   $('client-ip').textContent = `您当前的地址：${r.client_ip}（白名单必须包含它）`;
 }
