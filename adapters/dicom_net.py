@@ -589,6 +589,97 @@ GET_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2",
                          "1.2.840.10008.1.2.5"]
 
 
+def store_contexts(instances: list[dict]) -> list:
+    """Presentation contexts for sending these instances by C-STORE: one per (SOP class,
+    stored transfer syntax), so each goes as stored, plus one per compressed class offering
+    explicit then implicit VR little endian (the fallback when the peer refuses the stored
+    syntax). At most 128 (the classes beyond get nothing and their instances fail)."""
+    from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import build_context
+    contexts, seen = [], set()
+    for inst in instances:
+        key = (inst["sop_class_uid"], inst["transfer_syntax"] or ExplicitVRLittleEndian)
+        if key not in seen and len(contexts) < MAX_CONTEXTS:
+            seen.add(key)
+            contexts.append(build_context(UID(key[0]), [UID(key[1])]))
+        fallback = (key[0], "native")
+        if key[1] not in NATIVE and fallback not in seen and len(contexts) < MAX_CONTEXTS:
+            seen.add(fallback)
+            contexts.append(build_context(UID(key[0]), [ExplicitVRLittleEndian,
+                                                        ImplicitVRLittleEndian]))
+    return contexts
+
+
+@dataclass
+class SendResult:
+    sent: list[str]                 # SOP Instance UIDs the peer stored (status success/warning)
+    failures: dict[str, str]        # SOP Instance UID → reason
+    not_tried: list[str]            # the association ended before these were sent
+
+
+def send_instances(host: str, port: int, called: str, instances: list[dict],
+                   read: Callable[[str], bytes], *, calling: str = "CLOUDFILM",
+                   timeout: int = 30,
+                   on_progress: Callable[[SendResult], None] | None = None,
+                   progress_every_s: float = 1.0) -> SendResult:
+    """C-STORE `instances` (dicts of models.qr.retrieve_instances) to a peer on one
+    association: each as stored when the peer accepted that syntax, else decompressed to
+    explicit VR little endian. Raises PacsError when the peer cannot be reached or refuses
+    the association (nothing was sent). `on_progress(result so far)` is called at most every
+    `progress_every_s`. Blocking: run it in a thread."""
+    import io
+    import time
+
+    from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    assoc = ae.associate(host, port, ae_title=called, contexts=store_contexts(instances))
+    if not assoc.is_established:
+        raise PacsError(f"{called}@{host}:{port} 拒绝连接或无法连接 / refused the "
+                        "association or cannot be reached")
+    accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                for cx in assoc.accepted_contexts}
+    out = SendResult([], {}, [])
+    last = time.monotonic()
+    try:
+        for n, inst in enumerate(instances):
+            uid = inst["sop_uid"]
+            if on_progress is not None and time.monotonic() - last >= progress_every_s:
+                last = time.monotonic()
+                try:
+                    on_progress(out)
+                except Exception:  # noqa: BLE001 - progress is for display only
+                    log.warning("send progress not recorded", exc_info=True)
+            if not assoc.is_established:
+                out.not_tried = [i["sop_uid"] for i in instances[n:]]
+                break
+            cls, ts = inst["sop_class_uid"], inst["transfer_syntax"]
+            try:
+                ds = dcmread(io.BytesIO(read(inst["file_path"])), force=True)
+                if (cls, ts) not in accepted and ts not in NATIVE:
+                    if (cls, ExplicitVRLittleEndian) not in accepted and \
+                            (cls, "1.2.840.10008.1.2") not in accepted:
+                        out.failures[uid] = "peer accepted no transfer syntax for this class"
+                        continue
+                    ds.decompress()
+                    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                status = assoc.send_c_store(ds)
+            except Exception as exc:  # noqa: BLE001 - one instance fails, the job goes on
+                out.failures[uid] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                continue
+            code = int(status.Status) if status and "Status" in status else -1
+            if code == SUCCESS or (code >> 12) == 0xB:
+                out.sent.append(uid)
+            else:
+                out.failures[uid] = (f"status 0x{code:04X}" if code >= 0 else
+                                     "no answer (association ended)")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out
+
+
 def echo(host: str, port: int, called: str, calling: str = "CLOUDFILM") -> int:
     """C-ECHO; returns the status (0 = success). Used by the status view and tests."""
     ae = AE(ae_title=calling)

@@ -125,6 +125,55 @@ async def send_hl7(destination: str, payload: str, key: str) -> None:
 register_sender("hl7", send_hl7)
 
 
+def make_dicom_sender(read: Callable[[str], bytes], peers: Callable[[], dict],
+                      calling: Callable[[], str]) -> Sender:
+    """The 'dicom_send' channel (send to workstation, models/sending.py): the destination is
+    an AE title of dicom_peers; one attempt C-STOREs the instances earlier attempts did not
+    deliver and records the progress in the job's payload. Any instance left makes the
+    attempt fail, so the outbox retries it with backoff (dead after max_attempts, with
+    the reason); the job is delivered when every instance is."""
+    from models.db import connection
+    from models.sending import (instances_to_send, send_job_live, send_job_payload,
+                                send_job_progress)
+
+    from .dicom_net import PacsError, send_instances
+
+    def in_db(fn, *args, **kw):
+        with connection():
+            return fn(*args, **kw)
+
+    def attempt(destination: str, key: str) -> None:
+        payload = in_db(send_job_payload, key)
+        addr = peers().get(destination)
+        if addr is None:
+            raise DeliveryError(f"目的地 {destination} 未配置 / destination {destination} is "
+                                "not in dicom_peers")
+        instances = in_db(instances_to_send, payload["study_uid"],
+                          payload.get("series_uid") or None)
+        left = payload.get("remaining")
+        if left is not None:
+            wanted = set(left)
+            instances = [i for i in instances if i["sop_uid"] in wanted]
+        def progress(so_far) -> None:
+            in_db(send_job_live, key, payload, sent=len(so_far.sent),
+                  failed=len(so_far.failures))
+        try:
+            res = send_instances(addr[0], addr[1], destination, instances, read,
+                                 calling=calling(), on_progress=progress)
+        except PacsError as exc:
+            raise DeliveryError(str(exc)) from None
+        remaining = list(res.failures) + res.not_tried
+        in_db(send_job_progress, key, payload, sent_now=res.sent, failures=res.failures,
+              remaining=remaining)
+        if remaining:
+            why = next(iter(res.failures.values()), "association ended")
+            raise DeliveryError(f"{len(remaining)}/{len(instances)} 未发送 / not sent: {why}")
+
+    async def send(destination: str, payload: str, key: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, attempt, destination, key)
+    return send
+
+
 @dataclass
 class OutboxSettings:
     max_attempts: int = 10

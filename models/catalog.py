@@ -412,12 +412,15 @@ class Catalog:
     def find_studies(self, *, patient_id: str | None = None, accession: str | None = None,
                      name: str | None = None, date_from: str | None = None,
                      date_to: str | None = None, category: str | None = None,
-                     page: int = 1, per_page: int = 50) -> dict:
+                     page: int = 1, per_page: int = 50, scope=None) -> dict:
+        """Staff exam search; `scope` (server/policy.py exam_scope) limits it to the exams
+        the asker may list, as QIDO does."""
         if page < 1:
             raise CatalogError("page must be 1 or more")
         if not 1 <= per_page <= 500:
             raise CatalogError("per_page must be between 1 and 500")
-        q = Exam.select(Exam, Patient).join(Patient)
+        from .qido import in_scope
+        q = in_scope(Exam.select(Exam, Patient).join(Patient), scope)
         if patient_id:
             q = q.where(Patient.patient_id == patient_id)
         if accession:

@@ -54,6 +54,26 @@ def _scope_study(q, scope: Scope, images: bool):
     return q.where(cond)
 
 
+def in_scope(q, scope: Scope | None):
+    """Restrict an Exam query to the exams `scope` may list (None: unrestricted, for
+    callers that are not answering a person). The other exam lists use this, so they list
+    what QIDO lists."""
+    return q if scope is None else _scope_study(q, scope, images=False)
+
+
+def _caseless_prefix_range(field: pw.Field, value: str):
+    """On SQLite, a wildcard value's literal beginning as an index range when it has no
+    letter case (Chinese names: `王*`): SQLite's case-insensitive LIKE cannot use the name
+    index, so without it a page walks every exam by date (10 ms over 10,000 exams; 1 ms
+    with the range). The LIKE stays and decides. MariaDB's LIKE uses the index already."""
+    prefix = re.split(r"[*?]", value, maxsplit=1)[0]
+    if (not prefix or prefix == value or prefix.lower() != prefix.upper()
+            or ord(prefix[-1]) >= 0xD7FF
+            or not isinstance(Patient._meta.database.obj, pw.SqliteDatabase)):
+        return None
+    return (field >= prefix) & (field < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+
+
 def _study_filters(q, f: dict):
     for key, value in f.items():
         if value is None or value == "":
@@ -66,6 +86,9 @@ def _study_filters(q, f: dict):
             if "*" not in v and "?" not in v:
                 v = v + "*"                     # a name is matched by its beginning
             cond = text_match(Patient.name, v, 128)
+            rng = _caseless_prefix_range(Patient.name, v)
+            if cond is not None and rng is not None:
+                cond = cond & rng
         elif key == "StudyDate":
             cond = date_match(Exam.exam_date, value)
         elif key == "AccessionNumber":
@@ -135,6 +158,13 @@ def _study_row(e: Exam) -> dict:
             "exam_id": e.id, "images_enabled": e.images_enabled}
 
 
+_STUDY_COLUMNS = (Exam.id, Exam.study_uid, Exam.accession_number, Exam.exam_date,
+                  Exam.exam_time, Exam.description, Exam.modality, Exam.institution,
+                  Exam.referring_physician, Exam.num_series, Exam.num_instances,
+                  Exam.images_enabled, Exam.patient, Patient.id, Patient.patient_id,
+                  Patient.name, Patient.sex, Patient.birth_date)
+
+
 def _series_row(s: Series) -> dict:
     return {"series_uid": s.series_uid, "modality": s.modality,
             "series_number": s.series_number, "series_description": s.description,
@@ -160,7 +190,9 @@ def search(scope: Scope, level: str, filters: dict, *, study_uid: str | None = N
         return []
     images = level != "study"
     if level == "study":
-        q = Exam.select(Exam, Patient).join(Patient)
+        # only what _study_row returns (not the patient's contact or ID number columns):
+        # a third of the time of a 100-row page over 10,000 exams went to building models
+        q = Exam.select(*_STUDY_COLUMNS).join(Patient)
     elif level == "series":
         q = Series.select(Series, Exam, Patient).join(Exam).join(Patient)
     else:

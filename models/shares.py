@@ -1156,9 +1156,12 @@ def new_patient_session(patient: Patient, *, ip: str = "", user_agent: str = "",
                           verified=verified)
 
 
-def patient_overview(patient_db_id: int, *, mask_phone) -> dict:
+def patient_overview(patient_db_id: int, *, mask_phone, scope=None) -> dict:
+    """The portal's (and WeChat's) page: the patient and their exams; `scope` (server/policy.py
+    exam_scope) keeps the list to what QIDO lists for the same sessions."""
+    from .qido import in_scope
     p = Patient.get_by_id(patient_db_id)
-    exams = (Exam.select().where(Exam.patient == p)
+    exams = (in_scope(Exam.select(), scope).where(Exam.patient == p)
              .order_by(Exam.exam_date.desc(nulls="LAST"), Exam.exam_time.desc(nulls="LAST"),
                        Exam.id.desc()))
     from .schema import Report

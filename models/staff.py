@@ -517,11 +517,13 @@ def _patient(patient_id: str) -> Patient:
     return p
 
 
-def patient_history(patient_id: str) -> dict:
-    """Every exam of one patient, newest first; exams known only from the PACS are marked."""
+def patient_history(patient_id: str, scope=None) -> dict:
+    """Every exam of one patient, newest first; exams known only from the PACS are marked.
+    `scope` (server/policy.py exam_scope): only what the asker may list, as in QIDO."""
+    from .qido import in_scope
     p = _patient(patient_id)
     ids = [p.id] + [m.id for m in Patient.select().where(Patient.merged_into == p.id)]
-    exams = (Exam.select().where(Exam.patient.in_(ids))
+    exams = (in_scope(Exam.select(), scope).where(Exam.patient.in_(ids))
              .order_by(Exam.exam_date.desc(nulls="LAST"), Exam.exam_time.desc(nulls="LAST"),
                        Exam.id.desc()))
     reports = {r.exam_id: r for r in Report.select().where(

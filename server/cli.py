@@ -232,6 +232,20 @@ def cmd_settings(args) -> int:
     return 0
 
 
+def cmd_ohif_install(args) -> int:
+    """Fetch the pinned OHIF viewer with npm into ohif_dir (or --dir); docs/ohif.md."""
+    from pathlib import Path
+
+    from . import ohif_install
+    dest = Path(args.dir).resolve() if args.dir else _config(args).path("ohif_dir")
+    try:
+        ohif_install.install(dest, force=args.force)
+    except ohif_install.InstallError as exc:
+        print(f"OHIF 安装失败 / OHIF install failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_user_add(args) -> int:
     config = _config(args)
     _setup_logging("WARNING")
@@ -632,6 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--user", help="account the service runs as (default: the invoking user)")
     s.add_argument("--no-enable", action="store_true", help="only write the unit file")
     s.set_defaults(func=cmd_install_service)
+    s = sub.add_parser("ohif-install", help="fetch the pinned OHIF viewer with npm into "
+                                            "ohif_dir (docs/ohif.md)")
+    s.add_argument("--dir", help="install here instead of the ohif_dir setting")
+    s.add_argument("--force", action="store_true", help="reinstall even if present")
+    s.set_defaults(func=cmd_ohif_install)
     return p
 
 

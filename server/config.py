@@ -134,7 +134,8 @@ SETTINGS: tuple[Setting, ...] = (
             "DICOM nodes our Query/Retrieve SCP may send to (C-MOVE destinations): "
             "AE=host:port, comma-separated (e.g. WS1=10.0.0.21:104). A C-MOVE to any other AE "
             "title is refused (0xA801). These AE titles may also call us when "
-            "dicom_allowed_aets is set. Read at start-up."),
+            "dicom_allowed_aets is set, and are the destinations doctors may send exams to "
+            "from the workspace (send to workstation). Read at start-up."),
     Setting('dicom_max_associations', 8, int,
             'DICOM associations served at the same time.', minimum=1, maximum=64),
     Setting("dicom_tls_cert_file", "", str,
@@ -306,6 +307,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Browser origins (scheme://host[:port], comma-separated) allowed to call /dicomweb "
             "from another origin (CORS, e.g. a DICOMweb viewer served elsewhere). Empty: no CORS "
             "headers."),
+    Setting("ohif_enabled", False, bool,
+            "Serve the OHIF v3 viewer at /ohif/ for signed-in staff (install it first with "
+            "./run.sh ohif-install; docs/ohif.md)."),
+    Setting("ohif_dir", "var/ohif", str,
+            "Folder holding the OHIF viewer installed by ./run.sh ohif-install."),
     Setting("password_min_length", 8, int,
             "Shortest staff password accepted.", minimum=8, maximum=64, group="security", runtime=True,
             label="密码最短长度 / minimum password length"),

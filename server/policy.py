@@ -27,7 +27,8 @@ PERMISSIONS: dict[str, set[str]] = {
     "frontdesk": {"exam.search", "exam.report", "exam.images", "exam.switch_images",
                   "share.manage", "download.read", "patient.unmask", "exam.import"},
     "doctor": {"exam.search", "exam.report", "exam.images", "exam.download",
-               "patient.history", "share.manage", "patient.unmask", "exam.import"},
+               "patient.history", "share.manage", "patient.unmask", "exam.import",
+               "exam.send"},
     "sysadmin": {"user.manage", "settings.manage", "integration.manage", "health.read",
                  "verification.manage"},
     "secadmin": {"security.manage"},
@@ -175,7 +176,15 @@ def visible_exams(principals, query: dict | None = None, *, level: str = "study"
     it expires). Below the study level (series, instances) patients and share visitors see
     only exams whose images are switched on (and, for a share, included). Runs in the db pool.
     """
-    from models.qido import Scope, search
+    from models.qido import search
+    return search(exam_scope(principals), level, query or {}, **kw)
+
+
+def exam_scope(principals):
+    """The exams the held sessions may list, as a models.qido.Scope: what visible_exams
+    (QIDO, C-FIND's callers) and every other exam list (the portal and WeChat list, the
+    staff search and a doctor's patient history) filter by."""
+    from models.qido import Scope
     if isinstance(principals, Principal) or principals is None:
         principals = [principals]
     principals = [p for p in principals if p is not None]
@@ -184,13 +193,11 @@ def visible_exams(principals, query: dict | None = None, *, level: str = "study"
     staff = [p for p in principals if p.kind == "staff"]
     if staff:
         require(staff[0], "exam.search")
-        scope = Scope(all=True)
-    else:
-        now = utcnow()
-        patients = tuple(p.patient_db_id for p in principals
-                         if p.kind == "patient" and p.patient_db_id is not None)
-        exams = tuple((p.share_exam_id, p.share_include_images) for p in principals
-                      if p.kind == "share" and p.share_exam_id is not None
-                      and not (p.share_expires_at and now >= p.share_expires_at))
-        scope = Scope(patients=patients, exams=exams)
-    return search(scope, level, query or {}, **kw)
+        return Scope(all=True)
+    now = utcnow()
+    patients = tuple(p.patient_db_id for p in principals
+                     if p.kind == "patient" and p.patient_db_id is not None)
+    exams = tuple((p.share_exam_id, p.share_include_images) for p in principals
+                  if p.kind == "share" and p.share_exam_id is not None
+                  and not (p.share_expires_at and now >= p.share_expires_at))
+    return Scope(patients=patients, exams=exams)

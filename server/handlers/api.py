@@ -7,6 +7,7 @@ from models import db as dbmod
 from models.catalog import mask_name, mask_patient_id
 from models.storage import valid_uid
 
+from .. import policy
 from .base import ApiError, BaseHandler
 
 
@@ -83,6 +84,7 @@ class StudiesHandler(BaseHandler):
             category=self.str_arg("category", 16),
             page=self.int_arg("page", 1, 1, 100000),
             per_page=self.int_arg("per_page", 50, 1, 500),
+            scope=policy.exam_scope(self.principal),     # the one list policy, as QIDO
         )
         result = await self.in_db(self.ctx.catalog.find_studies, **args)
         result["ok"] = True

@@ -25,7 +25,7 @@ from models import shares as svc
 from models.catalog import download_log, find_patient_exam, mask_phone
 from models.storage import valid_uid
 
-from .. import signin
+from .. import policy, signin
 from .auth import adopt_session, clear_session_cookie, client, write_keep_cookie
 from .base import ApiError, BaseHandler
 from .pages import PageHandler
@@ -125,7 +125,8 @@ class PatientBase(BaseHandler):
 class PatientMeHandler(PatientBase):
     async def get(self) -> None:
         p = self.patient()
-        out = await self.in_db(svc.patient_overview, p.patient_db_id, mask_phone=mask_phone)
+        out = await self.in_db(svc.patient_overview, p.patient_db_id, mask_phone=mask_phone,
+                               scope=policy.exam_scope(p))    # the one list policy
         out.update(ok=True, csrf_token=p.csrf_token, freshly_verified=p.freshly_verified())
         self.write_json(out)
 

@@ -237,7 +237,8 @@ class PatientSearchHandler(StaffHandler):
 class PatientExamsHandler(StaffHandler):
     async def get(self, patient_id: str) -> None:
         self.guard("patient.history")
-        out = await self.in_db(svc.patient_history, patient_id)
+        out = await self.in_db(svc.patient_history, patient_id,
+                               policy.exam_scope(self.principal))   # the one list policy
         self.ctx.views.seen(self, "patient.history", "patient", out["patient"]["patient_id"])
         out["ok"] = True
         out["pacs_configured"] = bool(self.ctx.config.pacs_ae_title and

@@ -72,9 +72,9 @@ def test_qido_filters(live, data):
         search_filters={"StudyInstanceUID": f"{STUDY_A},{STUDY_B}"})) == [STUDY_A, STUDY_B]
     assert len(c.search_for_studies(limit=2)) == 2
     assert len(c.search_for_studies(limit=2, offset=2)) == 1
-    # Chinese name: the Ideographic group; no pinyin stored, so no Alphabetic group
+    # Chinese name: the Alphabetic group as stored (what viewers show) and the Ideographic
     a = c.search_for_studies(search_filters={"PatientID": "PA1"})[0]
-    assert a["00100010"]["Value"][0] == {"Ideographic": "张伟"}
+    assert a["00100010"]["Value"][0] == {"Alphabetic": "张伟", "Ideographic": "张伟"}
     b = c.search_for_studies(search_filters={"PatientID": "PB2"})[0]
     assert b["00100010"]["Value"][0]["Alphabetic"].replace(" ", "^") == "Wang^Fang"
     assert "00080080" not in a

@@ -170,6 +170,11 @@ EXPECTED = {
     ('GET', '/dicomweb/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/instances/([0-9][0-9.]{0,63})/metadata'): (401, 200, 200, 403, 403, 403),
     ('GET', '/dicomweb/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/instances/([0-9][0-9.]{0,63})/frames/([0-9]{1,7}(?:,[0-9]{1,7}){0,99})'): (401, 200, 200, 403, 403, 403),
     ('GET', '/dicomweb/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/instances/([0-9][0-9.]{0,63})/bulkdata/([0-9A-Fa-f]{8})'): (404, 404, 404, 404, 404, 404),
+    # OHIF viewer (server/handlers/ohif.py): ohif_enabled is off here, so 404 for everyone;
+    # staff-only when on (tests/e2e/test_ohif.py). /api/ohif tells the doctor page.
+    ('GET', '/ohif/?'): (404, 404, 404, 404, 404, 404),
+    ('GET', '/ohif/(.+)'): (404, 404, 404, 404, 404, 404),
+    ('GET', '/api/ohif'): (401, 200, 200, 200, 200, 200),
     ('GET', '/api/render/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/instances/([0-9][0-9.]{0,63})/info'): (401, 200, 200, 403, 403, 403),
     ('GET', '/api/render/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/mpr/([a-z]{1,16})'): (401, 200, 200, 403, 403, 403),
     ('GET', '/api/render/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/mpr/([a-z]{1,16})/geometry'): (401, 200, 200, 403, 403, 403),
@@ -209,6 +214,10 @@ EXPECTED = {
     ('GET', '/api/staff/patients'): (401, 403, 400, 403, 403, 403),
     ('GET', '/api/staff/patients/([^/]{1,64})/exams'): (401, 403, 200, 403, 403, 403),
     ('GET', '/api/staff/studies/([0-9][0-9.]{0,63})/versions'): (401, 200, 200, 403, 403, 403),
+    # send to workstation (server/handlers/send.py): doctors only
+    ('GET', '/api/staff/dicom-destinations'): (401, 403, 200, 403, 403, 403),
+    ('POST', '/api/staff/studies/([0-9][0-9.]{0,63})/send'): (401, 403, 400, 403, 403, 403),
+    ('GET', '/api/staff/sends'): (401, 403, 200, 403, 403, 403),
     ('POST', '/api/staff/patients/([^/]{1,64})/unmask'): (401, 400, 400, 403, 403, 403),
     ('POST', '/api/staff/patients/([^/]{1,64})/check-id'): (401, 400, 400, 403, 403, 403),
     ('GET', '/api/admin/settings'): (401, 403, 403, 200, 403, 403),

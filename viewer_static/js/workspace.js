@@ -10,6 +10,7 @@ import { syncIndex, alignOffset, parallel } from './sync.js';
 import { transferView } from './viewport_math.js';
 import { el, t, initI18n, langButton, renderReport, watchSession, fatal, patientLine, applyI18n } from './ui.js';
 import words from './i18n/workspace.js';
+import { initSend } from './send.js';
 
 t.add(words);
 const $ = (id) => document.getElementById(id);
@@ -350,6 +351,10 @@ async function main() {
     broadcast(state.cells[0], 'index');
   }
   setActive(0);
+  initSend($('toolbar-end'), () => {
+    const c = activeCell();
+    return c && c.study ? { study: c.study, series: c.series } : { study: state.studies[0], series: null };
+  }, fatalToast);
   window.cfWorkspace = state; // for tests and the benchmark
 }
 

@@ -9,6 +9,7 @@ const SEX = { M: '男', F: '女', O: '其他' };
 const MAX_COMPARE = 8;
 let patient = null;
 let exams = [];
+let ohifViewer = null;   // '/ohif/viewer' when ohif_enabled (GET /api/ohif)
 
 async function search(ev) {
   if (ev) ev.preventDefault();
@@ -58,12 +59,16 @@ function drawExams() {
     box.addEventListener('change', updateCompare);
     const openBtn = el('button', { type: 'button', class: 'secondary' }, e.pacs_only ? '从PACS调阅' : '打开');
     openBtn.addEventListener('click', () => openExams([e]));
+    // OHIF v3 (docs/ohif.md), when the server offers it and the images are here
+    const ohif = ohifViewer && e.study_uid && !e.pacs_only
+      ? el('a', { href: `${ohifViewer}?StudyInstanceUIDs=${enc(e.study_uid)}`, target: '_blank',
+        rel: 'noopener', class: 'btn secondary ohif-link' }, 'OHIF 阅片') : '';
     return el('tr', {}, el('td', {}, box), el('td', {}, `${e.exam_date || ''} ${e.exam_time || ''}`),
       el('td', {}, `${e.modality} ${e.description || ''}`), el('td', {}, e.accession_number || ''),
       el('td', {}, EXAM_STATUS[e.status] || e.status),
       el('td', {}, e.report_status ? REPORT_STATUS[e.report_status] || e.report_status : '—'),
       el('td', {}, e.pacs_only ? el('span', { class: 'tag pacs' }, '仅在PACS') : `${e.num_instances} 幅`),
-      el('td', {}, openBtn));
+      el('td', {}, openBtn, ' ', ohif));
   }));
   updateCompare();
 }
@@ -127,7 +132,8 @@ $('pacs-btn').addEventListener('click', async () => {
 });
 $('search').addEventListener('submit', search);
 
-initPage('doctor').then(() => {
+initPage('doctor').then(async () => {
+  try { ohifViewer = (await api('GET', '/api/ohif')).viewer; } catch (e) { ohifViewer = null; }
   const q = new URLSearchParams(location.search).get('patient_id');
   if (q) { $('q').value = q; search(); }
 }).catch(() => {});
