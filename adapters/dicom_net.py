@@ -662,7 +662,7 @@ def send_instances(host: str, port: int, called: str, instances: list[dict],
                             (cls, "1.2.840.10008.1.2") not in accepted:
                         out.failures[uid] = "peer accepted no transfer syntax for this class"
                         continue
-                    ds.decompress()
+                    ds.decompress(generate_instance_uid=False)   # the same instance, decoded
                     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
                 status = assoc.send_c_store(ds)
             except Exception as exc:  # noqa: BLE001 - one instance fails, the job goes on

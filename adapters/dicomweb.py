@@ -184,7 +184,7 @@ def explicit_le(data: bytes, _in_worker: bool = False) -> bytes:
                              "limit") from None
     try:
         if ts not in UNCOMPRESSED and "PixelData" in ds:
-            ds.decompress()
+            ds.decompress(generate_instance_uid=False)   # the same instance, decoded
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)

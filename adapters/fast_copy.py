@@ -131,7 +131,7 @@ def make_fast_copy(storage: StorageBackend, src_rel: str, dst_rel: str,
         check_decoded_size(ds, max_bytes)
         ts = str(ds.file_meta.TransferSyntaxUID)
         kwargs = {"decoding_plugin": "pyjpegls"} if ts in JPEG_LS else {}
-        ds.decompress(as_rgb=True, **kwargs)
+        ds.decompress(as_rgb=True, generate_instance_uid=False, **kwargs)
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     except Exception as exc:  # noqa: BLE001 - a file we cannot decode keeps its original only
         log.info("no fast copy for %s: %s", PurePosixPath(src_rel).name, type(exc).__name__)

@@ -20,9 +20,9 @@ from .handlers.base import UID, NotFoundHandler
 # settings, timers, outbox senders); a feature adds its own module instead of editing one
 # shared table. Every module named is required: one that fails to import stops start-up
 # with its error. Order matters only for overlapping patterns (none so far).
-ROUTE_MODULES = ("render", "dicomweb", "report", "pages", "visitor", "auth", "staff", "shares",
-                 "patient",
-                 "patient_qr", "ohif", "download", "integration", "wechat", "admin", "security", "send", "openapi")
+ROUTE_MODULES = ("render", "dicomweb", "wado_uri", "report", "pages", "visitor", "auth",
+                 "staff", "shares", "patient", "patient_qr", "ohif", "download", "integration",
+                 "wechat", "admin", "security", "send", "openapi")
 
 
 def route_modules() -> list:

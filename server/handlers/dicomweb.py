@@ -95,6 +95,17 @@ class DicomWebHandler(BaseHandler):
         return await asyncio.get_running_loop().run_in_executor(
             None, self.ctx.storage.read, relpath)
 
+    async def transcode(self, data: bytes, single: bool):
+        """The file in explicit VR little endian (in a limited decode worker)."""
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(None, dw.explicit_le, data)
+        except ValueError:
+            if single:
+                raise ApiError(406, "this instance cannot be transcoded to explicit VR little "
+                                    "endian; ask for transfer-syntax=*") from None
+            return None, None
+        return out, dw.EXPLICIT_LE
+
 
 def _accept(handler) -> str:
     return handler.request.headers.get("Accept", "") or "*/*"
@@ -201,17 +212,6 @@ class RetrieveHandler(DicomWebHandler):
             self.write(b"\r\n")
             await self.flush()
         self.finish(f"--{boundary}--\r\n".encode())
-
-
-    async def transcode(self, data: bytes, single: bool):
-        try:
-            out = await asyncio.get_running_loop().run_in_executor(None, dw.explicit_le, data)
-        except ValueError:
-            if single:
-                raise ApiError(406, "this instance cannot be transcoded to explicit VR little "
-                                    "endian; ask for transfer-syntax=*") from None
-            return None, None
-        return out, dw.EXPLICIT_LE
 
 
 class MetadataHandler(DicomWebHandler):

@@ -111,6 +111,11 @@ def test_wado_retrieve_metadata_frames(live, data):
         f"/dicomweb/studies/{st}/series/{se}/instances/{sop}",
         headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert status == 200 and data[J2K] in body
+    # without transfer-syntax=*: explicit VR little endian, still the same instance
+    le = c.retrieve_instance(st, se, sop,
+                             media_types=(("application/dicom", "1.2.840.10008.1.2.1"),))
+    assert le.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert le.SOPInstanceUID == sop
     # metadata with a BulkDataURI for the pixels
     meta = c.retrieve_series_metadata(STUDY_A, SERIES_A)
     assert len(meta) == 2 and "BulkDataURI" in meta[0]["7FE00010"]

@@ -149,6 +149,7 @@ EXPECTED = {
     ('GET', '/api/studies/([0-9][0-9.]{0,63})'): (401, 200, 200, 403, 403, 403),
     ('GET', '/dicomweb/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/instances/([0-9][0-9.]{0,63})/frames/([0-9-]{1,7})/rendered'): (401, 200, 200, 403, 403, 403),
     ('GET', '/dicomweb/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/instances/([0-9][0-9.]{0,63})/rendered'): (401, 200, 200, 403, 403, 403),
+    ('GET', '/wado'): (401, 400, 400, 400, 400, 400),   # no query: requestType missing
     ('GET', '/dicomweb/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/instances/([0-9][0-9.]{0,63})/thumbnail'): (401, 200, 200, 403, 403, 403),
     ('GET', '/dicomweb/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/thumbnail'): (401, 200, 200, 403, 403, 403),
     ('GET', '/dicomweb/studies/([0-9][0-9.]{0,63})/thumbnail'): (401, 200, 200, 403, 403, 403),
