@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import hmac
 import secrets
 
-from .clock import utcnow
 from .schema import StaffUser
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 15, 8, 1
@@ -57,22 +55,6 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, base64.b64decode(digest))
-
-
-def count_sign_in_failure(user_id: int, *, max_failures: int, lock_minutes: int) -> bool:
-    """One more failed sign-in of an account (wrong password or wrong code: one counter),
-    counted by one UPDATE so concurrent failures all count. At the max_failures-th the account
-    locks for lock_minutes and the count starts again. Returns True if it is now locked.
-    Call inside the write transaction that also audits the failure."""
-    StaffUser.update(failed_logins=StaffUser.failed_logins + 1, locked_until=None).where(
-        StaffUser.id == user_id).execute()
-    failures = StaffUser.select(StaffUser.failed_logins).where(StaffUser.id == user_id).scalar()
-    if (failures or 0) < max_failures:
-        return False
-    StaffUser.update(failed_logins=0,
-                     locked_until=utcnow() + dt.timedelta(minutes=lock_minutes)).where(
-        StaffUser.id == user_id).execute()
-    return True
 
 
 class PasswordPolicyError(ValueError):
