@@ -86,6 +86,8 @@ def open_context(config: Config, *, migrate_db: bool = True, storage=None) -> Ap
     from models import personal_data
     personal_data.configure(key)        # raw inbound messages sealed (before the migrations)
     dbmod.connect(config.database_url, root=ROOT)
+    from models.staff import forget_settings_cache
+    forget_settings_cache()     # run-time settings read from another database are not ours
     if migrate_db:
         ran = migrate()
         if ran:
