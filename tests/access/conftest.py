@@ -13,7 +13,7 @@ import requests
 
 from adapters.importer import Importer
 from models.catalog import id_number_check_digit
-from models.db import database
+from models.db import write_transaction
 from models.schema import Exam, Patient
 from tests.dicom_factory import ct_bytes
 
@@ -55,7 +55,7 @@ def people(catalog, tmp_path):
                 z=float(k), size=32))
     summary = Importer(catalog).run([src])
     assert summary.imported == len(A.sop_uids) + len(B.sop_uids)
-    with database.atomic():
+    with write_transaction():
         for person in (A, B):
             p = Patient.get(Patient.patient_id == person.patient_id)
             p.phone = person.phone

@@ -9,7 +9,7 @@ import pytest
 import requests
 from PIL import Image
 
-from models.db import database
+from models.db import write_transaction
 from models.schema import AuditEvent, Exam, Patient, PatientShare, Session
 from tests.access.conftest import staff, verify
 from tests.e2e.conftest import ARTIFACTS, browser  # noqa: F401
@@ -72,7 +72,7 @@ def test_front_desk_creates_qr_and_it_opens_all_exams(live, people):
     assert audit("patient_qr.open", "ok")
     # an exam imported after the QR was printed is listed too
     other = Exam.get(Exam.study_uid == b.study_uid)
-    with database.atomic():
+    with write_transaction():
         later = Exam.create(patient=pid(a), study_uid="1.2.77.9", accession_number="ACC-A9",
                             modality="MR", description="later exam")
     me = s.get(live.url + "/api/patient/me", timeout=30).json()
@@ -104,7 +104,7 @@ def test_open_count_is_exhausted_and_reload_costs_no_open(live, people):
 def test_expired_and_unknown_qr(live, people):
     a, _ = people
     token, d = create_qr(live, a, expires="1d")
-    with database.atomic():
+    with write_transaction():
         PatientShare.update(expires_at=dt.datetime.utcnow() - dt.timedelta(minutes=1)).where(
             PatientShare.id == d["share"]["id"]).execute()
     _, r = open_qr(live, token, a)
@@ -227,7 +227,7 @@ def test_patient_qr_on_a_phone(live, people, browser):  # noqa: F811
     a, _ = people
     ctx = live.ctx
     new = svc.create_patient_qr(pid(a), key=ctx.secret_key, auditor=ctx.auditor, max_opens=3)
-    with database.atomic():       # an exam that arrived after the QR was printed
+    with write_transaction():       # an exam that arrived after the QR was printed
         Exam.create(patient=pid(a), study_uid="1.2.77.9", accession_number="ACC-A9",
                     modality="MR", description="later exam")
     phone = browser.new_context(**PHONE)
@@ -258,7 +258,7 @@ def test_patient_qr_on_a_phone(live, people, browser):  # noqa: F811
     page.wait_for_function("() => { const i = document.querySelector('#qr-new img.qr-img');"
                            " return i && i.complete && i.naturalWidth > 100; }")
     # 下载 more than 10 minutes after verifying: the form, scrolled into view
-    with database.atomic():
+    with write_transaction():
         Session.update(verified_at=dt.datetime.utcnow() - dt.timedelta(minutes=11)).where(
             Session.kind == "patient").execute()
     ctx.principals.clear()
@@ -280,7 +280,7 @@ def test_patient_qr_on_a_phone(live, people, browser):  # noqa: F811
     page.click("#v-submit")
     page.wait_for_url(f"**/film/{a.study_uid}")
     # a used-up QR: its page says so and offers the next steps
-    with database.atomic():
+    with write_transaction():
         PatientShare.update(opens=3).where(PatientShare.id == new.qr.id).execute()
     other = browser.new_context(**PHONE)
     p2 = other.new_page()
@@ -293,7 +293,7 @@ def test_patient_qr_on_a_phone(live, people, browser):  # noqa: F811
     phone.close()
 
     # the front desk prints the patient QR on the slip
-    with database.atomic():
+    with write_transaction():
         user = make_staff("desk_e2e", ("frontdesk",), "Desk-Pass-1x")
         s = create_session("staff", staff_user=user, verified=True)
     desk = browser.new_context(viewport={"width": 1000, "height": 900}, locale="zh-CN")

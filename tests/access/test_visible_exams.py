@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from models.db import database
+from models.db import write_transaction
 from models.schema import Exam, Patient
 from tests.wechat.conftest import api, arrive_from_menu, fake, phone_session, wlive  # noqa: F401
 
@@ -27,7 +27,7 @@ def qido(live, sess=None, headers=None, path="/dicomweb/studies"):
 def _report_only_exam(catalog):
     """An order of patient A without images (no Study UID): listed by the portal only, so
     the comparisons below use the exams that have a Study UID."""
-    with database.atomic():
+    with write_transaction():
         p = Patient.get(Patient.patient_id == A.patient_id)
         Exam.create(patient=p, accession_number="ACC-A0", modality="CT", status="ordered")
 
@@ -101,7 +101,7 @@ def test_images_off_hide_instances_and_frames_from_patients(wlive, people):
     frame = f"{inst}/{A.sop_uids[0]}/frames/1"
     assert s.get(inst, timeout=30).status_code == 200
     assert s.get(frame, timeout=30).status_code == 200
-    with database.atomic():
+    with write_transaction():
         Exam.update(images_enabled=False).where(Exam.study_uid == A.study_uid).execute()
     wlive.ctx.principals.clear()
     assert qido(wlive, s) == {A.study_uid}                       # the study stays listed

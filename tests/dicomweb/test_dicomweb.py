@@ -10,7 +10,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from adapters.importer import Importer
-from models.db import database
+from models.db import write_transaction
 from models.schema import Exam, Patient
 from tests.access.conftest import create_share, open_share, people, verify  # noqa: F401
 from tests.conftest import corpus_dir
@@ -179,7 +179,7 @@ def test_share_visitor_sees_one_study(live, data):
 
 
 def test_images_off_hides_frames_from_patient(live, data, catalog):
-    with database.atomic():
+    with write_transaction():
         exam = Exam.get(Exam.study_uid == STUDY_A)
         exam.images_enabled = False
         exam.save()
@@ -251,7 +251,7 @@ def test_verified_patient_sees_own_exams_and_images_off_hides_frames(live, peopl
     assert s.get(url, timeout=30).status_code == 200
     assert s.get(f"{live.url}/dicomweb/studies/{b.study_uid}/series", timeout=30).status_code \
         == 404
-    with database.atomic():
+    with write_transaction():
         Exam.update(images_enabled=False).where(Exam.study_uid == a.study_uid).execute()
     assert s.get(url, timeout=30).status_code == 403
     assert s.get(live.url + "/dicomweb/series", timeout=30).status_code == 204

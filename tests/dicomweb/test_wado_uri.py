@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from models.db import database
+from models.db import write_transaction
 from models.schema import Exam
 from tests.access.conftest import create_share, open_share
 from tests.conftest import corpus_dir
@@ -89,7 +89,7 @@ def test_access_like_wado_rs(live, data):
     s, r = open_share(live, token, code)
     assert r.ok, r.text
     assert s.get(f"{live.url}/wado?{query}", timeout=30).status_code == 200
-    with database.atomic():
+    with write_transaction():
         exam = Exam.get(Exam.study_uid == STUDY_A)
         exam.images_enabled = False
         exam.save()

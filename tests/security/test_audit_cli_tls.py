@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from models.audit import drop_append_only_triggers, install_append_only_triggers
-from models.db import database
+from models.db import database, write_transaction
 from models.schema import AuditEvent
 from server.config import ConfigError, load_config
 from tests.conftest import ROOT, staff_headers
@@ -39,7 +39,7 @@ def test_audit_verify_names_first_edited_and_missing_record(ctx, config):
     assert r.returncode == 0 and "6 records verified" in r.stdout, r.stderr
     # the application itself cannot edit or delete
     with pytest.raises(Exception):
-        with database.atomic():
+        with write_transaction():
             AuditEvent.update(detail="x").where(AuditEvent.id == 3).execute()
     # someone with database rights drops the triggers and edits record 3 by hand
     drop_append_only_triggers()

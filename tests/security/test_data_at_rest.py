@@ -23,7 +23,7 @@ import pytest
 
 from models import personal_data
 from models.catalog import id_number_check_digit
-from models.db import database, is_mysql
+from models.db import database, is_mysql, write_transaction
 from models.schema import AuditEvent, InboundMessage
 from server.config import ROOT
 from tests.conftest import LiveServer
@@ -224,7 +224,7 @@ def test_migration_seals_messages_stored_before_it(ctx):
         if not is_mysql():      # the clear values are in the database file itself
             database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             assert API_ID.encode() in sqlite_bytes(ctx.config)
-        with database.atomic():
+        with write_transaction():
             m.up(database)
         assert clear_values_in_tables([HL7_ID, API_ID, HL7_PHONE, API_PHONE]) == []
         assert Patient.get(Patient.phone == API_PHONE).patient_id == "OLDP"
@@ -235,7 +235,7 @@ def test_migration_seals_messages_stored_before_it(ctx):
         old = InboundMessage.get(InboundMessage.control_id == "OLD1")
         assert personal_data.unseal(old.raw, "hl7", "OLD1") == raw
         first = old.raw
-        with database.atomic():
+        with write_transaction():
             m.up(database)                                      # idempotent
         assert InboundMessage.get(InboundMessage.control_id == "OLD1").raw == first
         assert ctx.auditor.verify().ok                          # the head is signed
