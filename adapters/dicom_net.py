@@ -33,6 +33,7 @@ from models.peers import Gate, audit_refusal
 
 from .dicom_meta import (ENCAPSULATED_PDF, DecodedTooLarge, DicomRejected, extract_meta,
                          person_name_text)
+from .dicomweb import write_metadata_sidecar
 from .fast_copy import BackgroundCopies, needs_fast_copy
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,13 @@ class InstanceSink:
             return self._fail(code, result.reason)
         if meta["sop_class_uid"] == ENCAPSULATED_PDF:
             self._pdf_report(meta, ds)
-        elif result.outcome == STORED and self.fast_copies and needs_fast_copy(
-                meta["transfer_syntax"]):
-            self._fast_copy(meta, result.extra.get("version", 1))
+        elif result.outcome == STORED and self.copies is not None:
+            if needs_fast_copy(meta["transfer_syntax"]):
+                self._fast_copy(meta, result.extra.get("version", 1))
+            if "file_path" in result.extra:       # its WADO-RS metadata, after the answer
+                self.copies.add_job(write_metadata_sidecar, result.extra["file_path"],
+                                    result.extra["sha256"], result.study_uid,
+                                    meta["series_uid"], result.sop_uid)
         with self._lock:
             self.stored += 1
         if result.extra.get("resend") == "kept_first":

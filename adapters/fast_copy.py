@@ -259,6 +259,14 @@ class BackgroundCopies:
         self._last = time.monotonic()
 
     def add(self, src_rel: str, dst_rel: str) -> None:
+        self._queue(make_fast_copy, (src_rel, dst_rel))
+
+    def add_job(self, fn, *args) -> None:
+        """Other derived data made the same way: fn(storage, *args) -> bool, a module-level
+        function (it runs in the worker process), e.g. dicomweb.write_metadata_sidecar."""
+        self._queue(fn, args)
+
+    def _queue(self, fn, args: tuple) -> None:
         self.activity()
         with self._lock:
             if self._closed:
@@ -266,7 +274,7 @@ class BackgroundCopies:
             if len(self._pending) >= self.max_pending:
                 self.skipped += 1
                 return
-            self._pending.append((src_rel, dst_rel))
+            self._pending.append((fn, args))
             self._idle.clear()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fastcopy",
@@ -303,7 +311,8 @@ class BackgroundCopies:
                     pool.shutdown(wait=True)
                 return
             try:
-                ok = self._worker().submit(make_fast_copy, self.storage, *job).result()
+                fn, args = job
+                ok = self._worker().submit(fn, self.storage, *args).result()
             except Exception as exc:  # noqa: BLE001 - the viewer makes it on first view
                 log.info("background fast copy failed: %s", type(exc).__name__)
                 ok = False

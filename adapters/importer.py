@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 from models.catalog import ALREADY_PRESENT, REJECTED, STORED, Catalog, find_exam
 from models.integration import ReportFields, file_report
 
+from .dicomweb import write_metadata_sidecar
 from .fast_copy import make_fast_copies, needs_fast_copy
 from .dicom_meta import ENCAPSULATED_PDF, DicomRejected, extract_meta
 
@@ -61,6 +62,7 @@ class Importer:
         self.receivers = list(receivers)     # HL7 'film published' for a filed PDF report
         self.fast_copies = fast_copies
         self._pending_copies: list[tuple[str, str]] = []     # (original, copy) relpaths
+        self._pending_metadata: list[tuple[str, ...]] = []   # dicomweb.metadata_text args
         self.charset_fallback = charset_fallback
         self.max_file_bytes = max_file_bytes
         self.source = source
@@ -205,6 +207,10 @@ class Importer:
                                              origin=Path(item.name).name)
         if result.outcome == STORED:
             summary.imported += 1
+            if "file_path" in result.extra:
+                self._pending_metadata.append((result.extra["file_path"], result.extra["sha256"],
+                                               result.study_uid, meta["series_uid"],
+                                               result.sop_uid))
             if result.extra.get("resend") == "version":
                 summary.versions += 1
             summary.study_uids.add(result.study_uid)
@@ -254,6 +260,10 @@ class Importer:
         if self._pending_copies:
             pairs, self._pending_copies = self._pending_copies, []
             summary.fast_copies = make_fast_copies(self.catalog.storage, pairs)
+        # the WADO-RS metadata of what was stored, after the import itself (header only)
+        done, self._pending_metadata = self._pending_metadata, []
+        for args in done:
+            write_metadata_sidecar(self.catalog.storage, *args)
         return summary
 
 

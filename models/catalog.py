@@ -256,7 +256,8 @@ class Catalog:
             if wrote:
                 self.storage.remove(rel)
             raise
-        return StoreResult(STORED, sop_uid, study_uid)
+        return StoreResult(STORED, sop_uid, study_uid,
+                           extra={"file_path": rel, "sha256": digest})
 
     def _existing(self, existing: Instance, meta: dict, digest: str, data: bytes, source: str,
                   origin: str, study_uid: str) -> StoreResult:

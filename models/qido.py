@@ -62,15 +62,20 @@ def in_scope(q, scope: Scope | None):
 
 
 def _caseless_prefix_range(field: pw.Field, value: str):
-    """On SQLite, a wildcard value's literal beginning as an index range when it has no
-    letter case (Chinese names: `王*`): SQLite's case-insensitive LIKE cannot use the name
-    index, so without it a page walks every exam by date (10 ms over 10,000 exams; 1 ms
-    with the range). The LIKE stays and decides. MariaDB's LIKE uses the index already."""
+    """On SQLite, a wildcard value's literal beginning as an index range: SQLite's
+    case-insensitive LIKE cannot use an index, so without it a page walks every exam by
+    date (10 ms over 10,000 exams; 1 ms with the range). A beginning without letter case
+    (Chinese names: `王*`) is a range of the name index; an ASCII one with letters (pinyin:
+    `WANG*`) a range of upper(name) (index patient_name_upper, migration 0060), since LIKE
+    folds ASCII case only. The LIKE stays and decides. MariaDB's LIKE uses the index already."""
     prefix = re.split(r"[*?]", value, maxsplit=1)[0]
-    if (not prefix or prefix == value or prefix.lower() != prefix.upper()
-            or ord(prefix[-1]) >= 0xD7FF
+    if (not prefix or prefix == value or ord(prefix[-1]) >= 0xD7FF
             or not isinstance(Patient._meta.database.obj, pw.SqliteDatabase)):
         return None
+    if prefix.lower() != prefix.upper():
+        if not prefix.isascii():
+            return None
+        field, prefix = pw.fn.upper(field), prefix.upper()
     return (field >= prefix) & (field < prefix[:-1] + chr(ord(prefix[-1]) + 1))
 
 
@@ -165,6 +170,20 @@ _STUDY_COLUMNS = (Exam.id, Exam.study_uid, Exam.accession_number, Exam.exam_date
                   Patient.name, Patient.sex, Patient.birth_date)
 
 
+def _study_tuple_row(t: tuple) -> dict:
+    """_study_row of a row of _STUDY_COLUMNS."""
+    (exam_id, study_uid, accession, date, time, description, modality, institution,
+     referring, num_series, num_instances, images_enabled, _patient, _pid, patient_id, name,
+     sex, birth_date) = t
+    return {"study_uid": study_uid, "accession_number": accession or "", "exam_date": date,
+            "exam_time": time, "description": description, "modality": modality,
+            "institution": institution, "referring_physician": referring,
+            "num_series": num_series, "num_instances": num_instances,
+            "patient_id": patient_id, "patient_name": name, "patient_sex": sex,
+            "patient_birth_date": birth_date, "exam_id": exam_id,
+            "images_enabled": images_enabled}
+
+
 def _series_row(s: Series) -> dict:
     return {"series_uid": s.series_uid, "modality": s.modality,
             "series_number": s.series_number, "series_description": s.description,
@@ -216,11 +235,12 @@ def search(scope: Scope, level: str, filters: dict, *, study_uid: str | None = N
     else:
         q = q.order_by(Exam.id, Series.series_number, Series.id, Instance.instance_number,
                        Instance.id)
+    if level == "study":
+        # plain tuples: building 100 Exam and Patient models took as long as the query
+        return [_study_tuple_row(t) for t in q.offset(offset).limit(limit).tuples()]
     out = []
     for row in q.offset(offset).limit(limit):
-        if level == "study":
-            out.append(_study_row(row))
-        elif level == "series":
+        if level == "series":
             out.append(_study_row(row.exam) | _series_row(row))
         else:
             out.append(_study_row(row.series.exam) | _series_row(row.series)

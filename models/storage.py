@@ -14,6 +14,7 @@ Layout (relative paths, "/" separated):
     dicom/<study uid>/<series uid>/<sop instance uid>.dcm
     dicom/<study uid>/<series uid>/<sop instance uid>.v<n>.dcm (version n >= 2 of a resend)
     derived/<study uid>/<series uid>/<sop instance uid>.dcm   (fast-decoding copies)
+    derived/<study uid>/<series uid>/<sop instance uid>.json  (DICOM JSON metadata)
     reports/<study uid>/<sha256>.pdf
     quarantine/<yyyymmdd>/<sha256>.bin
 """
@@ -188,6 +189,13 @@ class StorageBackend(abc.ABC):
         """The fast copy's name for an original's name (each version has its own)."""
         return "derived/" + relpath[len("dicom/"):] if relpath.startswith("dicom/") \
             else "derived/" + relpath
+
+    @staticmethod
+    def metadata_of(relpath: str) -> str:
+        """The name of an original's DICOM JSON sidecar (WADO-RS metadata, derived data made
+        at ingest or on first request; adapters/dicomweb.metadata_text)."""
+        copy = StorageBackend.fast_copy_of(relpath)
+        return (copy[:-4] if copy.endswith(".dcm") else copy) + ".json"
 
     def report_relpath(self, study_uid: str, sha256: str) -> str:
         if not valid_uid(study_uid):

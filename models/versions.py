@@ -185,7 +185,8 @@ def _new_version(catalog, existing, meta, data, digest, source, origin, change, 
             log.exception("version listener failed")
     return StoreResult(STORED, sop_uid, exam.study_uid,
                        extra={"resend": VERSION, "version": number, "change": change,
-                              "changed": list(changed), "previous": existing.file_path})
+                              "changed": list(changed), "previous": existing.file_path,
+                              "file_path": rel, "sha256": digest})
 
 
 def _apply_corrections(exam: Exam, series: Series, meta: dict, changed: list[str]) -> None:
@@ -284,6 +285,7 @@ def prune_versions(storage, retention_days: int, *, now: dt.datetime | None = No
             continue
         storage.remove(r.file_path)
         storage.remove(storage.fast_copy_of(r.file_path))
+        storage.remove(storage.metadata_of(r.file_path))
         InstanceVersion.update(file_removed_at=utcnow()).where(
             InstanceVersion.id == r.id).execute()
         removed += 1

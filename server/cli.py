@@ -157,10 +157,16 @@ def serve_forever(config, args) -> int:
         app = make_app(ctx, static_handler_class=StaticFiles)
         server = tornado.httpserver.HTTPServer(app, xheaders=False, ssl_options=ssl_options,
                                                max_body_size=config.max_request_body_mb << 20)
+        # the numba kernels and the JPEG encoder load before the port opens: loading them
+        # holds the GIL for ~0.1 s, which the first request after a restart used to wait for
+        try:
+            await asyncio.get_running_loop().run_in_executor(ctx.executor,
+                                                             ctx.renders.warm_up)
+        except Exception:  # noqa: BLE001 - the first render pays for it instead
+            logging.getLogger(__name__).exception("render warm-up failed")
         sockets = tornado.netutil.bind_sockets(config.port, config.host,
                                                reuse_port=nproc > 1)
         server.add_sockets(sockets)
-        asyncio.get_running_loop().run_in_executor(ctx.executor, ctx.renders.warm_up)
         # Listeners (DICOM, HL7) bind their ports in one process per machine: the first
         # worker, or the only process. Singleton jobs (outbox, scrub, watched folder, WeChat
         # token) are tried by every process and run in the one holding their lease.

@@ -233,26 +233,24 @@ class MetadataHandler(DicomWebHandler):
         self.finish(body.replace(_BASE_MARK, self.base_url()))
 
     def metadata_body(self, study: str, files: list[dict]) -> str:
-        """The DICOM JSON array of these files (per-file documents cached by content hash);
-        runs in a worker thread; a damaged file is left out, not a 500."""
-        import json
+        """The DICOM JSON array of these files: each instance's text from memory, else from
+        its sidecar made at ingest, else from the file's header (dw.metadata_text); runs in
+        a worker thread; a damaged file is left out, not a 500."""
         out = []
         for f in files:
-            doc = _meta_cache.get(f["sha256"])
-            if doc is None:
-                url = (f"{_BASE_MARK}/studies/{study}/series/{f['series_uid']}/instances/"
-                       f"{f['sop_uid']}")
+            text = _meta_cache.get(f["sha256"])
+            if text is None:
                 try:
-                    with self.ctx.storage.open(f["file_path"]) as fh:
-                        doc = dw.metadata_json_header(fh, url)
+                    text = dw.metadata_text(self.ctx.storage, f["file_path"], f["sha256"],
+                                            study, f["series_uid"], f["sop_uid"])
                 except Exception:  # noqa: BLE001
                     continue
-                _meta_cache.put(f["sha256"], doc)
-            out.append(doc)
-        return json.dumps(out, ensure_ascii=False)
+                _meta_cache.put(f["sha256"], text)
+            out.append(text)
+        return "[" + ",".join(out) + "]"
 
 
-_BASE_MARK = "@@DICOMWEB_BASE@@"
+_BASE_MARK = dw.BASE_MARK
 _doc_cache = dw.MetadataCache(64)        # whole answers (a 300-slice series: ~0.8 MB)
 _frame_layouts = dw.FrameLayout()
 

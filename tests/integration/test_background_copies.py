@@ -42,6 +42,11 @@ def test_copies_wait_for_a_quiet_moment_then_are_made(scp, ctx):
         assert not any(_copies(ctx))              # nothing made while instances arrive
     assert copies.wait_idle(120)
     assert all(_copies(ctx)) and copies.made >= 2
+    # and the WADO-RS metadata of every instance, made the same way (issue 16: cold ≤ 200 ms)
+    st = ctx.storage
+    for i in Instance.select():
+        head = st.read(st.metadata_of(i.file_path)).split(b"\n", 1)[0]
+        assert head == f"cfmeta1 {i.sha256}".encode()
     assert copies._pool is None and copies._thread is None     # nothing left running
 
 
