@@ -97,7 +97,7 @@ def person_name(text: str) -> dict | None:
 def _date(key):
     def get(row, _base):
         d = row.get(key)
-        return [d.strftime("%Y%m%d")] if d else None
+        return [f"{d.year:04d}{d.month:02d}{d.day:02d}"] if d else None
     return get
 
 
@@ -116,7 +116,10 @@ def _plain(key):
 
 
 def _modalities(row, _base):
-    return [m for m in re.split(r"[\\,]", row.get("modality") or "") if m] or None
+    mods = row.get("modality")
+    if not mods:
+        return None
+    return [m for m in mods.replace(",", "\\").split("\\") if m] or None
 
 
 def _retrieve_url(row, base_url):
@@ -130,7 +133,7 @@ def _retrieve_url(row, base_url):
 
 def _study_time(row, _base):
     t = row.get("exam_time")
-    return [t.strftime("%H%M%S")] if t else None
+    return [f"{t.hour:02d}{t.minute:02d}{t.second:02d}"] if t else None
 
 
 # keyword -> value of a QIDO row (a dict of stored values), or None for an empty attribute

@@ -152,14 +152,14 @@ class QidoHandler(DicomWebHandler):
         self.write_dicom_json(dw.qido_json(rows, level, includefields, self.base_url()))
 
     def write_dicom_json(self, body: list) -> None:
-        import json
+        import orjson
         self.set_header("Content-Type", "application/dicom+json")
         self.set_header("Cache-Control", "no-store")
         if not body:
             self.set_status(204)
             self.finish()
             return
-        self.finish(json.dumps(body, ensure_ascii=False))
+        self.finish(orjson.dumps(body))           # UTF-8, names as they are
 
 
 def qido_query(arguments: dict) -> tuple[dict, list]:
