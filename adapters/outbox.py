@@ -1,12 +1,15 @@
 """The outbox worker: delivers every queued outbound message at least once.
 
 Rows are written by the service verbs (models/integration.py) in the same transaction as
-the change that causes them. The worker picks due rows, hands each to the sender of its
-channel, marks it sent only after the peer acknowledged it, and otherwise schedules the next
-attempt with exponential backoff; after `max_attempts` the row is 'dead' and shown to admins,
-who can resend it. Rows survive restarts (they are in the database); a receiver may see a
-message twice after a crash, never zero times, and can de-duplicate by the idempotency key
-(sent as MSH-10 for HL7).
+the change that causes them. The worker claims due rows (outbox_claim: row by row, so any
+number of workers on any number of nodes never deliver one message at the same time),
+renews its claims while it delivers, hands each row to the sender of its channel, marks it
+sent only after the peer acknowledged it, and otherwise schedules the next attempt with
+exponential backoff; after `max_attempts` the row is 'dead' and shown to admins, who can
+resend it. Rows survive restarts (they are in the database); a worker that dies
+mid-delivery leaves claims that run out after `claim_s`, then another worker delivers those
+messages. A receiver may see a message twice after a crash, never zero times, and can
+de-duplicate by the idempotency key (sent as MSH-10 for HL7).
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from models.integration import outbox_due, outbox_mark_failed, outbox_mark_sent
+from models.integration import (CLAIM_S, outbox_claim, outbox_mark_failed, outbox_mark_sent,
+                                outbox_release_claims, outbox_renew_claims)
+from models.leases import holder_id
 
 from .hl7_codec import escape, hl7_timestamp
 from .hl7_mllp import DeliveryError, send_message
@@ -181,6 +186,8 @@ class OutboxSettings:
     backoff_max_s: int = 3600
     poll_s: float = 1.0
     concurrency: int = 4
+    batch: int = 50                 # messages claimed per pass
+    claim_s: float = CLAIM_S        # a claim runs out this long after its last renewal
     app: str = "CLOUDFILM"          # MSH-3/4 of outbound HL7
     base_url: str = ""              # the viewer URL in 'film published'
 
@@ -191,26 +198,53 @@ class OutboxSettings:
 
 
 class OutboxWorker:
-    def __init__(self, settings: OutboxSettings, executor=None):
+    def __init__(self, settings: OutboxSettings, executor=None, holder: str | None = None):
         self.s = settings
         HL7_OUT.app, HL7_OUT.base_url = settings.app, settings.base_url   # send_hl7 reads it
         self.executor = executor
+        self.holder = holder or holder_id()       # who claims (host:pid:random)
+        self.in_flight: set[int] = set()          # ids of the claimed rows being delivered
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._renew_task: asyncio.Task | None = None
         self.delivered = 0
         self.failed = 0
 
     def start(self) -> "OutboxWorker":
-        self._task = asyncio.get_running_loop().create_task(self.run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self.run())
+        self._renew_task = loop.create_task(self.renew_claims())
         return self
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        """Stop delivering and give up this worker's claims (the rows go to another worker,
+        or to this node's next worker, at once; one cut off mid-send may arrive twice)."""
+        for task in (self._task, self._renew_task):
+            if task:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._task = self._renew_task = None
+        try:
+            await self._db(outbox_release_claims, self.holder)
+        except Exception as exc:  # noqa: BLE001 - the claims run out by themselves
+            log.info("outbox claims not released: %s: %s", type(exc).__name__, exc)
+        self.in_flight.clear()
+
+    async def renew_claims(self) -> None:
+        """Keep the claims on the rows being delivered (a long DICOM send) from running
+        out while this worker lives: renewed every third of claim_s."""
+        while True:
+            await asyncio.sleep(self.s.claim_s / 3)
             try:
-                await self._task
+                await self._db(outbox_renew_claims, set(self.in_flight), self.holder,
+                               self.s.claim_s)
             except asyncio.CancelledError:
-                pass
+                raise
+            except Exception as exc:  # noqa: BLE001 - tried again; at worst a claim runs out
+                log.warning("outbox claims not renewed: %s: %s", type(exc).__name__, exc)
 
     def poke(self) -> None:
         """Look at the queue now (after a change queued something)."""
@@ -238,12 +272,17 @@ class OutboxWorker:
                 pass
 
     async def run_once(self) -> int:
-        rows = await self._db(outbox_due, 50)
+        """Claim due rows and deliver them (concurrency at a time). Returns how many."""
+        rows = await self._db(outbox_claim, self.holder, self.s.batch, self.s.claim_s)
+        self.in_flight.update(r.id for r in rows)
         sem = asyncio.Semaphore(self.s.concurrency)
 
         async def one(row):
-            async with sem:
-                await self.deliver(row)
+            try:
+                async with sem:
+                    await self.deliver(row)
+            finally:
+                self.in_flight.discard(row.id)
         await asyncio.gather(*(one(r) for r in rows))
         return len(rows)
 
@@ -258,7 +297,7 @@ class OutboxWorker:
             status = await self._db(outbox_mark_failed, row.id, why,
                                     max_attempts=self.s.max_attempts,
                                     backoff_s=self.s.backoff_s,
-                                    backoff_max_s=self.s.backoff_max_s)
+                                    backoff_max_s=self.s.backoff_max_s, holder=self.holder)
             self.failed += 1
             log.info("outbox %d (%s to %s) attempt %d failed%s: %s", row.id, row.channel,
                      row.destination, row.attempts + 1,

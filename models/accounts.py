@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import secrets
 
+import peewee as pw
+
 from .schema import StaffUser
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 15, 8, 1
@@ -97,7 +99,9 @@ def ensure_first_admin(password: str | None) -> str | None:
     """Create the 'admin' system administrator if no staff account exists yet.
 
     Returns the generated password when one had to be made (to be shown once), else None.
-    The password is stored only hashed, and must be changed at first login.
+    The password is stored only hashed, and must be changed at first login. Nodes started
+    together on one empty database: the first to insert makes 'admin' (and shows its
+    password); the others find it made (the unique username) and go on.
     """
     if StaffUser.select().exists():
         return None
@@ -105,7 +109,11 @@ def ensure_first_admin(password: str | None) -> str | None:
     if not password:
         # Four classes for certain, so the policy accepts it.
         generated = password = "Cf-" + secrets.token_urlsafe(12) + "a9"
-    StaffUser.create(username="admin", display_name="系统管理员",
-                     password_hash=hash_password(password), roles="sysadmin",
-                     must_change_password=True)
+    try:
+        with StaffUser._meta.database.atomic():
+            StaffUser.create(username="admin", display_name="系统管理员",
+                             password_hash=hash_password(password), roles="sysadmin",
+                             must_change_password=True)
+    except pw.IntegrityError:
+        return None                 # another node made it at the same moment
     return generated

@@ -22,7 +22,7 @@ import peewee as pw
 
 from .catalog import (CROSS_PATIENT, Catalog, CatalogError, NotFound, category_for_modality,
                       mask_identifier, mask_phone, same_patient, validate_id_number)
-from .db import database, write_transaction
+from .db import database, is_mysql, write_transaction
 from .schema import (REPORT_STATUSES, BaseModel, Exam, InboundMessage, Outbox, Patient, Report,
                      Session, utcnow)
 from .personal_data import redact, seal
@@ -583,30 +583,96 @@ def enqueue(channel: str, destination: str, key: str, payload: dict | str) -> bo
     return True
 
 
-def outbox_due(limit: int = 50) -> list[Outbox]:
-    return list(Outbox.select().where((Outbox.status == "pending")
-                                      & (Outbox.next_attempt_at <= utcnow()))
-                .order_by(Outbox.next_attempt_at, Outbox.id).limit(limit))
+CLAIM_S = 60.0      # a worker's claim on the messages it delivers (renewed while it lives)
+_skip_locked = [True]   # MariaDB >= 10.6 and MySQL 8 have SKIP LOCKED; older ones do not
+
+
+def _claimable(now: dt.datetime):
+    """Due, pending, and claimed by nobody (or by a worker whose claim has run out)."""
+    return ((Outbox.status == "pending") & (Outbox.next_attempt_at <= now)
+            & (Outbox.claimed_until.is_null() | (Outbox.claimed_until <= now)))
+
+
+def outbox_claim(holder: str, limit: int = 50, claim_s: float = CLAIM_S) -> list[Outbox]:
+    """Claim up to `limit` due messages for the worker `holder` (leases.holder_id()) for
+    `claim_s` seconds and return them, oldest due first. Each message is claimed by one
+    worker at a time whatever the number of workers and nodes: on MySQL/MariaDB the due rows
+    are read with SELECT … FOR UPDATE SKIP LOCKED (rows another worker is claiming are
+    skipped, not waited for) and marked in the same transaction; on SQLite the transaction
+    holds the write lock from BEGIN (IMMEDIATE). The UPDATE repeats the condition, so a row
+    is never taken from a live claim even where the row lock is not shared (a Galera
+    cluster: a concurrent claim on another node fails certification, a deadlock error that
+    is retried). Deliver outside the transaction, then outbox_mark_sent / _failed."""
+    def run():
+        now = utcnow()
+        with write_transaction():
+            q = (Outbox.select(Outbox.id).where(_claimable(now))
+                 .order_by(Outbox.next_attempt_at, Outbox.id).limit(limit))
+            if is_mysql():
+                q = q.for_update("FOR UPDATE SKIP LOCKED" if _skip_locked[0] else True)
+            ids = [r.id for r in q]
+            if ids:
+                Outbox.update(claimed_by=holder[:96],
+                              claimed_until=now + dt.timedelta(seconds=claim_s)).where(
+                    Outbox.id.in_(ids) & _claimable(now)).execute()
+        if not ids:
+            return []
+        mine = Outbox.id.in_(ids) & (Outbox.claimed_by == holder[:96])
+        return list(Outbox.select().where(mine).order_by(Outbox.next_attempt_at, Outbox.id))
+    try:
+        return _retrying(run)
+    except pw.ProgrammingError as exc:
+        if not (is_mysql() and _skip_locked[0] and exc.args and exc.args[0] == 1064):
+            raise
+        log.warning("this MySQL/MariaDB has no SKIP LOCKED (MariaDB 10.6+, MySQL 8): outbox "
+                    "workers wait for each other's claims instead of skipping them")
+        _skip_locked[0] = False
+        return _retrying(run)
+
+
+def outbox_renew_claims(ids, holder: str, claim_s: float = CLAIM_S) -> int:
+    """Extend the claims `holder` still has on the messages `ids` (those it is delivering)."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    return _retrying(lambda: Outbox.update(
+        claimed_until=utcnow() + dt.timedelta(seconds=claim_s)).where(
+        Outbox.id.in_(ids) & (Outbox.claimed_by == holder[:96])
+        & (Outbox.status == "pending")).execute())
+
+
+def outbox_release_claims(holder: str) -> int:
+    """Give up every claim of `holder` on undelivered messages (a worker that stops cleanly),
+    so another worker takes them at once instead of when the claims run out."""
+    return _retrying(lambda: Outbox.update(claimed_by="", claimed_until=None).where(
+        (Outbox.claimed_by == holder[:96]) & (Outbox.status == "pending")).execute())
 
 
 def outbox_mark_sent(row_id: int) -> None:
     _retrying(lambda: Outbox.update(status="sent", sent_at=utcnow(), last_error="",
-                                    attempts=Outbox.attempts + 1)
+                                    attempts=Outbox.attempts + 1, claimed_by="",
+                                    claimed_until=None)
               .where(Outbox.id == row_id).execute())
 
 
 def outbox_mark_failed(row_id: int, error: str, *, max_attempts: int, backoff_s: int,
-                       backoff_max_s: int) -> str:
+                       backoff_max_s: int, holder: str | None = None) -> str:
     """Record a failed attempt; schedule the next one with exponential backoff or move the
-    message to the dead-letter state. Returns the new status."""
+    message to the dead-letter state, and give the claim up. Returns the new status. With
+    `holder`, only while the message is still pending and claimed by it: a worker whose
+    claim ran out (and another worker took over, perhaps delivered) changes nothing."""
     def run():
         with write_transaction():
             row = Outbox.get_by_id(row_id)
+            if holder is not None and (row.status != "pending"
+                                       or row.claimed_by != holder[:96]):
+                return row.status
             attempts = row.attempts + 1
             status = "dead" if attempts >= max_attempts else "pending"
             delay = min(backoff_max_s, backoff_s * (2 ** (attempts - 1)))
             Outbox.update(attempts=attempts, status=status, last_error=error[:2000],
-                          next_attempt_at=utcnow() + dt.timedelta(seconds=delay)
+                          next_attempt_at=utcnow() + dt.timedelta(seconds=delay),
+                          claimed_by="", claimed_until=None,
                           ).where(Outbox.id == row_id).execute()
             return status
     return _retrying(run)

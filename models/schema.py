@@ -199,6 +199,10 @@ class Outbox(BaseModel):
     last_error = pw.TextField(default="")
     created_at = pw.DateTimeField(default=utcnow)
     sent_at = pw.DateTimeField(null=True)
+    # the worker delivering it now (models/integration.py outbox_claim) and until when its
+    # claim holds unless renewed; '' / NULL when nobody is delivering it (m0059)
+    claimed_by = pw.CharField(max_length=96, default="")
+    claimed_until = pw.DateTimeField(null=True)
 
 
 class InboundMessage(BaseModel):

@@ -410,7 +410,7 @@ GROUPS = {
 
 # Environment variables of ours that are not settings (secrets for one command, tests).
 RESERVED_ENV = {"CLOUDFILM_CONFIG", "CLOUDFILM_ADMIN_PASSWORD", "CLOUDFILM_NEW_USER_PASSWORD",
-                "CLOUDFILM_TEST_DB", "CLOUDFILM_TEST_MYSQL"}
+                "CLOUDFILM_TEST_DB", "CLOUDFILM_TEST_MYSQL", "CLOUDFILM_TEST_DB_PREFIX"}
 
 
 def coerce(setting: Setting, value: Any, origin: str) -> Any:

@@ -19,6 +19,8 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / "var" / "numba-cache"))
 
 MYSQL_BASE = os.environ.get("CLOUDFILM_TEST_MYSQL", "mysql://root:@127.0.0.1:3306")
+# the MariaDB test databases are named PREFIX<random> (several people may share one server)
+MYSQL_DB_PREFIX = os.environ.get("CLOUDFILM_TEST_DB_PREFIX", "cloudfilm_test_")
 
 
 def corpus_dir() -> Path:
@@ -62,7 +64,7 @@ def database_url(tmp_path):
         if os.environ.get("CI") == "true":
             pytest.fail(f"MariaDB at {MYSQL_BASE} unreachable in CI: {problem}")
         pytest.skip(f"MariaDB unreachable: {problem}")
-    name = f"cloudfilm_test_{secrets.token_hex(4)}"
+    name = f"{MYSQL_DB_PREFIX}{secrets.token_hex(4)}"
     yield f"{MYSQL_BASE}/{name}"
     import pymysql
     from urllib.parse import urlparse

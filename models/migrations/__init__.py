@@ -6,17 +6,33 @@ the ones not yet recorded in SchemaVersion, in order, each recorded only after i
 Rule for authors: ``up`` must be idempotent (create with ``safe=True``, add a column only
 when it is missing), because MySQL commits DDL implicitly and a migration interrupted by a
 power cut must be able to run again from the start on the next start-up.
+
+Several nodes (or processes) may start together on one database: ``migrate`` runs under a
+lock of the whole database (``migration_lock``: GET_LOCK on a dedicated MySQL/MariaDB
+connection, an exclusive lock file next to a SQLite database) and reads the applied versions
+again once it holds it, so the nodes that come second find everything applied and go on. A
+start with nothing pending takes no lock at all.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
 import pkgutil
+import time
 
-from ..db import database
+from ..db import database, is_mysql, sqlite_path
 from ..schema import SchemaVersion
 
 log = logging.getLogger(__name__)
+
+LOCK_NAME = "cloudfilm_migrate"
+LOCK_TIMEOUT_S = 600.0     # a node waits this long for another node's migrations
+
+
+class MigrationLockTimeout(RuntimeError):
+    """Another node (or process) held the migration lock for longer than we would wait."""
 
 
 def available() -> list[tuple[int, str, object]]:
@@ -34,36 +50,136 @@ def applied() -> set[int]:
     return {row.version for row in SchemaVersion.select()}
 
 
-def migrate(target: int | None = None) -> list[str]:
-    """Apply pending migrations up to target (all by default). Returns the names applied."""
-    database.create_tables([SchemaVersion], safe=True)
-    done = applied()
-    ran = []
-    for version, name, mod in available():
-        if target is not None and version > target:
-            break
-        if version in done:
-            continue
-        log.info("applying migration %s", name)
-        with database.atomic():
-            mod.up(database)
-            SchemaVersion.create(version=version, name=name)
-        ran.append(name)
-    return ran
+@contextlib.contextmanager
+def migration_lock(timeout: float = LOCK_TIMEOUT_S):
+    """Hold the database's migration lock for the block (one holder in the deployment).
+
+    MySQL/MariaDB: GET_LOCK on a connection of its own, so the lock lives exactly as long as
+    this block (or the process: the server frees it when the connection drops) whatever the
+    migrations do with the pooled connections. The lock name carries the database name:
+    two CloudFilm databases on one server do not wait for each other.
+    SQLite: an exclusive flock on `<database file>.migrate-lock` (kept; never removed, so
+    two processes always lock the same file). An in-memory database needs no lock.
+    Raises MigrationLockTimeout after `timeout` seconds of waiting."""
+    if is_mysql():
+        with _mysql_lock(timeout):
+            yield
+        return
+    path = sqlite_path()
+    if path is None or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    with _file_lock(path + ".migrate-lock", timeout):
+        yield
 
 
-def rollback(target: int) -> list[str]:
-    """Undo migrations above target, newest first."""
+@contextlib.contextmanager
+def _mysql_lock(timeout: float):
+    import pymysql
+    obj = database.obj
+    params = dict(obj.connect_params)
+    name = f"{LOCK_NAME}.{obj.database}"[:64]
+    conn = pymysql.connect(database=obj.database, **params)
+    try:
+        with conn.cursor() as cur:
+            try:
+                cur.execute("SELECT GET_LOCK(%s, 0)", (name,))
+                got = cur.fetchone()[0]
+                if got != 1:
+                    cur.execute("SELECT IS_USED_LOCK(%s)", (name,))
+                    log.info("waiting for the migration lock %r (held by MariaDB connection "
+                             "%s: another node is migrating)", name, cur.fetchone()[0])
+                    cur.execute("SELECT GET_LOCK(%s, %s)", (name, max(0.0, float(timeout))))
+                    got = cur.fetchone()[0]
+            except pymysql.err.OperationalError as exc:
+                if exc.args and exc.args[0] == 1235:        # Galera (wsrep_on): no GET_LOCK
+                    raise MigrationLockTimeout(
+                        "this database server does not offer GET_LOCK (a Galera cluster): "
+                        "apply the migrations from one node alone (`./run.sh migrate`) "
+                        "before starting the others") from None
+                raise
+            if got != 1:
+                cur.execute("SELECT IS_USED_LOCK(%s)", (name,))
+                raise MigrationLockTimeout(
+                    f"migration lock {name!r} still held after {timeout:.0f} s by MariaDB "
+                    f"connection {cur.fetchone()[0]} (another node migrating, or hanging: "
+                    "see SHOW PROCESSLIST); start this node again when it has finished")
+        try:
+            yield
+        finally:
+            with conn.cursor() as cur:
+                cur.execute("SELECT RELEASE_LOCK(%s)", (name,))
+    finally:
+        conn.close()           # frees the lock in any case
+
+
+@contextlib.contextmanager
+def _file_lock(path: str, timeout: float):
+    import fcntl
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + max(0.0, timeout)
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log.info("waiting for the migration lock %s (another process is "
+                             "migrating)", path)
+                    waited = True
+                if time.monotonic() >= deadline:
+                    raise MigrationLockTimeout(
+                        f"migration lock {LOCK_NAME} ({path}) still held after {timeout:.0f} s "
+                        "by another process (migrating, or hanging: see `fuser` on the file); "
+                        "start again when it has finished") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _pending(target: int | None) -> list[tuple[int, str, object]]:
     done = applied()
-    ran = []
-    for version, name, mod in reversed(available()):
-        if version <= target or version not in done:
-            continue
-        with database.atomic():
-            mod.down(database)
-            SchemaVersion.delete().where(SchemaVersion.version == version).execute()
-        ran.append(name)
-    return ran
+    return [(v, n, m) for v, n, m in available()
+            if v not in done and (target is None or v <= target)]
+
+
+def migrate(target: int | None = None, *, lock_timeout: float = LOCK_TIMEOUT_S) -> list[str]:
+    """Apply pending migrations up to target (all by default). Returns the names applied.
+    Runs under migration_lock and re-reads what is applied once it holds it, so nodes that
+    start together apply each migration once; with nothing pending it takes no lock."""
+    if not _pending(target):
+        return []
+    with migration_lock(lock_timeout):
+        database.create_tables([SchemaVersion], safe=True)
+        ran = []
+        for version, name, mod in _pending(target):
+            log.info("applying migration %s", name)
+            with database.atomic():
+                mod.up(database)
+                SchemaVersion.create(version=version, name=name)
+            ran.append(name)
+        return ran
+
+
+def rollback(target: int, *, lock_timeout: float = LOCK_TIMEOUT_S) -> list[str]:
+    """Undo migrations above target, newest first (under migration_lock)."""
+    with migration_lock(lock_timeout):
+        done = applied()
+        ran = []
+        for version, name, mod in reversed(available()):
+            if version <= target or version not in done:
+                continue
+            with database.atomic():
+                mod.down(database)
+                SchemaVersion.delete().where(SchemaVersion.version == version).execute()
+            ran.append(name)
+        return ran
 
 
 def current_version() -> int:

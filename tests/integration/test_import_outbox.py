@@ -180,7 +180,8 @@ def test_converted_pictures_are_valid_dicom(ctx):
 
 
 class Receiver:
-    """A real MLLP receiver (the hl7 package's server) answering AA, or AE on demand."""
+    """A real MLLP receiver (the hl7 package's server) answering AA, or AE on demand, or
+    nothing (answer=None: it reads and never acknowledges)."""
 
     def __init__(self, loop_thread, answer="AA"):
         from hl7.mllp import start_hl7_server
@@ -195,6 +196,8 @@ class Receiver:
                     text = block.decode()
                     self.received.append(text)
                     ctrl = text.split("\r")[0].split("|")[9]
+                    if self.answer is None:
+                        continue
                     writer.writeblock(f"MSH|^~\\&|R|R|||20260101||ACK|A{ctrl}|P|2.5\r"
                                       f"MSA|{self.answer}|{ctrl}|test\r".encode())
                     await writer.drain()
