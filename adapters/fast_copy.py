@@ -118,13 +118,20 @@ def make_fast_copy(storage: StorageBackend, src_rel: str, dst_rel: str,
     existing copy is kept). False if it cannot be done (the viewer then decodes the original
     on demand). A header declaring more than max_bytes (default max_decoded_mb) decoded
     is never decoded."""
+    if storage.exists(dst_rel):
+        return True
+    return _decode_and_store(storage, src_rel, dst_rel, max_bytes) is not None
+
+
+def _decode_and_store(storage: StorageBackend, src_rel: str, dst_rel: str,
+                      max_bytes: int | None):
+    """make_fast_copy's work: the decoded dataset (Explicit VR Little Endian, as stored at
+    dst_rel), or None when the original cannot be decoded."""
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian
 
     from render.decode import check_decoded_size
 
-    if storage.exists(dst_rel):
-        return True
     try:
         with storage.open(src_rel) as fh:
             ds = pydicom.dcmread(fh)
@@ -135,19 +142,26 @@ def make_fast_copy(storage: StorageBackend, src_rel: str, dst_rel: str,
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     except Exception as exc:  # noqa: BLE001 - a file we cannot decode keeps its original only
         log.info("no fast copy for %s: %s", PurePosixPath(src_rel).name, type(exc).__name__)
-        return False
+        return None
     with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as buf:
         ds.save_as(buf, enforce_file_format=True)
         buf.seek(0)
         storage.put_atomic(dst_rel, buf, durable=False)     # derived data: no fsync needed
-    return True
+    return ds
 
 
 def decode_keeping_copy(storage, src_rel: str, dst_rel: str, max_bytes: int | None = None):
-    """Worker-process job (decode_pool): make the fast copy, then decode it (or the original
-    when no copy can be made). Returns a render.decode.DecodedImage."""
-    from render.decode import load_image
-    ok = make_fast_copy(storage, src_rel, dst_rel, max_bytes)
+    """Worker-process job (decode_pool): make the fast copy and return the image decoded
+    from it (render.decode.DecodedImage). The original is read and decoded once: the image
+    comes from the dataset just written, not from reading the copy back. An existing copy is
+    read as it is; when no copy can be made the original is decoded by load_image, which
+    raises the error that names the problem."""
+    from render.decode import image_from_dataset, load_image
+    if not storage.exists(dst_rel):
+        ds = _decode_and_store(storage, src_rel, dst_rel, max_bytes)
+        if ds is not None:
+            return image_from_dataset(ds, max_bytes)
+    ok = storage.exists(dst_rel)
     with storage.path_or_file(dst_rel if ok else src_rel) as src:
         return load_image(src, max_bytes)
 

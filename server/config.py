@@ -74,7 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decode_processes", 0, int,
             "Worker processes (per server process) that decode compressed originals which "
             "have no fast copy yet, so decoding never stalls the server and a never-seen "
-            "series decodes on every core. 0 means one per CPU core.",
+            "series decodes on every core. They start with the server (about 60 MB each). "
+            "0 means one per CPU core.",
             minimum=0, maximum=32),
     Setting("max_decoded_mb", 1024, int,
             "Largest decoded image accepted (rows x columns x frames x samples x bytes per "

@@ -263,8 +263,8 @@ class FrameRenderer:
             raise DecodeRefused() from None
 
     def warm_up(self) -> None:
-        """Load the numba kernels and the JPEG encoder once, so the first real request of a
-        worker does not pay for it."""
+        """Load the numba kernels and the JPEG encoder once and start the decode workers, so
+        the first real request of a worker does not pay for them."""
         import numpy as np
 
         from render.decode import DecodedImage
@@ -277,6 +277,17 @@ class FrameRenderer:
         rgb = DecodedImage(pixels=np.zeros((1, 64, 64, 3), np.uint8), photometric="RGB",
                            is_color=True)
         encode_jpeg(render_frame(rgb, 0, viewport=(32, 32)), 85)
+        self.start_decode_workers()
+
+    def start_decode_workers(self) -> None:
+        """Start every decode worker now rather than on the first compressed frame: each
+        loads numpy, pydicom and the decoders (about 0.5 s of CPU), which the first
+        never-seen compressed series after a start would otherwise pay while it is being
+        scrolled, its first frames waiting for a process to start. Does not wait for them."""
+        pool = self._decode_pool()
+        # the pool starts a process for each job submitted while none is idle
+        for _ in range(self._decode_workers()):
+            pool.submit(os.getpid)
 
     def display_defaults(self, ref: InstanceRef) -> dict:
         """The file's own window, frame rate and colour, read from the header only (cached),
@@ -299,9 +310,11 @@ class FrameRenderer:
     def _decode_pool(self):
         with self._pool_lock:
             if self._pool is None:
-                self._pool = decode_pool(self.config.decode_processes or os.cpu_count() or 1,
-                                         self.max_decoded_bytes)
+                self._pool = decode_pool(self._decode_workers(), self.max_decoded_bytes)
             return self._pool
+
+    def _decode_workers(self) -> int:
+        return self.config.decode_processes or os.cpu_count() or 1
 
     def close(self) -> None:
         self._background.shutdown(wait=False, cancel_futures=True)

@@ -62,3 +62,86 @@ def test_never_seen_compressed_frame_is_decoded_in_a_worker_process(live, catalo
                                "frames/1/rendered?window=40,400")
     assert status == 200, body
     assert copy.exists()
+
+
+class _CountingStorage:
+    """The real folder storage; counts how often each stored file is read."""
+
+    def __new__(cls, root):
+        import collections
+
+        from models.storage import Storage
+
+        class Counting(Storage):
+            def open(self, relpath):
+                self.reads[relpath] += 1
+                return super().open(relpath)
+
+            def local_path(self, relpath):      # path_or_file hands the path to pydicom
+                self.reads[relpath] += 1
+                return super().local_path(relpath)
+
+        st = Counting(root)
+        st.reads = collections.Counter()
+        return st
+
+
+# one file per compressed syntax and photometric the viewer meets: 16-bit J2K, J2K colour
+# (YBR_RCT), J2K multi-frame, JPEG-LS, RLE palette colour, 8-bit JPEG baseline YBR 120 frames
+DECODE_ONCE_FILES = ["MR2_J2KR.dcm", "US1_J2KR.dcm", "emri_small_jpeg_2k_lossless.dcm",
+                     "emri_small_jpeg_ls_lossless.dcm", "OBXXXX1A_rle.dcm", "JPEG-LL.dcm",
+                     "color3d_jpeg_baseline.dcm"]
+
+
+@pytest.mark.parametrize("name", DECODE_ONCE_FILES)
+def test_never_seen_original_is_read_once_and_decodes_like_its_copy(tmp_path, name):
+    """The worker's job on a never-seen compressed frame (decode_keeping_copy) reads and
+    decodes the original once and answers from what it decoded, not from reading the copy
+    it just wrote back; the image equals the copy's, pixel for pixel, fact for fact."""
+    import dataclasses
+    import shutil
+
+    from adapters.fast_copy import decode_keeping_copy
+    from render.decode import load_image
+    from tests.conftest import corpus_dir
+    st = _CountingStorage(tmp_path)
+    st.ensure()
+    shutil.copy(corpus_dir() / name, tmp_path / "dicom" / name)
+    src, dst = f"dicom/{name}", st.fast_copy_of(f"dicom/{name}")
+
+    img = decode_keeping_copy(st, src, dst)
+
+    assert st.exists(dst)
+    assert st.reads == {src: 1}, st.reads          # the copy was not read back
+    ref = load_image(st.abspath(dst))
+    np.testing.assert_array_equal(img.pixels, ref.pixels)
+    assert img.pixels.dtype == ref.pixels.dtype and img.pixels.flags.c_contiguous
+    for f in dataclasses.fields(ref):
+        if f.name != "pixels":
+            a, b = getattr(img, f.name), getattr(ref, f.name)
+            if isinstance(b, np.ndarray):
+                np.testing.assert_array_equal(a, b, err_msg=f.name)
+            else:
+                assert repr(a) == repr(b), f.name
+    # a second request (another server process, after eviction) reads the copy only
+    st.reads.clear()
+    again = decode_keeping_copy(st, src, dst)
+    assert st.reads == {dst: 1}
+    np.testing.assert_array_equal(again.pixels, ref.pixels)
+
+
+def test_undecodable_original_still_names_the_problem(tmp_path):
+    """No copy can be made of a truncated J2K: the worker decodes the original and raises the
+    error that says what is wrong (as before)."""
+    import shutil
+
+    from adapters.fast_copy import decode_keeping_copy
+    from render.errors import RenderError
+    from tests.conftest import corpus_dir
+    st = _CountingStorage(tmp_path)
+    st.ensure()
+    name = "emri_small_jpeg_2k_lossless_too_short.dcm"
+    shutil.copy(corpus_dir() / name, tmp_path / "dicom" / name)
+    with pytest.raises(RenderError):
+        decode_keeping_copy(st, f"dicom/{name}", st.fast_copy_of(f"dicom/{name}"))
+    assert not st.exists(st.fast_copy_of(f"dicom/{name}"))

@@ -449,3 +449,34 @@ def test_hl7_connection_cap_and_idle_timeout_with_real_sockets():
         assert any("idle" in n[2] for n in notes)
         for s in socks:
             s.close()
+
+
+def test_warm_up_starts_the_decode_workers_before_the_first_compressed_frame(ctx):
+    """serve's warm-up starts every decode worker, so a never-seen compressed series scrolled
+    right after a start neither waits for processes to start nor pays their start-up CPU
+    while it is scrolled: decoding its frames starts no further process."""
+    import multiprocessing
+
+    from pydicom.uid import JPEG2000Lossless
+
+    from adapters.importer import Importer
+    renders = ctx.renders
+    workers = ctx.config.decode_processes or os.cpu_count()
+    before = set(multiprocessing.active_children())
+    renders.warm_up()
+    started = set(multiprocessing.active_children()) - before
+    assert len(started) == workers
+
+    folder = ctx.storage.root.parent / "incoming"
+    folder.mkdir()
+    for i in range(2 * workers):
+        ds = ct_dataset(study_uid="1.2.91.1", series_uid="1.2.91.2", sop_uid=f"1.2.91.3.{i}",
+                        size=64, z=float(i))
+        ds.PixelData = np.full((64, 64), 1000 + i, np.int16).tobytes()
+        ds.compress(JPEG2000Lossless, generate_instance_uid=False)
+        (folder / f"{i}.dcm").write_bytes(to_bytes(ds))
+    assert Importer(ctx.catalog, fast_copies=False).run([folder]).imported == 2 * workers
+    for ref in renders.lookup_series("1.2.91.1", "1.2.91.2"):
+        img = renders.image(ref)
+        assert int(img.pixels[0, 0, 0]) == 1000 + int(ref.sop_uid.rsplit(".", 1)[1])
+    assert set(multiprocessing.active_children()) - before == started
