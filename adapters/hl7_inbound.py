@@ -72,6 +72,7 @@ class HandleResult:
     message_type: str
     reason: str = ""
     close: bool = False   # refused sender: the listener closes the connection after the ACK
+    queued: bool = False  # applying it added outbox rows: the listener wakes the outbox worker
 
 
 class _Every(dict):
@@ -151,7 +152,7 @@ class Hl7Inbound:
         if res.outcome in ("error", "rejected"):
             log.info("HL7 %s %s: %s (%s)", mtype, ctrl, res.outcome, res.reason[:200])
         return HandleResult(res.outcome, encode(res.ack, charset, dec.codec), ctrl, mtype,
-                            res.reason)
+                            res.reason, queued=res.queued)
 
     def _refused(self, raw: bytes, peer: str, reason: str, *, msg: Message | None = None,
                  charset: str = "", codec: str | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -39,13 +40,15 @@ def make_database(url: str, root: Path | None = None) -> peewee.Database:
                 p = root / p
             p.parent.mkdir(parents=True, exist_ok=True)
             path = str(p)
-        return peewee.SqliteDatabase(path, pragmas={
+        db = peewee.SqliteDatabase(path, pragmas={
             "journal_mode": "wal",
             "synchronous": "normal",
             "foreign_keys": 1,
             "busy_timeout": 15000,
             "cache_size": -32000,
         }, timeout=15, check_same_thread=False)
+        db.write_lock = threading.Lock()       # write_transaction: writers of this process
+        return db
     if url.startswith("mysql://"):
         p = urlparse(url)
         name = p.path.lstrip("/")
@@ -124,10 +127,93 @@ def close_connection() -> None:
         database.close()
 
 
+class _SqliteWrite:
+    """BEGIN IMMEDIATE behind the process's write lock of the database (issue 15).
+
+    SQLite lets one writer in at a time; a connection that finds the write lock taken waits
+    in SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries, so
+    the lock often stands free while the next writer sleeps (measured: with four HL7
+    connections the worker threads spent more time in BEGIN than in applying messages).
+    Writers of this process queue on a threading.Lock instead and go the moment the previous
+    one commits; writers of other processes still meet at SQLite's lock (busy_timeout) as
+    before. Only the outermost transaction of a thread takes the lock (a nested
+    write_transaction is a savepoint of the one that holds it, and a thread already inside
+    another transaction does not wait here for a writer that may be waiting for it). A lock
+    not had within the database's timeout is passed by, leaving the wait to SQLite as before."""
+
+    def __init__(self, db: peewee.SqliteDatabase, lock: threading.Lock):
+        self.db, self.lock = db, lock
+        self.held = False
+        self.txn = None
+
+    def __enter__(self):
+        if not self.db.in_transaction():
+            self.held = self.lock.acquire(timeout=self.db.timeout or 15)
+            if not self.held:
+                log.warning("SQLite write lock of this process not had in %s s: waiting on "
+                            "the database's own lock instead", self.db.timeout or 15)
+        try:
+            self.txn = self.db.atomic("IMMEDIATE")
+            return self.txn.__enter__()
+        except BaseException:
+            self._release()
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            return self.txn.__exit__(*exc)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self.held:
+            self.held = False
+            self.lock.release()
+
+
 def write_transaction():
     """A transaction that will write. On SQLite it takes the write lock at BEGIN
-    (IMMEDIATE), so concurrent writers wait for each other (busy_timeout) instead of
-    failing with 'database is locked' when a read snapshot cannot be upgraded."""
-    if isinstance(database.obj, peewee.SqliteDatabase):
-        return database.atomic("IMMEDIATE")
+    (IMMEDIATE), so concurrent writers wait for each other instead of failing with 'database
+    is locked' when a read snapshot cannot be upgraded; the writers of this process queue on
+    a lock of the process first (_SqliteWrite), not in SQLite's sleeping busy handler."""
+    obj = database.obj
+    if isinstance(obj, peewee.SqliteDatabase):
+        lock = getattr(obj, "write_lock", None)
+        return _SqliteWrite(obj, lock) if lock is not None else database.atomic("IMMEDIATE")
     return database.atomic()
+
+
+class Prepared:
+    """A one-row SELECT whose SQL peewee builds once per kind of database and that is then
+    run with new values (issue 15: on the HL7 path building a query's SQL cost more than
+    running it). `build(**marks)` returns the peewee query with each named value in place;
+    the values must be text compared as text (CharField), the query's shape must not depend
+    on them. `first(**values)` returns the row as a model instance (as `.first()` would:
+    field conversions applied, nothing dirty) or None."""
+
+    def __init__(self, build, *names: str):
+        self.build, self.names = build, names
+        self._compiled: dict = {}
+
+    def _compile(self):
+        kind = type(database.obj)
+        hit = self._compiled.get(kind)
+        if hit is None:
+            marks = {n: f"\x00prepared {n} {id(self)}\x00" for n in self.names}
+            query = self.build(**marks)
+            sql, params = query.limit(1).sql()
+            slots = [(i, n) for i, p in enumerate(params) for n, m in marks.items() if p == m]
+            if sorted({n for _, n in slots}) != sorted(self.names):
+                raise ValueError(f"prepared query: values {self.names} not all found as "
+                                 "parameters of its SQL")
+            hit = self._compiled[kind] = (query.model, sql, tuple(params), tuple(slots))
+        return hit
+
+    def first(self, **values):
+        model, sql, params, slots = self._compile()
+        params = list(params)
+        for i, name in slots:
+            params[i] = values[name]
+        # not model.raw(): a model may have a field of that name (inbound_message.raw)
+        rows = peewee.ModelRaw(model, sql, params).execute()
+        return rows[0] if len(rows) else None

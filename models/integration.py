@@ -22,9 +22,9 @@ import peewee as pw
 
 from .catalog import (CROSS_PATIENT, Catalog, CatalogError, NotFound, category_for_modality,
                       mask_identifier, mask_phone, same_patient, validate_id_number)
-from .db import database, is_mysql, write_transaction
-from .schema import (REPORT_STATUSES, BaseModel, Exam, InboundMessage, Outbox, Patient, Report,
-                     Session, utcnow)
+from .db import Prepared, database, is_mysql, write_transaction
+from .schema import (OUTBOX_QUEUED, REPORT_STATUSES, BaseModel, Exam, InboundMessage, Outbox,
+                     Patient, Report, Session, utcnow)
 from .personal_data import redact, seal
 from .storage import sha256_bytes
 
@@ -183,6 +183,9 @@ def _set(obj, attr: str, value) -> None:
         setattr(obj, attr, value)
 
 
+PATIENT_BY_ID = Prepared(lambda pid: Patient.select().where(Patient.patient_id == pid), "pid")
+
+
 def upsert_patient(catalog: Catalog, f: dict) -> Patient:
     """Create or update a patient from the HIS (the source of truth for demographics).
     Call inside a transaction. Keys: patient_id (required), name, sex, birth_date, phone,
@@ -192,7 +195,7 @@ def upsert_patient(catalog: Catalog, f: dict) -> Patient:
         raise IntegrationError("patient ID missing (PID-3)")
     if len(pid) > 64:
         raise IntegrationError("patient ID longer than 64 characters")
-    patient = Patient.get_or_none(Patient.patient_id == pid)
+    patient = PATIENT_BY_ID.first(pid=pid)
     if patient is None:
         patient = Patient(patient_id=pid)
     if patient.merged_into_id:
@@ -327,13 +330,16 @@ def merge_patients(catalog: Catalog, surviving: dict, old_patient_id: str) -> Pa
 
 
 # orders -----------------------------------------------------------------------------------
+EXAM_BY_ACCESSION = Prepared(lambda acc: Exam.select().where(Exam.accession_number == acc)
+                             .order_by(Exam.id.desc()), "acc")
+
+
 def find_exam(accession: str | None, study_uid: str | None) -> Exam | None:
     exam = None
     if study_uid:
         exam = Exam.get_or_none(Exam.study_uid == study_uid)
     if exam is None and accession:
-        exam = (Exam.select().where(Exam.accession_number == accession)
-                .order_by(Exam.id.desc()).first())
+        exam = EXAM_BY_ACCESSION.first(acc=accession)       # the latest of that number
     return exam
 
 
@@ -697,10 +703,18 @@ class InboundResult:
     ack: str
     reason: str = ""
     issues: tuple = ()      # Issue: the warnings of an applied message, the error of a failed one
+    queued: bool = False    # applying it added outbox rows (wake the outbox worker)
 
 
 def _issue_of(exc: CatalogError) -> Issue:
     return Issue(getattr(exc, "where", ""), str(exc), getattr(exc, "hl7_code", 207), "E")
+
+
+PREVIOUS_INBOUND = Prepared(lambda channel, control_id: InboundMessage.select(
+    InboundMessage.id, InboundMessage.outcome, InboundMessage.ack, InboundMessage.digest,
+    InboundMessage.received_at).where((InboundMessage.channel == channel)
+                                      & (InboundMessage.control_id == control_id)),
+    "channel", "control_id")
 
 
 def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
@@ -719,11 +733,7 @@ def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
     stored = seal(raw, channel, control_id)     # never in clear (models/personal_data.py)
 
     def previous():
-        return (InboundMessage.select(InboundMessage.id, InboundMessage.outcome,
-                                      InboundMessage.ack, InboundMessage.digest,
-                                      InboundMessage.received_at)
-                .where((InboundMessage.channel == channel)
-                       & (InboundMessage.control_id == control_id)).first())
+        return PREVIOUS_INBOUND.first(channel=channel, control_id=control_id)
 
     def repeat(old) -> InboundResult:
         if digest and old.digest and old.digest != digest:
@@ -733,7 +743,8 @@ def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
 
     def run():
         found: list = []
-        token = _WARNINGS.set(found)
+        queued: list = []
+        token, queued_token = _WARNINGS.set(found), OUTBOX_QUEUED.set(queued)
         try:
             with write_transaction():
                 old = previous()
@@ -752,9 +763,10 @@ def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
                                           message_type=message_type[:32], raw=stored,
                                           outcome="applied", reason=redact(note), ack=text,
                                           digest=digest)
-                return InboundResult("applied", text, note, tuple(found))
+                return InboundResult("applied", text, note, tuple(found), bool(queued))
         finally:
             _WARNINGS.reset(token)
+            OUTBOX_QUEUED.reset(queued_token)
 
     try:
         for attempt in range(RETRIES):

@@ -1,6 +1,8 @@
 """The CloudFilm data model (peewee). Tables are created and changed only by migrations."""
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 import peewee as pw
 
 from .clock import utcnow  # noqa: F401 - models.schema.utcnow stays importable
@@ -203,6 +205,20 @@ class Outbox(BaseModel):
     # claim holds unless renewed; '' / NULL when nobody is delivering it (m0059)
     claimed_by = pw.CharField(max_length=96, default="")
     claimed_until = pw.DateTimeField(null=True)
+
+    def save(self, *args, **kwargs):
+        adding = kwargs.get("force_insert") or self._pk is None
+        rows = super().save(*args, **kwargs)
+        queued = OUTBOX_QUEUED.get()
+        if adding and queued is not None:
+            queued.append(self.channel)
+        return rows
+
+
+# Outbox rows added by the code running under it (a list set by the caller, e.g.
+# models/integration.py apply_inbound): the HL7 listener wakes the outbox worker only
+# after a message that queued something (issue 15); the worker's own poll finds the rest.
+OUTBOX_QUEUED: ContextVar[list | None] = ContextVar("outbox_queued", default=None)
 
 
 class InboundMessage(BaseModel):

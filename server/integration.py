@@ -138,7 +138,7 @@ async def start_hl7(ctx, host: str, port: int) -> MllpListener:
         res = await loop.run_in_executor(
             SERVICES.hl7_executor, lambda: SERVICES.hl7.handle(
                 block, frame_error=frame_error, refusal=refusal, peer=peer))
-        if res.outcome == "applied" and SERVICES.outbox:
+        if res.queued and SERVICES.outbox:      # only a message that queued something
             SERVICES.outbox.poke()
         return Refused(res.ack) if res.close else res.ack
 

@@ -190,3 +190,21 @@ def test_configurable_id_and_phone_fields(ctx):
     assert p.phone == "13900001111" and p.id_number_hash == ctx.catalog.id_number_hash(idn)
     with pytest.raises(ValueError):
         Hl7Inbound(ctx.catalog, Hl7Settings(phone_field="PHONE"))
+
+
+def test_only_a_message_that_queued_something_wakes_the_outbox(ctx):
+    """Issue 15: the listener woke the outbox worker (a query of the queue in another
+    thread) after every applied message; now only after one that queued an outbound row."""
+    from adapters.hl7_inbound import Hl7Inbound, Hl7Settings
+    from models.schema import Outbox
+    h = Hl7Inbound(ctx.catalog, Hl7Settings(receivers=["127.0.0.1:9"]))
+    steps = [(S.adt("Q1", pid="PQ1", trigger="A08"), False),    # a patient update
+             (S.orm("Q2", "QA1", pid="PQ1"), False),             # an order: no notice
+             (S.oru("Q3", "QA1", pid="PQ1"), True),              # a final report: a notice
+             (S.oru("Q3", "QA1", pid="PQ1"), False)]             # the same again: duplicate
+    for text, queued in steps:
+        before = Outbox.select().count()
+        res = h.handle(text.encode())
+        assert res.outcome in ("applied", "duplicate"), res.reason
+        assert res.queued is queued
+        assert (Outbox.select().count() > before) is queued
