@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import concurrent.futures
 import logging
 import os
 import threading
@@ -283,11 +284,13 @@ class FrameRenderer:
         """Start every decode worker now rather than on the first compressed frame: each
         loads numpy, pydicom and the decoders (about 0.5 s of CPU), which the first
         never-seen compressed series after a start would otherwise pay while it is being
-        scrolled, its first frames waiting for a process to start. Does not wait for them."""
+        scrolled, its first frames waiting for a process to start. Waits (at most 60 s) until
+        they are up: `serve` opens its port afterwards, so the first requests after a restart
+        do not compete with the workers' start-up for the CPU."""
         pool = self._decode_pool()
         # the pool starts a process for each job submitted while none is idle
-        for _ in range(self._decode_workers()):
-            pool.submit(os.getpid)
+        jobs = [pool.submit(os.getpid) for _ in range(self._decode_workers())]
+        concurrent.futures.wait(jobs, timeout=60)
 
     def display_defaults(self, ref: InstanceRef) -> dict:
         """The file's own window, frame rate and colour, read from the header only (cached),

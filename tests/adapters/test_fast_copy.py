@@ -43,7 +43,9 @@ def test_uncompressed_needs_no_copy(catalog, tmp_path):
     (tmp_path / "a.dcm").write_bytes(to_bytes(ct_dataset()))
     s = Importer(catalog).run([tmp_path])
     assert s.imported == 1 and s.fast_copies == 0
-    assert not (catalog.storage.root / "derived").exists()
+    # derived/ holds only its WADO-RS metadata sidecar, no copy
+    files = [p for p in (catalog.storage.root / "derived").rglob("*") if p.is_file()]
+    assert [p.suffix for p in files] == [".json"]
 
 
 def test_never_seen_compressed_frame_is_decoded_in_a_worker_process(live, catalog, tmp_path):
