@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -99,6 +98,19 @@ def ctx(config):
 @pytest.fixture
 def catalog(ctx):
     return ctx.catalog
+
+
+def context_with_import_clients(tmp_path, config, clients: dict):
+    """A context on the test's database and data folder whose import API knows `clients`
+    (name -> key)."""
+    from server.config import load_config
+    from server.context import open_context
+    f = tmp_path / "clients.toml"
+    f.write_text("[clients]\n" + "".join(f'{k} = "{v}"\n' for k, v in clients.items()))
+    cfg = load_config(path=tmp_path / "none.toml", env={}, overrides={
+        **{k: getattr(config, k) for k in ("database_url", "data_dir", "secret_key_file")},
+        "demo_data": False, "render_threads": 2, "import_api_clients_file": str(f)})
+    return open_context(cfg)
 
 
 class LiveServer:

@@ -19,18 +19,21 @@ pytestmark = pytest.mark.db
 MLLP_SEND = str(Path(sys.executable).parent / "mllp_send")
 
 
+def read_answer(s) -> bytes:
+    """What a listener answers to one frame: bytes up to its <FS><CR> (or the close)."""
+    buf = b""
+    while not buf.endswith(b"\x1c\r"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
 def send_raw(port: int, payload: bytes, read=True) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
         s.sendall(payload)
-        if not read:
-            return b""
-        buf = b""
-        while not buf.endswith(b"\x1c\r"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        return buf
+        return read_answer(s) if read else b""
 
 
 def send(port: int, text: str, encoding="utf-8") -> tuple[str, str, str]:

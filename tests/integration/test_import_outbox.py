@@ -32,15 +32,8 @@ def picture(fmt="JPEG", size=(48, 64)) -> bytes:
 
 @pytest.fixture
 def api_live(tmp_path, config):
-    from server.config import load_config
-    from server.context import open_context
-    clients = tmp_path / "clients.toml"
-    clients.write_text(f'[clients]\nris = "{KEY}"\n')
-    cfg = load_config(path=tmp_path / "none.toml", env={}, overrides={
-        **{k: getattr(config, k) for k in ("database_url", "data_dir", "secret_key_file")},
-        "demo_data": False, "render_threads": 2, "import_api_clients_file": str(clients)})
-    from tests.conftest import LiveServer
-    ctx = open_context(cfg)
+    from tests.conftest import LiveServer, context_with_import_clients
+    ctx = context_with_import_clients(tmp_path, config, {"ris": KEY})
     srv = LiveServer(ctx)
     yield srv
     srv.stop()

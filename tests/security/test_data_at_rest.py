@@ -49,14 +49,8 @@ BAD_ID, BAD_PHONE = make_id("32010219751231789"), "18611112222"   # in a refused
 def peers(tmp_path, config):
     """The import API (one client) on a live server and the HL7 listener, one database."""
     from server import integration
-    from server.config import load_config
-    from server.context import open_context
-    clients = tmp_path / "clients.toml"
-    clients.write_text(f'[clients]\nhis = "{API_KEY}"\n')
-    cfg = load_config(path=tmp_path / "none.toml", env={}, overrides={
-        **{k: getattr(config, k) for k in ("database_url", "data_dir", "secret_key_file")},
-        "demo_data": False, "render_threads": 2, "import_api_clients_file": str(clients)})
-    ctx = open_context(cfg)
+    from tests.conftest import context_with_import_clients
+    ctx = context_with_import_clients(tmp_path, config, {"his": API_KEY})
     srv = LiveServer(ctx)
     lt = LoopThread()
     listener = lt.run(integration.start_hl7(ctx, "127.0.0.1", 0))

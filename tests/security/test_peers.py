@@ -25,6 +25,7 @@ from tests import dicom_factory as F
 from tests.conftest import staff_headers
 from tests.integration import hl7_samples as S
 from tests.integration.conftest import LoopThread
+from tests.integration.test_hl7 import read_answer
 
 pytestmark = pytest.mark.db
 ADMIN = Actor("cli", "test")
@@ -66,12 +67,7 @@ def mllp(port: int, text: str, *, wrap=None) -> tuple[tuple[str, str, str], bool
     s = wrap(raw) if wrap else raw
     with s:
         s.sendall(S.frame(text))
-        buf = b""
-        while not buf.endswith(b"\x1c\r"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        buf = read_answer(s)
         s.settimeout(5)
         try:
             closed = s.recv(1) == b""
