@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -254,6 +255,23 @@ class DicomScp:
             self.server = None
         if self.sink.copies is not None:
             self.sink.copies.close()
+
+    def drain(self, grace_s: float) -> int:
+        """SIGTERM: accept no more associations, let the running ones (a modality's
+        C-STORE, a retrieve) finish for at most grace_s, then abort the rest (their sender
+        sends again what got no success status). Returns how many were aborted."""
+        server, self.server = self.server, None
+        left = []
+        if server is not None:
+            server.shutdown()
+            deadline = time.monotonic() + grace_s
+            while server.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            left = server.active_associations
+            for assoc in left:
+                assoc.abort()
+        self.stop()
+        return len(left)
 
     # handlers --------------------------------------------------------------------------
     def _admission(self, assoc, what: str = ""):

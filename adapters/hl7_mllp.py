@@ -234,6 +234,8 @@ class MllpListener:
         self.connections = 0
         self.messages = 0
         self.budget = Budget(BUFFER_BUDGET_BYTES)   # hl7_buffer_budget_mb
+        self.draining = False
+        self._waiting: dict = {}        # writer -> FrameReader of connections between frames
 
     async def start(self) -> "MllpListener":
         self.server = await asyncio.start_server(self._client, host=self.host, port=self.port,
@@ -246,6 +248,25 @@ class MllpListener:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+    async def drain(self, grace_s: float) -> int:
+        """SIGTERM: accept no more connections, close the ones waiting between messages, let
+        a message being received or applied finish and be answered (its connection closes
+        after the ACK), for at most grace_s; then close what is left (a sender resends what
+        was not ACKed). Returns how many connections had to be cut."""
+        self.draining = True
+        await self.stop()
+        for writer, frames in list(self._waiting.items()):
+            if not frames.buf:
+                writer.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        cut = self.connections
+        for writer in list(self._waiting):
+            writer.close()
+        return cut
 
     async def _note(self, peer: str, outcome: str, detail: str) -> None:
         log.info("MLLP %s: %s", peer, detail)
@@ -284,6 +305,9 @@ class MllpListener:
 
     async def _one_frame(self, frames: FrameReader, writer, peer: str) -> bool:
         """Read, apply and answer one frame; False when the connection is done."""
+        if self.draining and not frames.buf:
+            return False
+        self._waiting[writer] = frames
         try:
             frame = await frames.next()
         except Incomplete as exc:
@@ -302,6 +326,8 @@ class MllpListener:
         except (ConnectionError, OSError) as exc:
             await self._note(peer, "error", f"connection error: {exc}")
             return False
+        finally:
+            self._waiting.pop(writer, None)
         if frame is None:
             return False
         host = peer.rsplit(":", 1)[0]
@@ -331,7 +357,7 @@ class MllpListener:
         if any(isinstance(r, Refused) for r in replies):
             await self._note(peer, "error", "sender refused by the peer table: closed")
             return False
-        return True
+        return not self.draining        # a stopping server closes after the ACK
 
     async def _answer(self, message: bytes, error: str, code: str,
                       host: str = "") -> bytes | None:

@@ -58,6 +58,9 @@ def log_request(handler) -> None:
     """Tornado's access log without secrets: share, QR and signed PACS tokens, patient IDs
     and accession numbers in paths are masked (server/logmask.py) and query strings (which
     may carry codes, tokens or names) are dropped."""
+    app = handler.application
+    if isinstance(app, CloudFilmApp):
+        app.inflight = max(0, app.inflight - 1)
     status = handler.get_status()
     log_method = (access_log.info if status < 400 else
                   access_log.warning if status < 500 else access_log.error)
@@ -73,10 +76,15 @@ class CloudFilmApp(tornado.web.Application):
 
     def __init__(self, routes, ctx: AppContext, **settings):
         self.ctx = ctx
+        # requests routed and not yet logged (finished): what a SIGTERM waits for
+        # (server/cli.py drain); a request whose client vanished may never be logged, so the
+        # wait is bounded by shutdown_grace_s
+        self.inflight = 0
         super().__init__(routes, **settings)
 
     def find_handler(self, request, **kwargs):
         proxies.resolve(request, self.ctx.config.trusted_proxies)
+        self.inflight += 1
         return super().find_handler(request, **kwargs)
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,62 @@ async def start_background(ctx, primary: bool) -> None:
     for name in BACKGROUND_MODULES:
         mod = importlib.import_module(f"server.{name}")
         await mod.start_background(ctx, primary=primary)
+
+
+async def drain(server, ctx, grace_s: float) -> None:
+    """SIGTERM or SIGINT: stop accepting (HTTP, HL7, DICOM), let what is in flight finish —
+    requests and downloads, C-STORE associations, the HL7 message being applied — for at
+    most grace_s (shutdown_grace_s), then stop the background jobs (leases released) and
+    close the connections that are left."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    log.info("stopping: no new connections; waiting up to %s s for those in flight", grace_s)
+    server.stop()
+    from . import integration
+    await integration.drain_background(grace_s)     # listeners first: they feed the rest
+    app = server.request_callback
+    while getattr(app, "inflight", 0) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if getattr(app, "inflight", 0):
+        log.warning("stopping: %d requests still running after %s s are cut", app.inflight,
+                    grace_s)
+    for name in BACKGROUND_MODULES:
+        if name != "integration":
+            await importlib.import_module(f"server.{name}").stop_background()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), 5)
+    except asyncio.TimeoutError:
+        pass
+    ctx.close()
+    log.info("stopped")
+
+
+def _forward_stop_to_workers() -> None:
+    """In the parent of forked server processes: a SIGTERM or SIGINT sent to the parent
+    (systemctl stop with KillMode=mixed, kill PID) goes on to each server process, which
+    drains; the parent exits when they have (tornado.process.fork_processes)."""
+    parent = os.getpid()
+
+    def forward(signum, _frame):
+        if os.getpid() != parent:          # a child before its own handler is installed
+            raise SystemExit(0)
+        for pid in _children(parent):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
 def _setup_logging(level: str) -> None:
@@ -136,6 +193,7 @@ def serve_forever(config, args) -> int:
     if nproc > 1:
         # Each worker binds its own SO_REUSEPORT socket after the fork, so the kernel
         # balances connections (one inherited socket let one worker take everything).
+        _forward_stop_to_workers()
         tornado.process.fork_processes(nproc, max_restarts=1000)
 
     ssl_options = None
@@ -172,7 +230,12 @@ def serve_forever(config, args) -> int:
         # token) are tried by every process and run in the one holding their lease.
         primary = nproc == 1 or tornado.process.task_id() == 0
         await start_background(ctx, primary)
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await drain(server, ctx, config.shutdown_grace_s)
 
     try:
         asyncio.run(main())

@@ -71,6 +71,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("processes", 1, int,
             "Server processes sharing the port (SO_REUSEPORT). 0 means one per CPU core.",
             minimum=0, maximum=64),
+    Setting("shutdown_grace_s", 30, int,
+            "On SIGTERM (systemctl stop, a deploy) the server stops accepting connections and "
+            "lets what is in flight finish: HTTP requests and downloads, C-STORE associations, "
+            "the HL7 message being applied; after this many seconds it ends the rest and exits.",
+            minimum=0, maximum=3600),
     Setting("decode_processes", 0, int,
             "Worker processes (per server process) that decode compressed originals which "
             "have no fast copy yet, so decoding never stalls the server and a never-seen "

@@ -233,6 +233,23 @@ async def _watch_loop(watch: WatchFolder, interval: int) -> None:
         pool.shutdown(wait=False)      # the lease moved on (or the server stops)
 
 
+async def drain_background(grace_s: float) -> None:
+    """SIGTERM (server/cli.py): the listeners take nothing new and finish what they are
+    receiving (a C-STORE association, the HL7 message being applied) for at most grace_s;
+    then every background service stops as in stop_background."""
+    loop = asyncio.get_running_loop()
+    waits = []
+    if SERVICES.mllp:
+        waits.append(SERVICES.mllp.drain(grace_s))
+    if SERVICES.scp:
+        waits.append(loop.run_in_executor(None, SERVICES.scp.drain, grace_s))
+    for cut in await asyncio.gather(*waits):
+        if cut:
+            log.warning("stopping: %d connections or associations still busy after %s s were "
+                        "ended (their senders send again)", cut, grace_s)
+    await stop_background()
+
+
 async def stop_background() -> None:
     for job in SERVICES.jobs:
         await job.close()          # stops its job and releases the lease
