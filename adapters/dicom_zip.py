@@ -299,14 +299,33 @@ def build_dicomdir(sources: list[Source]) -> tuple[bytes, dict[str, str]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+MISSING_NAME = "MISSING.TXT"
+
+
+def missing_note(sop_uids) -> bytes:
+    """The note an archive carries when originals had to be left out (UTF-8 with a BOM, so
+    Windows Notepad shows the Chinese)."""
+    lines = ["以下图像的原始文件已损坏或缺失，未放入本压缩包，并已报告系统管理员。",
+             "请联系医院影像科重新获取。",
+             "The originals of these images are damaged or missing: they are not in this "
+             "archive and have been reported to the administrators. Please ask the "
+             "hospital's imaging department.", "", "SOP Instance UID:"]
+    lines += list(sop_uids)
+    return "\ufeff".encode() + "\r\n".join(lines + [""]).encode("utf-8")
+
+
 def build_layout(sources: list[Source], when: dt.datetime,
-                 force_zip64: bool = False) -> ZipLayout:
-    """The archive of these originals (deterministic: same input, same bytes)."""
+                 force_zip64: bool = False, missing: tuple[str, ...] = ()) -> ZipLayout:
+    """The archive of these originals (deterministic: same input, same bytes); `missing`:
+    SOP UIDs left out (damaged originals), listed in MISSING.TXT."""
     sources = sorted(sources, key=lambda s: s.sop_uid)
     dicomdir, names = build_dicomdir(sources)
     entries: list[Entry] = []
     if dicomdir:
         entries.append(Entry("DICOMDIR", len(dicomdir), data=dicomdir))
+    if missing:
+        note = missing_note(sorted(missing))
+        entries.append(Entry(MISSING_NAME, len(note), data=note))
     other = 0
     ordered = sorted(sources, key=lambda s: (names.get(s.sop_uid) is None,
                                              names.get(s.sop_uid, ""), s.sop_uid))
@@ -328,16 +347,17 @@ _layouts: OrderedDict[tuple, ZipLayout] = OrderedDict()
 _layouts_lock = threading.Lock()
 
 
-def cached_layout(sources: list[Source], when: dt.datetime) -> ZipLayout:
+def cached_layout(sources: list[Source], when: dt.datetime,
+                  missing: tuple[str, ...] = ()) -> ZipLayout:
     """build_layout with a small cache (a resumed download does not rebuild the DICOMDIR)."""
     key = (when, tuple(sorted((s.sop_uid, s.size, s.sha256, s.relpath, repr(s.storage))
-                              for s in sources)))
+                              for s in sources)), tuple(sorted(missing)))
     with _layouts_lock:
         hit = _layouts.get(key)
         if hit is not None:
             _layouts.move_to_end(key)
             return hit
-    layout = build_layout(sources, when)
+    layout = build_layout(sources, when, missing=missing)
     with _layouts_lock:
         _layouts[key] = layout
         while len(_layouts) > 64:

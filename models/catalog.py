@@ -559,9 +559,10 @@ def study_series_uids(study_uid: str) -> list[str]:
 
 # the integrity scrub -----------------------------------------------------------------------------
 def instances_after(last_id: int, limit: int) -> list[Instance]:
-    """The next `limit` instances by id after `last_id` (id, sop_uid, file_path, sha256 only)."""
+    """The next `limit` instances by id after `last_id` (id, sop_uid, file_path, file_size,
+    sha256 only)."""
     return list(Instance.select(Instance.id, Instance.sop_uid, Instance.file_path,
-                                Instance.sha256)
+                                Instance.file_size, Instance.sha256)
                 .where(Instance.id > last_id).order_by(Instance.id).limit(limit))
 
 

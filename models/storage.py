@@ -140,6 +140,13 @@ class StorageBackend(abc.ABC):
         with self.open(relpath) as fh:
             return sha256_stream(fh)
 
+    def signature(self, relpath: str) -> tuple | None:
+        """Something that changes whenever the stored file is written or replaced, cheaper
+        to get than its hash (a verified-hash cache is keyed by it); None when the backend
+        has nothing cheaper (the file is then hashed at every check). FileNotFoundError
+        for a missing file."""
+        return None
+
     # built on the interface ---------------------------------------------------------------
     def read(self, relpath: str) -> bytes:
         with self.open(relpath) as fh:
@@ -245,6 +252,12 @@ class Storage(StorageBackend):
 
     def size(self, relpath: str) -> int:
         return self.abspath(relpath).stat().st_size
+
+    def signature(self, relpath: str) -> tuple:
+        """inode, size and modification and change times in ns: a byte written into the file
+        moves mtime and ctime, and ctime cannot be set back (touch -d sets mtime only)."""
+        st = self.abspath(relpath).stat()
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     # writing ---------------------------------------------------------------------------
     def put_atomic(self, relpath: str, data: bytes | BinaryIO, *,

@@ -361,6 +361,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Hours between two background re-checks of every original file's SHA-256 "
             "(0: off; files are still checked whenever they are decoded).",
             minimum=0, maximum=8760),
+    Setting("integrity_scrub_mb_per_s", 40, int,
+            "How fast the background re-check reads the stored files, in MiB/s, so it never "
+            "competes with viewers for the disk and a core; it runs in a thread of its own, "
+            "in the one node holding its lease.",
+            minimum=1, maximum=10000),
     # wechat
     Setting("wechat_app_id", "", str,
             "AppID of the hospital's WeChat Official Account (服务号). Everything WeChat stays off "

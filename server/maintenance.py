@@ -6,8 +6,11 @@ promise ("originals are sacred"):
 - on read: the render service re-hashes an original before decoding it
   (server/render_service.py `verify_original`); a mismatch is refused (HTTP 503), never
   served;
-- on schedule: `scrub_once` re-hashes every file (conf: integrity_scrub_hours), slowly, in
-  the database pool, so files nobody looked at are checked too.
+- on schedule: `scrub_once` re-hashes every file (conf: integrity_scrub_hours), at most
+  integrity_scrub_mb_per_s, in a thread of its own (never a request pool's database thread),
+  in the one node holding the 'integrity_scrub' lease, `integrity_scrub_hours` after the last
+  pass that finished anywhere (its audit record `integrity.scrub`), so files nobody looked
+  at are checked too.
 
 After each scrub, `prune_versions_once` deletes the superseded files of resent instances
 older than dicom_version_retention_days (models/versions.py).
@@ -22,10 +25,13 @@ an ERROR log line (which the hospital's log monitoring picks up).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from models.catalog import instances_after, reports_with_pdf
+from models.clock import utcnow
 from models.db import connection, write_transaction
 from models.leases import SingletonJob
 from models.security import record_finding
@@ -79,11 +85,26 @@ def _check(ctx, relpath: str, expected: str) -> str | None:
     return None if actual == expected else actual
 
 
-def scrub_once(ctx, *, pause_s: float = 0.0) -> dict:
+class _Throttle:
+    """Keeps reading at or below `bytes_per_s` (0: unlimited) by sleeping between files."""
+
+    def __init__(self, bytes_per_s: float):
+        self.rate, self.done, self.t0 = bytes_per_s, 0, time.monotonic()
+
+    def read(self, n: int) -> None:
+        self.done += max(0, n)
+        if self.rate:
+            ahead = self.done / self.rate - (time.monotonic() - self.t0)
+            if ahead > 0:
+                time.sleep(min(ahead, 5.0))
+
+
+def scrub_once(ctx, *, pause_s: float = 0.0, bytes_per_s: float = 0) -> dict:
     """Re-hash every original and report PDF (blocking). Returns counts."""
     checked = mismatches = 0
     t0 = time.monotonic()
     last = 0
+    throttle = _Throttle(bytes_per_s)
     while True:
         with connection():
             rows = instances_after(last, BATCH)
@@ -92,6 +113,7 @@ def scrub_once(ctx, *, pause_s: float = 0.0) -> dict:
         for r in rows:
             last = r.id
             checked += 1
+            throttle.read(r.file_size or 0)
             actual = _check(ctx, r.file_path, r.sha256)
             if actual is not None:
                 mismatches += 1
@@ -114,7 +136,27 @@ def scrub_once(ctx, *, pause_s: float = 0.0) -> dict:
     took = time.monotonic() - t0
     log.info("integrity scrub: %d files checked, %d problems, %.0f s", checked, mismatches,
              took)
+    with connection():
+        ctx.auditor.record("integrity.scrub", actor_kind="system",
+                           outcome="ok" if not mismatches else "mismatch",
+                           detail=f"{checked} files checked, {mismatches} problems, "
+                                  f"{took:.0f} s")
     return {"checked": checked, "mismatches": mismatches, "seconds": round(took, 1)}
+
+
+def next_scrub_in(hours: int, now: dt.datetime | None = None) -> float:
+    """Seconds until the next scrub is due: `hours` after the last one that finished in the
+    deployment (its audit record), so restarts and lease moves do not start one each time;
+    FIRST_SCRUB_DELAY_S after start-up when none ever ran or one is overdue."""
+    from models.schema import AuditEvent
+    with connection():
+        last = (AuditEvent.select(AuditEvent.time)
+                .where(AuditEvent.action == "integrity.scrub")
+                .order_by(AuditEvent.id.desc()).first())
+    if last is None:
+        return FIRST_SCRUB_DELAY_S
+    due = last.time + dt.timedelta(hours=hours)
+    return max(FIRST_SCRUB_DELAY_S, (due - (now or utcnow())).total_seconds())
 
 
 def prune_versions_once(ctx) -> int:
@@ -124,20 +166,30 @@ def prune_versions_once(ctx) -> int:
         return prune_versions(ctx.storage, ctx.config.dicom_version_retention_days)
 
 
+# the scrub's own thread: a pass takes minutes to hours and must not hold one of the
+# request pools' database threads (issue 17)
+_scrub_pool = ThreadPoolExecutor(1, thread_name_prefix="scrub")
+
+
 async def _scrub_loop(ctx, hours: int) -> None:
-    await asyncio.sleep(FIRST_SCRUB_DELAY_S)
     loop = asyncio.get_running_loop()
+    rate = ctx.config.integrity_scrub_mb_per_s << 20
     while True:
         try:
-            await loop.run_in_executor(ctx.db_executor,
-                                       lambda: scrub_once(ctx, pause_s=0.05))
+            wait = await loop.run_in_executor(_scrub_pool, next_scrub_in, hours)
+        except Exception:  # noqa: BLE001 - the database may be away: try again later
+            log.warning("integrity scrub: cannot read when the last one ran; retry in 10 min")
+            wait = FIRST_SCRUB_DELAY_S
+        await asyncio.sleep(wait)
+        try:
+            await loop.run_in_executor(_scrub_pool,
+                                       lambda: scrub_once(ctx, bytes_per_s=rate))
         except Exception:  # noqa: BLE001 - the next round tries again
             log.exception("integrity scrub failed")
         try:
-            await loop.run_in_executor(ctx.db_executor, lambda: prune_versions_once(ctx))
+            await loop.run_in_executor(_scrub_pool, lambda: prune_versions_once(ctx))
         except Exception:  # noqa: BLE001
             log.exception("pruning instance versions failed")
-        await asyncio.sleep(hours * 3600)
 
 
 _tasks: list = []

@@ -91,7 +91,7 @@ class FrameRenderer:
         from concurrent.futures import ThreadPoolExecutor
         self._background = ThreadPoolExecutor(1, thread_name_prefix="lookup")
         self._display: dict[str, dict] = {}
-        self._verified: set[str] = set()
+        self._verified: dict[str, tuple] = {}      # relpath -> signature when hashed OK
         self._series = _TTLCache(20_000, LOOKUP_TTL_S)
         # decoded-size limit (max_decoded_mb): this process's header checks (import,
         # C-STORE, STOW-RS, render) and the decode workers' limit
@@ -206,9 +206,15 @@ class FrameRenderer:
     def verify_original(self, ref: InstanceRef) -> None:
         """Raise OriginalIntegrityError unless the original's SHA-256 matches the database.
 
-        Checked at the first decode of each instance in this process (an evicted and reloaded
-        image is not hashed again); the scheduled scrub re-checks every file."""
-        if ref.relpath in self._verified:
+        Hashed at the first decode or download of each instance in this process, then again
+        whenever the file changed since (storage.signature: inode, size, mtime, ctime), so a
+        byte flipped after a first view is caught at the next read; the scheduled scrub
+        re-checks every file."""
+        try:
+            sig = self.storage.signature(ref.relpath)
+        except FileNotFoundError:
+            sig = None
+        if sig is not None and self._verified.get(ref.relpath) == sig:
             return
         try:
             actual = self.storage.sha256(ref.relpath)
@@ -217,8 +223,10 @@ class FrameRenderer:
         if actual == ref.sha256:
             if len(self._verified) > 1_000_000:
                 self._verified.clear()
-            self._verified.add(ref.relpath)
+            if sig is not None:
+                self._verified[ref.relpath] = sig
             return
+        self._verified.pop(ref.relpath, None)
         log.error("integrity: original of SOP %s %s", ref.sop_uid,
                   "is missing" if not actual else "does not match its SHA-256")
         if self.integrity_hook is not None:

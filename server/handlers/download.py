@@ -13,7 +13,9 @@ the archive's layout (adapters/dicom_zip.py, read through the storage interface)
 Content-Length, a strong ETag (If-None-Match: 304), Range requests (206; 416 outside the
 archive; If-Range honoured, which Tornado's handler alone ignores) and HEAD, so an
 interrupted download resumes with identical bytes. Before the first byte of a GET the
-originals' SHA-256 are re-checked (a tampered or missing file: 503, reported). Every GET
+originals' SHA-256 are re-checked (again whenever a file changed since its last check; a
+tampered or missing file is reported: an exam or series archive leaves it out and lists it
+in MISSING.TXT, a single image's archive answers 503). Every GET
 that sends bytes is logged first (DownloadLog and the audit: who, what, when, IP, user
 agent, range) and completed with the bytes sent.
 """
@@ -94,11 +96,14 @@ class DownloadHandler(BaseHandler, tornado.web.StaticFileHandler):
 
     async def get(self, *uids: str, include_body: bool = True) -> None:
         self.exam, sources = await self.checked_sources(uids)
+        missing = ()
         if include_body:
-            # Originals are re-checked against their SHA-256 before any byte is sent: a
-            # tampered or missing file is refused (503) and reported, never served silently.
-            await self.off_loop(self.verify_sources, self.exam, sources)
-        self.layout = await self.build_layout(sources)
+            # Originals are re-checked against their SHA-256 before any byte is sent (again
+            # whenever a file changed since its last check): a tampered or missing file is
+            # reported and never served; an exam or series archive leaves it out with a note
+            # inside, a single image's archive is refused (503).
+            sources, missing = await self.off_loop(self.verify_sources, self.exam, sources)
+        self.layout = await self.build_layout(sources, missing)
         self.honour_if_range()
         self.span = self.body_span() if include_body else None
         if self.span is not None:
@@ -138,23 +143,35 @@ class DownloadHandler(BaseHandler, tornado.web.StaticFileHandler):
                    for i in rows]
         return exam, sources
 
-    def verify_sources(self, exam, sources) -> None:
-        from ..render_service import InstanceRef
+    def verify_sources(self, exam, sources) -> tuple[list, tuple[str, ...]]:
+        """(the sources whose originals match their SHA-256, the SOP UIDs of the others);
+        every mismatch is reported by the render service's integrity hook."""
+        from ..render_service import InstanceRef, OriginalIntegrityError
         renders = self.ctx.renders
+        good, missing = [], []
         for src in sources:
             ref = InstanceRef(study_uid=exam.study_uid, series_uid="", sop_uid=src.sop_uid,
                               exam_id=exam.id, patient_db_id=exam.patient_id,
                               relpath=src.relpath, fast_relpath=src.relpath,
                               sha256=src.sha256, frames=0, rows=0,
                               columns=0, transfer_syntax="", images_enabled=True)
-            renders.verify_original(ref)
+            try:
+                renders.verify_original(ref)
+                good.append(src)
+            except OriginalIntegrityError:
+                if self.scope == "instance":
+                    raise
+                missing.append(src.sop_uid)
+        if not good:
+            raise OriginalIntegrityError()
+        return good, tuple(missing)
 
-    async def build_layout(self, sources) -> ZipLayout:
+    async def build_layout(self, sources, missing: tuple[str, ...] = ()) -> ZipLayout:
         exam = self.exam
         when = dt.datetime.combine(exam.exam_date or dt.date(1980, 1, 1),
                                    exam.exam_time or dt.time(0, 0))
         try:
-            return await self.off_loop(cached_layout, sources, when)
+            return await self.off_loop(cached_layout, sources, when, missing)
         except (ZipLayoutError, OSError) as exc:
             log.error("download of %s: %s", exam.accession_number or exam.id, exc)
             raise ApiError(500, UNREADABLE) from None

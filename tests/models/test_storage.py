@@ -266,7 +266,11 @@ def test_import_download_render_and_scrub_on_a_backend_without_local_files(
         # a changed original is refused on read and found by the scrub
         storage.files["dicom/1.2.91.1/1.2.91.2/1.2.91.3.0.dcm"] = b"tampered"
         mem_ctx.renders._verified.clear()
-        status, _, _ = live.get("/api/download/studies/1.2.91.1.zip")
+        status, _, body = live.get("/api/download/studies/1.2.91.1.zip")
+        names = zipfile.ZipFile(io.BytesIO(body)).namelist()      # left out, with a note
+        assert status == 200 and "MISSING.TXT" in names and b"tampered" not in body
+        status, _, _ = live.get("/api/download/studies/1.2.91.1/series/1.2.91.2/instances/"
+                                "1.2.91.3.0.zip")
         assert status == 503
     finally:
         live.stop()
