@@ -32,14 +32,23 @@ def _free_port():
 
 
 def _prepare(tmp_path, upstream_port, http_port, https_port):
+    return prepare_site(tmp_path, "cloudfilm.conf", {8080: upstream_port}, http_port,
+                        https_port)
+
+
+def prepare_site(tmp_path, conf: str, upstreams: dict, http_port, https_port):
+    """A runnable nginx.conf in tmp_path with the shipped conf/nginx/`conf`: a test
+    certificate, the upstream ports replaced ({shipped port: test port}), listening on
+    127.0.0.1 only. Returns the certificate's path."""
     cert, key = tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem"
     r = subprocess.run([str(ROOT / "run.sh"), "make-cert", "--cert", str(cert), "--key",
                         str(key), "--hosts", "localhost,127.0.0.1"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    site = (ROOT / "conf" / "nginx" / "cloudfilm.conf").read_text(encoding="utf-8")
+    site = (ROOT / "conf" / "nginx" / conf).read_text(encoding="utf-8")
     site = site.replace("/etc/cloudfilm/tls/", f"{tmp_path}/tls/")
-    site = site.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{upstream_port};")
+    for shipped, port in upstreams.items():
+        site = site.replace(f"127.0.0.1:{shipped}", f"127.0.0.1:{port}")
     site = re.sub(r"listen 80;", f"listen 127.0.0.1:{http_port};", site)
     site = re.sub(r"listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;", site)
     site = re.sub(r"\s*listen \[::\]:\d+[^;]*;", "", site)

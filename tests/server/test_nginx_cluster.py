@@ -4,7 +4,6 @@ reaches the same node, the other requests are shared by both, and when a node st
 answers everything."""
 from __future__ import annotations
 
-import re
 import ssl
 import subprocess
 import time
@@ -13,42 +12,11 @@ import urllib.request
 import pytest
 
 from bench.lib.cloudfilm import CloudFilmServer
-from tests.conftest import ROOT
 from tests.dicom_factory import ct_dataset, to_bytes
-from tests.security.test_nginx import NGINX, _free_port, _need_nginx
+from tests.security.test_nginx import NGINX, _free_port, _need_nginx, prepare_site
 
 pytestmark = pytest.mark.slow
 STUDIES = [f"1.2.826.0.1.3680043.8.498.175{k:02d}" for k in range(12)]
-
-
-def _site(tmp_path, ports, https_port, http_port):
-    cert, key = tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem"
-    r = subprocess.run([str(ROOT / "run.sh"), "make-cert", "--cert", str(cert), "--key",
-                        str(key), "--hosts", "localhost,127.0.0.1"], capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    site = (ROOT / "conf" / "nginx" / "cloudfilm-cluster.conf").read_text(encoding="utf-8")
-    site = site.replace("/etc/cloudfilm/tls/", f"{tmp_path}/tls/")
-    site = site.replace("127.0.0.1:8080", f"127.0.0.1:{ports[0]}")
-    site = site.replace("127.0.0.1:8081", f"127.0.0.1:{ports[1]}")
-    site = re.sub(r"listen 80;", f"listen 127.0.0.1:{http_port};", site)
-    site = re.sub(r"listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;", site)
-    site = re.sub(r"\s*listen \[::\]:\d+[^;]*;", "", site)
-    (tmp_path / "site.conf").write_text(site, encoding="utf-8")
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "nginx.conf").write_text(f"""worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/logs/error.log;
-events {{ worker_connections 128; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp_path}/body; proxy_temp_path {tmp_path}/proxy;
-  fastcgi_temp_path {tmp_path}/fcgi; uwsgi_temp_path {tmp_path}/uwsgi;
-  scgi_temp_path {tmp_path}/scgi;
-  include {tmp_path}/site.conf;
-}}
-""", encoding="utf-8")
-    return cert
 
 
 @pytest.fixture
@@ -72,7 +40,8 @@ def cluster(tmp_path):
     for n in nodes:
         n.start()
     https_port = _free_port()
-    cert = _site(tmp_path, [n.port for n in nodes], https_port, _free_port())
+    cert = prepare_site(tmp_path, "cloudfilm-cluster.conf",
+                        {8080: nodes[0].port, 8081: nodes[1].port}, _free_port(), https_port)
     proc = subprocess.Popen([NGINX, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path),
                              "-g", "daemon off;"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
