@@ -83,7 +83,7 @@ def main() -> int:
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
     md = [f"# Decoding a lossless J2K CT slice (512x512, 16 bit) ({doc['when']})", "",
           f"Machine: {doc['machine']}; {len(cs)} slices, best of 5 passes.",
-          f"Reproduce: `.venv/bin/python -m bench.j2k_decoders`", "",
+          "Reproduce: `.venv/bin/python -m bench.j2k_decoders`", "",
           "| decoder | CPU ms / slice | wall ms / slice |", "|---|---|---|"]
     md += [f"| {k} | {r['cpu_ms']} | {r['wall_ms']} |" for k, r in rows.items()]
     md += ["", f"Decode alone: at least {floor} ms of CPU per frame, so {cores} cores render at "
