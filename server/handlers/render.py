@@ -13,6 +13,7 @@ Responses carry an ETag and Cache-Control: private (patient data: never a shared
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -31,10 +32,31 @@ THUMBNAIL_SIZE = 128
 class RenderedHandler(BaseHandler):
     """Shared parsing and writing for every rendered resource."""
 
+    _queued = None       # this request's render while it waits in the fair queue
+
     def initialize(self, ctx, kind: str = "frame") -> None:
         super().initialize(ctx)
         self.kind = kind
         self.renders = ctx.renders
+
+    def on_connection_close(self) -> None:
+        """The client went away (a phone scrolled on, a tab closed): a render still waiting
+        in the queue is dropped before it starts, so it costs nothing (issue 17)."""
+        if self._queued is not None and not self._queued.done():
+            self._queued.cancel()
+        super().on_connection_close()
+
+    async def run_queued(self, heavy: bool, fn, *args, **kwargs):
+        """renders.run_fair for this request; None when its client left before it ran."""
+        task = asyncio.ensure_future(self.renders.run_fair(self.render_principal(), heavy,
+                                                           fn, *args, **kwargs))
+        self._queued = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not task.cancelled() or not self.request.connection.stream.closed():
+                raise                        # not ours: the server itself is stopping
+            return None
 
     async def prepare(self) -> None:
         await super().prepare()
@@ -136,7 +158,11 @@ class RenderedHandler(BaseHandler):
             return
         body = self.renders.encoded.get(key)
         if body is None:
-            body = await self.renders.run_fair(self.render_principal(), heavy, produce)
+            body = await self.run_queued(heavy, produce)
+            if body is None:                 # nobody is waiting for it any more
+                self.set_status(499)         # nginx's "client closed request", for the log
+                self.finish()
+                return
             self.renders.encoded.put(key, body)
         self.set_header("Content-Type", "image/png" if fmt == "png" else "image/jpeg")
         self.finish(body)

@@ -207,3 +207,40 @@ def test_healthz_answers_while_renders_run(live, catalog):
     lat.sort()
     # Loose on purpose (the benchmark measures it): the loop must not be blocked by renders.
     assert lat[len(lat) // 2] < 0.25, lat
+
+
+def test_a_render_whose_client_left_is_never_started(live, ctx, series, monkeypatch):
+    """Was (issue 17): a phone that scrolled on left its requests in the render queue, and
+    they were rendered for nobody, ahead of the frame someone was waiting for."""
+    import socket
+    calls, gate = [], threading.Event()
+    real = ctx.renders.render
+
+    def slow(ref, *a, **kw):
+        calls.append(ref.sop_uid)
+        gate.wait(20)
+        return real(ref, *a, **kw)
+    monkeypatch.setattr(ctx.renders, "render", slow)
+    slots = ctx.renders.scheduler.slots
+    busy = [threading.Thread(target=live.get, args=(frame_url(0, query=f"window=40,{400 + k}"),))
+            for k in range(slots)]                     # every render slot taken
+    for t in busy:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(calls) < slots and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(calls) == slots
+    # a client asks for three more frames, which queue, and leaves
+    for i in (1, 2, 3):
+        s = socket.create_connection(("127.0.0.1", live.port), timeout=5)
+        s.sendall(f"GET {frame_url(i)} HTTP/1.1\r\nHost: x\r\n"
+                  f"Authorization: Bearer {live.token}\r\n\r\n".encode())
+        time.sleep(0.2)
+        s.close()
+    time.sleep(0.5)
+    gate.set()
+    for t in busy:
+        t.join(20)
+    st, _, body = live.get(frame_url(1, query="window=10,100"))   # the next one is served
+    assert st == 200 and body[:2] == b"\xff\xd8"
+    assert calls.count(sop(1)) == 1 and sop(2) not in calls and sop(3) not in calls
