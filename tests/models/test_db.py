@@ -118,3 +118,30 @@ def test_prepared_select_gives_what_the_query_gives(ctx):
     with pytest.raises(ValueError):
         Prepared(lambda pid: Patient.select().where(Patient.patient_id == "fixed"),
                  "pid").first(pid="PREP1")
+
+
+def test_a_thread_keeps_its_sqlite_connection_between_calls(sqlite_db):
+    """Was (issue 17): every call opened a connection and ran five PRAGMAs (1.7 ms), then
+    closed it. A call that failed inside a transaction leaves none open behind it."""
+    from models.db import connection
+    dbmod.close_connection()
+
+    def conn_in_other_thread(out):
+        with connection():
+            out.append(database.connection())
+    with connection():
+        first = database.connection()
+    with connection():
+        assert database.connection() is first
+    seen = []
+    t = threading.Thread(target=conn_in_other_thread, args=(seen,))
+    t.start()
+    t.join()
+    assert seen and seen[0] is not first                  # one per thread
+    with connection():
+        database.execute_sql("BEGIN")                     # a call that never finished
+        database.execute_sql("INSERT INTO lock_probe VALUES ('left open')")
+    assert not first.in_transaction                       # rolled back: no lock kept
+    with connection():
+        n = database.execute_sql("SELECT count(*) FROM lock_probe WHERE who = 'left open'")
+        assert n.fetchone()[0] == 0
