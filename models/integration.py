@@ -717,6 +717,44 @@ PREVIOUS_INBOUND = Prepared(lambda channel, control_id: InboundMessage.select(
     "channel", "control_id")
 
 
+# Called with (channel, outcome) for every inbound message: applied (or not) by
+# apply_inbound ("failed" when it raised: the database away), or recorded as not applied by
+# record_failure (an unreadable message); server/metrics.py counts them.
+INBOUND_OBSERVERS: list[Callable[[str, str], None]] = []
+_OBSERVED = ContextVar("inbound_observed", default=False)
+
+
+def _notify(channel: str, outcome: str) -> None:
+    for observer in INBOUND_OBSERVERS:
+        try:
+            observer(channel, outcome)
+        except Exception:  # noqa: BLE001 - counting never fails a message
+            log.exception("inbound observer failed")
+
+
+def _observed(fn):
+    """Tell INBOUND_OBSERVERS the outcome of each message, once (record_failure called by
+    apply_inbound is not counted again)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(channel, *args, **kwargs):
+        if _OBSERVED.get():
+            return fn(channel, *args, **kwargs)
+        token = _OBSERVED.set(True)
+        outcome = "failed"
+        try:
+            res = fn(channel, *args, **kwargs)
+            outcome = res.outcome if isinstance(res, InboundResult) else \
+                kwargs.get("outcome", args[3] if len(args) > 3 else "failed")
+            return res
+        finally:
+            _OBSERVED.reset(token)
+            _notify(channel, outcome)
+    return wrapper
+
+
+@_observed
 def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
                   apply: Callable[[], str], ack: Callable[[str, str, tuple], str], *,
                   digest: str = "") -> InboundResult:
@@ -789,6 +827,7 @@ def apply_inbound(channel: str, control_id: str, message_type: str, raw: str,
     return InboundResult(outcome, text, reason, (issue,))
 
 
+@_observed
 def record_failure(channel: str, control_id: str, message_type: str, raw: str, outcome: str,
                    reason: str, ack_text: str) -> None:
     """Keep a message that was not applied, with its reason, for inspection (the message

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TMP_PREFIX = ".tmp-"
+PROBE_PREFIX = TMP_PREFIX + "probe-"       # Storage.writable's probe files
 BLOCK = 1 << 20
 
 
@@ -219,6 +220,10 @@ class StorageBackend(abc.ABC):
     def writable(self) -> bool:
         return True
 
+    def free_bytes(self) -> int | None:
+        """Bytes free for new files (None: the backend cannot tell)."""
+        return None
+
 
 class Storage(StorageBackend):
     """The local-folder backend: files under root (a local disk or a shared mount)."""
@@ -298,7 +303,8 @@ class Storage(StorageBackend):
 
     # housekeeping ----------------------------------------------------------------------
     def clean_stale_temp_files(self, older_than_s: float = 600) -> int:
-        """Remove temporary files left by a crash. Returns how many were removed."""
+        """Remove temporary files left by a crash. Returns how many were removed. Write
+        probes (writable) live for milliseconds: any found is a leftover, whatever its age."""
         removed = 0
         if not self.root.exists():
             return 0
@@ -308,7 +314,7 @@ class Storage(StorageBackend):
                 if name.startswith(TMP_PREFIX):
                     p = Path(dirpath) / name
                     try:
-                        if p.stat().st_mtime < cutoff:
+                        if name.startswith(PROBE_PREFIX) or p.stat().st_mtime < cutoff:
                             p.unlink()
                             removed += 1
                     except FileNotFoundError:
@@ -318,16 +324,22 @@ class Storage(StorageBackend):
         return removed
 
     def writable(self) -> bool:
+        """Can a file be written here? The probe file is removed whether or not its write
+        succeeded (a full disk creates it, then fails the write)."""
+        probe = self.root / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f"{TMP_PREFIX}probe-{uuid.uuid4().hex}"
             probe.write_bytes(b"ok")
-            probe.unlink()
             return True
         except OSError:
             return False
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
 
-    def free_bytes(self) -> int:
+    def free_bytes(self) -> int | None:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 

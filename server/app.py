@@ -6,7 +6,7 @@ import logging
 
 import tornado.web
 
-from . import proxies
+from . import metrics, proxies
 from .config import ROOT
 from .logmask import masked_path
 from .context import AppContext
@@ -22,7 +22,7 @@ from .handlers.base import UID, NotFoundHandler
 # with its error. Order matters only for overlapping patterns (none so far).
 ROUTE_MODULES = ("render", "dicomweb", "wado_uri", "report", "pages", "visitor", "auth",
                  "staff", "shares", "patient", "patient_qr", "ohif", "download", "integration",
-                 "wechat", "admin", "security", "send", "openapi")
+                 "wechat", "admin", "security", "send", "openapi", "ops")
 
 
 def route_modules() -> list:
@@ -65,8 +65,13 @@ def log_request(handler) -> None:
     log_method = (access_log.info if status < 400 else
                   access_log.warning if status < 500 else access_log.error)
     path = masked_path(handler)          # no tokens, patient IDs or accession numbers
+    seconds = handler.request.request_time()
+    group = metrics.route_group(handler)
+    metrics.observe_request(handler, seconds)
     log_method("%d %s %s %s %.1fms", status, proxies.client_ip(handler.request),
-               handler.request.method, path, 1000.0 * handler.request.request_time())
+               handler.request.method, path, 1000.0 * seconds,
+               extra={"method": handler.request.method, "path": path, "status": status,
+                      "ms": round(1000.0 * seconds, 1), "group": group})
 
 
 class CloudFilmApp(tornado.web.Application):

@@ -88,13 +88,34 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, fmt: str = "text") -> None:
     from render.decode import quiet_pydicom
     quiet_pydicom()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if fmt == "json":
+        from .logjson import use_json_lines
+        use_json_lines()
     logging.getLogger("numba").setLevel(logging.WARNING)
     logging.getLogger("fontTools").setLevel(logging.WARNING)
+
+
+def metrics_dir(config):
+    """This node's folder of metric files (prometheus_client multiprocess mode): beside the
+    server key, named by host and port so nodes sharing that folder never mix theirs."""
+    import socket
+    host = socket.gethostname()[:40].replace("/", "_") or "node"
+    return config.path("secret_key_file").parent / "metrics" / f"{host}-{config.port}"
+
+
+def prepare_metrics_dir(config) -> None:
+    """Empty the metrics folder of the previous run and point prometheus_client at it, so
+    one scrape of /metrics shows every process of this server (server/metrics.py)."""
+    import shutil
+    folder = metrics_dir(config)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
 def _config(args):
@@ -158,7 +179,8 @@ def load_demo(ctx, *, force: bool = False, out=sys.stdout) -> bool:
 # commands --------------------------------------------------------------------------------
 def cmd_serve(args) -> int:
     config = _config(args)
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, config.log_format)
+    prepare_metrics_dir(config)        # before anything imports prometheus_client
     from .file_modes import tighten
     tighten(config)             # files made before umask 077 (or copied in): chmod go-rwx
     ctx = _open(config)
@@ -171,7 +193,7 @@ def cmd_serve(args) -> int:
     base = config.base_url
     print("", flush=True)
     print(f"CloudFilm {ctx.version} 已启动 / is serving at {base}/", flush=True)
-    print(f"  健康检查 / health:      {base}/healthz", flush=True)
+    print(f"  健康检查 / health:      {base}/healthz  {base}/readyz  {base}/metrics", flush=True)
     print(f"  检查列表 / exams (API): {base}/api/studies", flush=True)
     print(f"  {counts['exams']} exams, {counts['instances']} images in the database", flush=True)
     if generated:

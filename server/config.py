@@ -120,6 +120,14 @@ SETTINGS: tuple[Setting, ...] = (
             "view does not wait for JPEG 2000 decoding."),
     Setting("log_level", "INFO", str, "Logging level.",
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    Setting("log_format", "text", str,
+            "Log lines as text, or json: one JSON object a line (time, level, logger, "
+            "message; access lines add method, path, status, ms, route group), for a log "
+            "collector. Paths are masked the same way in both.", choices=("text", "json")),
+    Setting("min_free_disk_mb", 1024, int,
+            "Free space (MiB) the data folder and the SQLite database's folder must keep: "
+            "below it /readyz answers 503 (disk: low free space) so a load balancer sends "
+            "no more work to this node. 0: not checked.", minimum=0, maximum=1048576),
     # integration
     Setting('dicom_scp_enabled', False, bool,
             'Run the DICOM listener (C-ECHO, C-STORE for every storage SOP class, any transfer syntax).'),

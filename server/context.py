@@ -67,6 +67,7 @@ class AppContext:
     # made on first use, at run time (None until then):
     sms_gateway: object = None              # adapters.sms gateway (handlers/patient.py)
     health_probe: object = None             # handlers/api.py HealthProbe
+    metrics_sync: object = None             # server/metrics.py CacheSync (handlers/ops.py)
     import_api: tuple | None = None         # (ImportApi, clients) (server/integration.py)
     # set by the route modules' startup(ctx) (server/app.py startup):
     settings_refresh: object = None         # the settings refresh PeriodicCallback

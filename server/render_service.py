@@ -26,6 +26,8 @@ from models.db import connection
 from render.cache import ByteLRU
 from render.errors import RenderError
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 LOOKUP_TTL_S = 60.0      # where an instance's file is, its hash and size: change only when a
@@ -243,14 +245,20 @@ class FrameRenderer:
         def load():
             self.verify_original(ref)       # never decode a tampered or missing original
             fast = self.storage.exists(ref.fast_relpath)
+            t0 = time.perf_counter()
             if not fast and needs_limited_decode(ref.transfer_syntax):
                 # Untrusted compressed data decodes only in a worker process with an
                 # address-space limit (issue 14); the decoders also hold the GIL for
                 # 10-40 ms a frame, so the event loop keeps answering meanwhile. The worker
                 # leaves a fast copy behind.
-                return self._decode_in_worker(ref)
+                img = self._decode_in_worker(ref)
+                metrics.DECODE.labels("worker").observe(time.perf_counter() - t0)
+                return img
             with self.storage.path_or_file(ref.fast_relpath if fast else ref.relpath) as src:
-                return load_image(src, self.max_decoded_bytes)
+                img = load_image(src, self.max_decoded_bytes)
+            metrics.DECODE.labels("fast_copy" if fast else "original").observe(
+                time.perf_counter() - t0)
+            return img
         # keyed by the file (each version of an instance has its own name)
         return self.decoded.get_or_load(ref.relpath, load)
 
@@ -339,9 +347,12 @@ class FrameRenderer:
         from render.encode import encode_jpeg, encode_png
         from render.pipeline import render_frame
         img = self.image(ref)
+        t0 = time.perf_counter()
         arr = render_frame(img, frame, window=window, viewport=viewport, rotate=rotate,
                            flip_h=flip_h, flip_v=flip_v, invert=invert)
-        return encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+        out = encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+        metrics.RENDER.labels("frame").observe(time.perf_counter() - t0)
+        return out
 
     async def run(self, fn, *args, **kwargs):
         import asyncio
@@ -516,10 +527,13 @@ class RenderService(FrameRenderer):
         from render.encode import encode_jpeg, encode_png
         from render.volume import mpr_plane
         vol = self.volume(refs)
+        t0 = time.perf_counter()
         arr = mpr_plane(vol, plane, position, index=index, window=window, viewport=viewport,
                         slab_mm=slab_mm, slab_mode=slab_mode, yaw=yaw, pitch=pitch,
                         invert=invert)
-        return encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+        out = encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+        metrics.RENDER.labels("mpr").observe(time.perf_counter() - t0)
+        return out
 
     def mpr_geometry(self, refs, plane, *, position=None, index=None, yaw=0.0, pitch=0.0,
                      viewport=None) -> dict:
@@ -543,16 +557,22 @@ class RenderService(FrameRenderer):
         from render.encode import encode_jpeg, encode_png
         from render.volume import mip_projection
         vol = self.volume(refs)
+        t0 = time.perf_counter()
         arr = mip_projection(vol, yaw, pitch, size, window=window, mode=mode, invert=invert)
-        return encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+        out = encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+        metrics.RENDER.labels("mip").observe(time.perf_counter() - t0)
+        return out
 
     def tile(self, ref, frame, level, tx, ty, *, tile_size=256, window=None, quality=85,
              fmt="jpeg", invert=False) -> bytes:
         from render.encode import encode_jpeg, encode_png
         from render.tiles import tile
-        arr = tile(self.image(ref), frame, level, tx, ty, tile_size, window=window,
-                   invert=invert)
-        return encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+        img = self.image(ref)
+        t0 = time.perf_counter()
+        arr = tile(img, frame, level, tx, ty, tile_size, window=window, invert=invert)
+        out = encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
+        metrics.RENDER.labels("tile").observe(time.perf_counter() - t0)
+        return out
 
     def pyramid(self, ref, tile_size=256) -> dict:
         from render.tiles import pyramid_info

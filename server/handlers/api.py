@@ -41,7 +41,28 @@ class HealthProbe:
             log.warning("health: database unreachable: %s", type(exc).__name__)
             out["database"] = "unreachable"
         out["storage"] = "ok" if self.ctx.storage.writable() else "not writable"
+        out.update(self.disk())
         return out
+
+    def disk(self) -> dict:
+        """Free space of the data folder (and of the SQLite database's folder) against
+        min_free_disk_mb: below it the node is not ready (a full disk fails every write)."""
+        import os
+        free = [self.ctx.storage.free_bytes()]
+        sqlite = dbmod.sqlite_path()
+        if sqlite and sqlite != ":memory:":
+            try:
+                st = os.statvfs(os.path.dirname(os.path.abspath(sqlite)))
+                free.append(st.f_bavail * st.f_frsize)
+            except OSError:
+                pass
+        known = [f for f in free if f is not None]
+        minimum = self.ctx.config.min_free_disk_mb
+        if not known:
+            return {"disk": "unknown"}
+        free_mb = min(known) >> 20
+        return {"disk": "ok" if free_mb >= minimum else "low free space",
+                "free_mb": free_mb, "min_free_mb": minimum}
 
     async def get(self) -> dict:
         import asyncio
@@ -62,14 +83,30 @@ class HealthProbe:
 
 
 class HealthHandler(BaseHandler):
+    """GET /healthz: liveness. The process answers; nothing else is checked, so a load
+    balancer or supervisor never restarts a node because the database is away (that is
+    /readyz)."""
+
+    async def get(self) -> None:
+        self.write_json({"ok": True, "alive": True, "version": self.ctx.version},
+                        personal=False)
+
+
+class ReadyHandler(BaseHandler):
+    """GET /readyz: readiness: the database answers, the data folder takes a file, and the
+    disks keep min_free_disk_mb free; 503 otherwise, saying which check failed."""
+
     async def get(self) -> None:
         probe = getattr(self.ctx, "health_probe", None)
         if probe is None:
             probe = self.ctx.health_probe = HealthProbe(self.ctx)
         out = dict(await probe.get())
-        ok = out["database"] == "ok" and out["storage"] == "ok"
-        out["ok"] = ok
-        self.write_json(out, status=200 if ok else 503, personal=False)
+        failed = [k for k in ("database", "storage", "disk") if out.get(k) not in ("ok", "unknown")]
+        out["ok"] = not failed
+        out["failed"] = failed
+        if failed:
+            self.set_header("Retry-After", "5")
+        self.write_json(out, status=503 if failed else 200, personal=False)
 
 
 class StudiesHandler(BaseHandler):

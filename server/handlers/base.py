@@ -4,6 +4,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -316,13 +317,20 @@ class BaseHandler(tornado.web.RequestHandler):
         """Run a database call off the event loop."""
         import functools
         loop = tornado.ioloop.IOLoop.current()
-        return await loop.run_in_executor(self.ctx.db_executor,
-                                          functools.partial(_with_db, fn, *args, **kwargs))
+        return await loop.run_in_executor(
+            self.ctx.db_executor,
+            functools.partial(_with_db, fn, *args, _queued_at=time.perf_counter(), **kwargs))
 
 
-def _with_db(fn, *args, **kwargs):
+def _with_db(fn, *args, _queued_at: float | None = None, **kwargs):
     from models.db import connection
+
+    from ..metrics import DB_WAIT
+    t0 = time.perf_counter()
+    if _queued_at is not None:
+        DB_WAIT.labels("queue").observe(t0 - _queued_at)
     with connection():
+        DB_WAIT.labels("connect").observe(time.perf_counter() - t0)
         return fn(*args, **kwargs)
 
 

@@ -25,7 +25,10 @@ _BODY_RE = re.compile(r"""\bbody\.get\(\s*["']([A-Za-z_]\w*)["']|\bbody\[\s*["']
 
 # Summaries for handlers without a docstring (path pattern -> summary).
 SUMMARIES = {
-    "/healthz": "Liveness and readiness: database, storage, version.",
+    "/healthz": "Liveness: the process answers (version); checks nothing else.",
+    "/readyz": "Readiness: database reachable, data folder writable, free disk space above "
+               "min_free_disk_mb (503 with the failed checks otherwise).",
+    "/metrics": "Prometheus metrics of this node (loopback and the admin allow-list only).",
     "/api/studies": "Search exams (staff: exam.search).",
     "/api/studies/{study_uid}": "One exam: patient (masked for non-staff), series, report.",
     "/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered":
@@ -187,7 +190,9 @@ def media_type(path: str) -> str:
     if any(k in path for k in ("/rendered", "/thumbnail", "/tiles/", "/mip", "/pages/{")) or \
             re.search(r"/mpr/\{\w+\}$", path):
         return "image/*"
-    if path.startswith("/api/") or path == "/healthz":
+    if path == "/metrics":
+        return "text/plain"
+    if path.startswith("/api/") or path in ("/healthz", "/readyz"):
         return "application/json"
     if path.startswith("/dicomweb/"):           # QIDO-RS, metadata / WADO-RS, STOW-RS
         return ("application/dicom+json" if re.search(r"/(studies|series|instances|metadata)$",

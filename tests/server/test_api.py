@@ -23,14 +23,17 @@ def filled(catalog, tmp_path):
 def test_healthz(live):
     status, body = live.json("/healthz")
     assert status == 200
+    assert body["ok"] and body["alive"] and body["version"]
+    status, body = live.json("/readyz")
+    assert status == 200
     assert body["ok"] and body["database"] == "ok" and body["storage"] == "ok"
-    assert body["version"]
 
 
-def test_healthz_reports_unwritable_storage(live, ctx, monkeypatch):
+def test_readyz_reports_unwritable_storage(live, ctx, monkeypatch):
     monkeypatch.setattr(ctx.storage, "writable", lambda: False)
-    status, body = live.json("/healthz")
+    status, body = live.json("/readyz")
     assert status == 503 and body["storage"] == "not writable" and not body["ok"]
+    assert live.json("/healthz")[0] == 200          # liveness: the process answers
 
 
 def test_study_list_and_filters(live, filled):

@@ -145,6 +145,9 @@ def test_every_route_by_role(demo):
 # (method, pattern): statuses for anon, frontdesk, doctor, sysadmin, secadmin, auditadmin
 EXPECTED = {
     ('GET', '/healthz'): (200, 200, 200, 200, 200, 200),
+    ('GET', '/readyz'): (200, 200, 200, 200, 200, 200),
+    # from loopback and the admin allow-list only, whoever asks (tests/server/test_metrics.py)
+    ('GET', '/metrics'): (200, 200, 200, 200, 200, 200),
     ('GET', '/api/studies'): (401, 200, 200, 403, 403, 403),
     ('GET', '/api/studies/([0-9][0-9.]{0,63})'): (401, 200, 200, 403, 403, 403),
     ('GET', '/dicomweb/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/instances/([0-9][0-9.]{0,63})/frames/([0-9-]{1,7})/rendered'): (401, 200, 200, 403, 403, 403),
