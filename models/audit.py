@@ -288,6 +288,13 @@ class AuditFilter:
         return q
 
 
+def last_time_of(action: str) -> dt.datetime | None:
+    """When the newest record of this action was written (None: never)."""
+    row = (AuditEvent.select(AuditEvent.time).where(AuditEvent.action == action)
+           .order_by(AuditEvent.id.desc()).first())
+    return row.time if row is not None else None
+
+
 def audit_page(f: AuditFilter, page: int, per_page: int) -> tuple[int, list[AuditEvent]]:
     """(matching records, one page of them, newest first)."""
     q = f.query()

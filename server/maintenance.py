@@ -148,14 +148,12 @@ def next_scrub_in(hours: int, now: dt.datetime | None = None) -> float:
     """Seconds until the next scrub is due: `hours` after the last one that finished in the
     deployment (its audit record), so restarts and lease moves do not start one each time;
     FIRST_SCRUB_DELAY_S after start-up when none ever ran or one is overdue."""
-    from models.schema import AuditEvent
+    from models.audit import last_time_of
     with connection():
-        last = (AuditEvent.select(AuditEvent.time)
-                .where(AuditEvent.action == "integrity.scrub")
-                .order_by(AuditEvent.id.desc()).first())
+        last = last_time_of("integrity.scrub")
     if last is None:
         return FIRST_SCRUB_DELAY_S
-    due = last.time + dt.timedelta(hours=hours)
+    due = last + dt.timedelta(hours=hours)
     return max(FIRST_SCRUB_DELAY_S, (due - (now or utcnow())).total_seconds())
 
 
