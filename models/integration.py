@@ -22,6 +22,7 @@ import peewee as pw
 
 from .catalog import (CROSS_PATIENT, Catalog, CatalogError, NotFound, category_for_modality,
                       mask_identifier, mask_phone, same_patient, validate_id_number)
+from .changes import announce
 from .db import Prepared, database, is_mysql, write_transaction
 from .schema import (OUTBOX_QUEUED, REPORT_STATUSES, BaseModel, Exam, InboundMessage, Outbox,
                      Patient, Report, Session, utcnow)
@@ -310,6 +311,7 @@ def merge_patients(catalog: Catalog, surviving: dict, old_patient_id: str) -> Pa
     if old is None or old.id == target.id:
         return target
     Exam.update(patient=target, updated_at=utcnow()).where(Exam.patient == old).execute()
+    announce()                 # the exams' patient: every node's access facts (models/changes.py)
     for p in (Patient.select().where(Patient.merged_into == old)):
         p.merged_into = target
         p.save()
@@ -369,6 +371,7 @@ def upsert_order(catalog: Catalog, patient_fields: dict, o: dict, *, source: str
                                "filed under: not applied (only the patient master may move "
                                "an exam)", where="PID-3", hl7_code=207)
         exam.patient = patient
+        announce()
     if modality and not exam.modality:
         exam.modality = modality
         exam.category = o.get("category") or category_for_modality(modality)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import peewee as pw
 
 from .catalog import CatalogError, NotFound
+from .changes import announce
 from .db import database, write_transaction
 from .schema import BaseModel, utcnow
 
@@ -293,6 +294,7 @@ def save_peer(d, *, actor, auditor) -> tuple[dict, bool]:
         auditor.record("peer.create" if created else "peer.update", actor_kind=actor.kind,
                        actor_id=actor.username, ip=actor.ip, object_type="integration_peer",
                        object_id=values["name"], detail=_audit_detail(values))
+        announce()             # every node's peer cache within a second (models/changes.py)
     PEERS.forget()
     return _peer(row).as_dict(), created
 
@@ -305,4 +307,5 @@ def delete_peer(name: str, *, actor, auditor) -> None:
         row.delete_instance()
         auditor.record("peer.delete", actor_kind=actor.kind, actor_id=actor.username,
                        ip=actor.ip, object_type="integration_peer", object_id=name)
+        announce()
     PEERS.forget()

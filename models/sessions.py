@@ -6,6 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
+from .changes import announce
 from .db import write_transaction
 from .schema import ApiToken, Patient, Session, Share, StaffUser, utcnow
 
@@ -55,8 +56,11 @@ def load_session(token: str, *, touch_every_s: int = 60) -> Session | None:
     return s
 
 
+# Ending sessions is announced (models/changes.py): every node stops honouring them within a
+# second, not when its cache of the cookie runs out.
 def end_session(session: Session) -> None:
     Session.update(ended_at=utcnow()).where(Session.id == session.id).execute()
+    announce()
 
 
 def end_sessions(tokens) -> int:
@@ -64,18 +68,25 @@ def end_sessions(tokens) -> int:
     hashes = [token_hash(t) for t in tokens if t and len(t) <= 128]
     if not hashes:
         return 0
-    return Session.update(ended_at=utcnow()).where(
+    n = Session.update(ended_at=utcnow()).where(
         Session.token_hash.in_(hashes) & Session.ended_at.is_null()).execute()
+    if n:
+        announce()
+    return n
 
 
 def end_sessions_of_share(share: Share) -> int:
-    return Session.update(ended_at=utcnow()).where(
+    n = Session.update(ended_at=utcnow()).where(
         (Session.share == share) & Session.ended_at.is_null()).execute()
+    announce()                 # the share itself changed too (revoked)
+    return n
 
 
 def end_sessions_of_user(user: StaffUser) -> int:
-    return Session.update(ended_at=utcnow()).where(
+    n = Session.update(ended_at=utcnow()).where(
         (Session.staff_user == user) & Session.ended_at.is_null()).execute()
+    announce()                 # the account itself changed too (roles, deactivated, password)
+    return n
 
 
 def mark_verified(session: Session) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import peewee as pw
 
 from .catalog import CatalogError, validate_id_number
+from .changes import announce
 from .db import write_transaction
 from .schema import (AuditEvent, BaseModel, DownloadLog, Exam, Patient, PatientShare,
                      PatientShareSession, RuntimeSetting, Session, Share, utcnow)
@@ -787,6 +788,7 @@ def revoke_patient_qr(qr_id: int, *, auditor, actor_kind: str, actor_id: str, ip
             Session.id.in_(PatientShareSession.select(PatientShareSession.session)
                            .where(PatientShareSession.patient_share == q.id))
             & Session.ended_at.is_null()).execute()
+        announce()
         auditor.record("patient_qr.revoke", actor_kind=actor_kind, actor_id=actor_id, ip=ip,
                        object_type="patient_qr", object_id=str(q.id),
                        detail=f"sessions ended={ended}")
@@ -1193,6 +1195,7 @@ def set_images_enabled(exam: Exam, enabled: bool, *, auditor, actor_id: str,
     with write_transaction():
         Exam.update(images_enabled=bool(enabled), updated_at=utcnow()).where(
             Exam.id == exam.id).execute()
+        announce()             # every node within a second (models/changes.py)
         auditor.record("exam.images", actor_kind="staff", actor_id=actor_id, ip=ip,
                        object_type="exam", object_id=exam.accession_number or str(exam.id),
                        detail="on" if enabled else "off")

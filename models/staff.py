@@ -23,6 +23,7 @@ import peewee as pw
 from .accounts import (NO_PASSWORD, PasswordPolicyError, check_password_strength,
                        hash_password, token_refusal)
 from .catalog import CatalogError, NotFound, mask_phone, validate_id_number
+from .changes import announce
 from .db import write_transaction
 from .schema import (ApiToken, AuditHead, Exam, Outbox, Patient, Quarantine, Report,
                      RuntimeSetting, Session, StaffUser, utcnow)
@@ -125,6 +126,8 @@ def store_settings(changes: dict[str, Any], *, actor: Actor, auditor, area: str)
                            ip=actor.ip, object_type="setting", object_id=key,
                            detail=f"{_shown(key, old)} -> {_shown(key, value)}")
             changed.append(key)
+        if changed:
+            announce()         # every node re-reads its settings within a second
     forget_settings_cache()
     return changed
 
@@ -381,6 +384,7 @@ def update_staff(username: str, changes: dict, *, actor: Actor, auditor,
         if not fields:
             return user_summary(u)
         StaffUser.update(**fields).where(StaffUser.id == u.id).execute()
+        announce()             # roles and the active flag: every node within a second
         if end_sessions:
             end_sessions_of_user(u)
         if fields.get("active") is False:
@@ -463,6 +467,7 @@ def revoke_token(token_id: int, *, actor: Actor, auditor) -> dict:
         if t.revoked_at is not None:
             raise Conflict("该令牌已吊销 / the token is already revoked")
         ApiToken.update(revoked_at=utcnow()).where(ApiToken.id == t.id).execute()
+        announce()
         auditor.record("token.revoke", actor_kind=actor.kind, actor_id=actor.username,
                        ip=actor.ip, object_type="api_token", object_id=str(t.id),
                        detail=f"owner={t.staff_user.username}")

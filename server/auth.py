@@ -1,8 +1,10 @@
 """Who is asking: the session cookie (staff, patient, share visitor) or a staff API token.
 
 Resolution hits the database at most once a second per credential (an in-process cache
-keyed by the credential's hash); revoking a share, a session or a token therefore takes
-effect within a second, and share expiry is checked exactly on every request.
+keyed by the credential's hash). Revoking a share, a session or a token moves the change
+marker (models/changes.py), and every process drops this cache when it sees it move
+(server/changes.py, every change_poll_ms): the change takes effect on every node within a
+fraction of a second. Share expiry is checked exactly on every request.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ class PrincipalResolver:
     def __init__(self, password_max_age_days=None):
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
+        self._epoch = 0
         # () -> the policy's password age limit: a token of an account whose password has
         # expired is blocked like its sign-in (it must change the password first)
         self.password_max_age_days = password_max_age_days
@@ -80,6 +83,7 @@ class PrincipalResolver:
 
     def resolve(self, credential: str, bearer: bool) -> Principal | None:
         """Database lookup (blocking: run it in the db pool)."""
+        epoch = self._epoch
         with connection():
             if bearer:
                 t = load_api_token(credential)
@@ -96,6 +100,8 @@ class PrincipalResolver:
                 p = principal_from_session(s) if s is not None else None
         key = hashlib.sha256(credential.encode()).hexdigest()
         with self._lock:
+            if epoch != self._epoch:
+                return p       # read before a clear (a change): not kept, may be stale
             if len(self._cache) > 50_000:
                 self._cache.clear()
             ttl = CACHE_TTL_S if p is not None else DEAD_TTL_S
@@ -108,5 +114,9 @@ class PrincipalResolver:
             self._cache.pop(key, None)
 
     def clear(self) -> None:
+        """Forget every credential (a change to sessions, shares, accounts or tokens; here or,
+        through the change marker, on another node: server/changes.py). A lookup already
+        under way does not put back what it read before the clear."""
         with self._lock:
+            self._epoch += 1
             self._cache.clear()

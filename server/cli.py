@@ -22,7 +22,7 @@ DEMO_MARKER = "demo-loaded"
 # Modules of server/ with `async start_background(ctx, primary: bool)`, started by serve
 # (every one is required: an import error stops start-up). Listeners that bind a port run in
 # the primary process of each machine; singleton jobs run wherever their lease is held.
-BACKGROUND_MODULES = ("integration", "wechat_service", "maintenance")
+BACKGROUND_MODULES = ("changes", "integration", "wechat_service", "maintenance")
 
 
 async def start_background(ctx, primary: bool) -> None:

@@ -76,6 +76,11 @@ SETTINGS: tuple[Setting, ...] = (
             "lets what is in flight finish: HTTP requests and downloads, C-STORE associations, "
             "the HL7 message being applied; after this many seconds it ends the rest and exits.",
             minimum=0, maximum=3600),
+    Setting("change_poll_ms", 250, int,
+            "How often each server process reads the change marker (one primary-key query), "
+            "so that images switched off, a share revoked, a session ended or an account "
+            "deactivated on any node are honoured by every node within this time (plus one "
+            "query); see docs/cluster.md.", minimum=50, maximum=1000),
     Setting("decode_processes", 0, int,
             "Worker processes (per server process) that decode compressed originals which "
             "have no fast copy yet, so decoding never stalls the server and a never-seen "

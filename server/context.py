@@ -71,6 +71,8 @@ class AppContext:
     import_api: tuple | None = None         # (ImportApi, clients) (server/integration.py)
     # set by the route modules' startup(ctx) (server/app.py startup):
     settings_refresh: object = None         # the settings refresh PeriodicCallback
+    # set by server/changes.py start_background (every server process):
+    change_watch: object = None             # the change-marker watch (server/changes.py)
 
     def close(self) -> None:
         if self.renders is not None:

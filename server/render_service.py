@@ -53,10 +53,16 @@ class InstanceRef:
 
 
 class _TTLCache:
+    """Entries that live `ttl` seconds. `clear()` starts a new epoch: a value read from the
+    database before the clear and put after it (`put(..., epoch=)` with the epoch taken
+    before the read) is dropped, so a clear on a change (server/changes.py) is never undone
+    by a lookup that was already under way."""
+
     def __init__(self, max_items: int, ttl: float):
         self._d: dict = {}
         self._lock = threading.Lock()
         self.max_items, self.ttl = max_items, ttl
+        self.epoch = 0
 
     def get(self, key):
         hit = self._d.get(key)
@@ -64,8 +70,10 @@ class _TTLCache:
             return hit[1]
         return None
 
-    def put(self, key, value):
+    def put(self, key, value, epoch: int | None = None):
         with self._lock:
+            if epoch is not None and epoch != self.epoch:
+                return
             if len(self._d) >= self.max_items:
                 self._d.clear()
             self._d[key] = (time.monotonic() + self.ttl, value)
@@ -73,6 +81,11 @@ class _TTLCache:
     def pop(self, key):
         with self._lock:
             self._d.pop(key, None)
+
+    def clear(self):
+        with self._lock:
+            self.epoch += 1
+            self._d.clear()
 
 
 class FrameRenderer:
@@ -124,13 +137,14 @@ class FrameRenderer:
         ref = self._instances.get(key)
         if ref is not None:
             return ref
+        epoch = self._exam_state.epoch
         with connection():
             row = catalog.instance_by_uids(study_uid, series_uid, sop_uid)
         if row is None:
             raise NotFound("no such instance in this series and study")
         ref = self._ref(row, row.series, row.series.exam)
         self._instances.put(key, ref)
-        self._exam_state.put(ref.exam_id, (ref.patient_db_id, ref.images_enabled))
+        self._exam_state.put(ref.exam_id, (ref.patient_db_id, ref.images_enabled), epoch)
         # The first image answers at once; its neighbours' facts load in the background
         # (one query for the series), since a viewer asks for them next.
         skey = (study_uid, series_uid)
@@ -155,6 +169,7 @@ class FrameRenderer:
         refs = self._series.get(key)
         if refs is not None:
             return refs
+        epoch = self._exam_state.epoch
         with connection():
             rows = catalog.series_instances(study_uid, series_uid)
         if not rows:
@@ -163,11 +178,13 @@ class FrameRenderer:
         self._series.put(key, refs)
         for r in refs:
             self._instances.put((r.study_uid, r.series_uid, r.sop_uid), r)
-        self._exam_state.put(refs[0].exam_id, (refs[0].patient_db_id, refs[0].images_enabled))
+        self._exam_state.put(refs[0].exam_id, (refs[0].patient_db_id, refs[0].images_enabled),
+                             epoch)
         return refs
 
     # access facts: they change (image switch, patient merge), so they are cached for a
-    # second only, per exam rather than per image --------------------------------------------
+    # second at most, per exam rather than per image, and dropped at once when the change
+    # marker moves (server/changes.py) --------------------------------------------
     def cached_exam_state(self, exam_id: int) -> tuple[int, bool] | None:
         return self._exam_state.get(exam_id)
 
@@ -176,16 +193,22 @@ class FrameRenderer:
         hit = self._exam_state.get(exam_id)
         if hit is not None:
             return hit
+        epoch = self._exam_state.epoch
         with connection():
             row = catalog.exam_access_facts(exam_id)
         if row is None:
             raise NotFound("no such exam")
         state = (row[0], bool(row[1]))
-        self._exam_state.put(exam_id, state)
+        self._exam_state.put(exam_id, state, epoch)
         return state
 
     def forget_exam(self, exam_id: int) -> None:
         self._exam_state.pop(exam_id)
+
+    def forget_access(self) -> None:
+        """An access-relevant change somewhere in the deployment (server/changes.py): every
+        exam's image switch and patient are read again."""
+        self._exam_state.clear()
 
     def forget_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> None:
         """A resend made a new version: look its file up again (decoded pixels, volumes and

@@ -278,7 +278,8 @@ class ImageSwitchHandler(BaseHandler):
             exam = self.ctx.catalog.exam_by_uid(study_uid)
             svc.set_images_enabled(exam, enabled, auditor=self.ctx.auditor,
                                    actor_id=p.subject, ip=self.client_ip())
-            self.ctx.renders.forget_exam(exam.id)   # this process: at once; others within 1 s
+            self.ctx.renders.forget_exam(exam.id)   # this process: at once; others at their
+            # next read of the change marker (server/changes.py, change_poll_ms)
         await self.in_db(switch)
         self.write_json({"ok": True, "study_uid": study_uid, "images_enabled": enabled})
 
