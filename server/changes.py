@@ -99,4 +99,15 @@ async def start_background(ctx, primary: bool) -> ChangeWatch:
     watch = ChangeWatch(ctx, ctx.config.change_poll_ms / 1000.0)
     await asyncio.get_running_loop().run_in_executor(None, watch.start)
     ctx.change_watch = watch
+    _watches.append(watch)
     return watch
+
+
+_watches: list[ChangeWatch] = []
+
+
+async def stop_background() -> None:
+    """A stopping server (server/cli.py drain) ends its watcher thread."""
+    import asyncio
+    while _watches:
+        await asyncio.get_running_loop().run_in_executor(None, _watches.pop().stop)

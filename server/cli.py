@@ -50,8 +50,9 @@ async def drain(server, ctx, grace_s: float) -> None:
         log.warning("stopping: %d requests still running after %s s are cut", app.inflight,
                     grace_s)
     for name in BACKGROUND_MODULES:
-        if name != "integration":
-            await importlib.import_module(f"server.{name}").stop_background()
+        stop = getattr(importlib.import_module(f"server.{name}"), "stop_background", None)
+        if name != "integration" and stop is not None:
+            await stop()
     try:
         await asyncio.wait_for(server.close_all_connections(), 5)
     except asyncio.TimeoutError:
