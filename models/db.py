@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -202,6 +203,30 @@ def write_transaction():
         lock = getattr(obj, "write_lock", None)
         return _SqliteWrite(obj, lock) if lock is not None else database.atomic("IMMEDIATE")
     return database.atomic()
+
+
+RETRIED_ERRORS = (1213, 1205)   # deadlock (also Galera's certification failure), lock wait
+
+
+def retrying(fn, attempts: int = 5):
+    """Run fn() (which opens and commits its own write transaction) again when MySQL/MariaDB
+    rolled that transaction back as a whole: a deadlock (1213, also how a Galera node reports
+    a certification failure at commit, when another node committed a change to the same rows
+    first) or a lock wait timeout (1205). Only for a function whose every effect is inside
+    that transaction, so running it again is running it once. Other errors, and the last
+    attempt's, go to the caller. Called inside a transaction (fn's would be a savepoint of
+    it, and the error has rolled back the outer one too) it runs fn once."""
+    if database.in_transaction():
+        return fn()
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except peewee.OperationalError as exc:
+            if not exc.args or exc.args[0] not in RETRIED_ERRORS or attempt == attempts - 1:
+                raise
+            log.info("transaction rolled back by the database (%s), running it again",
+                     exc.args[0])
+        time.sleep(0.01 * (attempt + 1))
 
 
 class Prepared:

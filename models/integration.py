@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import re
-import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -23,7 +22,7 @@ import peewee as pw
 from .catalog import (CROSS_PATIENT, Catalog, CatalogError, NotFound, category_for_modality,
                       mask_identifier, mask_phone, same_patient, validate_id_number)
 from .changes import announce
-from .db import Prepared, database, is_mysql, write_transaction
+from .db import Prepared, database, is_mysql, retrying, write_transaction
 from .schema import (OUTBOX_QUEUED, REPORT_STATUSES, BaseModel, Exam, InboundMessage, Outbox,
                      Patient, Report, Session, utcnow)
 from .personal_data import redact, seal
@@ -160,13 +159,7 @@ class CrossPatient(IntegrationError):
 
 
 def _retrying(fn: Callable[[], Any]) -> Any:
-    for attempt in range(RETRIES):
-        try:
-            return fn()
-        except pw.OperationalError as exc:
-            if not exc.args or exc.args[0] not in (1213, 1205) or attempt == RETRIES - 1:
-                raise
-        time.sleep(0.01 * (attempt + 1))
+    return retrying(fn, RETRIES)
 
 
 def note_event(channel: str, peer: str, outcome: str, detail: str) -> None:

@@ -22,7 +22,7 @@ import peewee as pw
 
 from .catalog import CatalogError, validate_id_number
 from .changes import announce
-from .db import write_transaction
+from .db import retrying, write_transaction
 from .schema import (AuditEvent, BaseModel, DownloadLog, Exam, Patient, PatientShare,
                      PatientShareSession, RuntimeSetting, Session, Share, utcnow)
 from .sessions import NewSession, create_session, end_sessions_of_share, mark_verified
@@ -472,16 +472,23 @@ def open_share(token: str, code: str | None, *, key: bytes, auditor, ip: str = "
     state = share_state(sh, now)
     if state in ("revoked", "expired"):
         raise _refuse_state(sh, state, auditor=auditor, ip=ip)
-    with write_transaction():
-        counted = _count_open(Share, sh.id, now)
-        if counted == 1:
+
+    def count_open():
+        # one transaction, run again whole when the database rolls it back (two phones
+        # opening one share through two Galera nodes: a certification failure)
+        with write_transaction():
+            counted = _count_open(Share, sh.id, now)
+            if counted != 1:
+                return counted, None
             lifetime = int(min(SHARE_SESSION_MAX_S, (sh.expires_at - now).total_seconds()))
-            new = create_session("share", share=sh, idle_timeout_s=SHARE_SESSION_IDLE_S,
-                                 lifetime_s=max(1, lifetime), ip=ip, user_agent=user_agent,
-                                 verified=True)
+            session = create_session("share", share=sh, idle_timeout_s=SHARE_SESSION_IDLE_S,
+                                     lifetime_s=max(1, lifetime), ip=ip,
+                                     user_agent=user_agent, verified=True)
             auditor.record("share.open", actor_kind="share", actor_id=str(sh.id), ip=ip,
                            object_type="share", object_id=str(sh.id), outcome="ok",
                            detail=f"open {sh.opens + 1}/{sh.max_opens}")
+            return counted, session
+    counted, new = retrying(count_open)
     if counted != 1:
         fresh = Share.get_by_id(sh.id)
         raise _refuse_state(fresh, share_state(fresh) if share_state(fresh) != "open"

@@ -9,7 +9,8 @@ power cut must be able to run again from the start on the next start-up.
 
 Several nodes (or processes) may start together on one database: ``migrate`` runs under a
 lock of the whole database (``migration_lock``: GET_LOCK on a dedicated MySQL/MariaDB
-connection, an exclusive lock file next to a SQLite database) and reads the applied versions
+connection, a row of `cloudfilm_migration_lock` on a Galera cluster, an exclusive lock file
+next to a SQLite database) and reads the applied versions
 again once it holds it, so the nodes that come second find everything applied and go on. A
 start with nothing pending takes no lock at all.
 """
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "cloudfilm_migrate"
 LOCK_TIMEOUT_S = 600.0     # a node waits this long for another node's migrations
+LOCK_ROW_TABLE = "cloudfilm_migration_lock"
+LOCK_ROW_S = 60            # a Galera lock row not renewed for this long is free again
 
 
 class MigrationLockTimeout(RuntimeError):
@@ -58,6 +61,8 @@ def migration_lock(timeout: float = LOCK_TIMEOUT_S):
     this block (or the process: the server frees it when the connection drops) whatever the
     migrations do with the pooled connections. The lock name carries the database name:
     two CloudFilm databases on one server do not wait for each other.
+    Galera (wsrep_on): GET_LOCK is a lock of one database node only (granted on two nodes at
+    once), so the lock is a row of `cloudfilm_migration_lock` instead (_galera_lock).
     SQLite: an exclusive flock on `<database file>.migrate-lock` (kept; never removed, so
     two processes always lock the same file). An in-memory database needs no lock.
     Raises MigrationLockTimeout after `timeout` seconds of waiting."""
@@ -81,6 +86,10 @@ def _mysql_lock(timeout: float):
     name = f"{LOCK_NAME}.{obj.database}"[:64]
     conn = pymysql.connect(database=obj.database, **params)
     try:
+        if _wsrep_on(conn):
+            with _galera_lock(conn, name, timeout):
+                yield
+            return
         with conn.cursor() as cur:
             try:
                 cur.execute("SELECT GET_LOCK(%s, 0)", (name,))
@@ -111,6 +120,95 @@ def _mysql_lock(timeout: float):
                 cur.execute("SELECT RELEASE_LOCK(%s)", (name,))
     finally:
         conn.close()           # frees the lock in any case
+
+
+def _wsrep_on(conn) -> bool:
+    """Whether this MariaDB server is a node of a Galera cluster (wsrep_on set)."""
+    import pymysql
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@wsrep_on")
+            return bool(int(cur.fetchone()[0] or 0))
+    except pymysql.err.MySQLError:          # MySQL, or MariaDB built without wsrep
+        return False
+
+
+@contextlib.contextmanager
+def _galera_lock(conn, name: str, timeout: float):
+    """The migration lock of a Galera cluster: the row `name` of cloudfilm_migration_lock.
+
+    Only one node can commit the INSERT of the row: a node that sees it gets a duplicate
+    key error, and two nodes inserting at the same moment are ordered by Galera's
+    certification (the second commit fails with a deadlock error). The holder renews the
+    row's expiry every few seconds from a thread of its own; a node killed mid-migration
+    leaves a row that others take over once it has not been renewed for LOCK_ROW_S seconds
+    (its half-done migration runs again: migrations are idempotent). After taking the row
+    the node waits, with wsrep_sync_wait, until it has applied everything the cluster
+    committed before (the previous holder's migrations), then migrate() reads the applied
+    versions again."""
+    import socket
+    import threading
+
+    import pymysql
+    conn.autocommit(True)
+    holder = f"{socket.gethostname()}:{os.getpid()}:{id(conn)}"[:128]
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {LOCK_ROW_TABLE} (name VARCHAR(64) PRIMARY KEY, "
+                    "holder VARCHAR(128) NOT NULL, expires_at DATETIME(6) NOT NULL)")
+    deadline = time.monotonic() + max(0.0, timeout)
+    waited = False
+    while True:
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DELETE FROM {LOCK_ROW_TABLE} WHERE name=%s AND "
+                            "expires_at < UTC_TIMESTAMP(6)", (name,))
+                cur.execute(f"INSERT INTO {LOCK_ROW_TABLE} (name, holder, expires_at) VALUES "
+                            "(%s, %s, UTC_TIMESTAMP(6) + INTERVAL %s SECOND)",
+                            (name, holder, LOCK_ROW_S))
+            break
+        except pymysql.err.MySQLError as exc:
+            if not exc.args or exc.args[0] not in (1062, 1213, 1205):
+                raise
+        if not waited:
+            log.info("waiting for the migration lock %r (a row of %s: another node of the "
+                     "Galera cluster is migrating)", name, LOCK_ROW_TABLE)
+            waited = True
+        if time.monotonic() >= deadline:
+            raise MigrationLockTimeout(
+                f"migration lock {name!r} (a row of {LOCK_ROW_TABLE}) still held after "
+                f"{timeout:.0f} s by another node (migrating, or hanging); start this node "
+                "again when it has finished")
+        time.sleep(0.25)
+    with conn.cursor() as cur:         # see the previous holder's migrations on this node
+        cur.execute("SET SESSION wsrep_sync_wait = 1")
+        cur.execute(f"SELECT COUNT(*) FROM {LOCK_ROW_TABLE}")
+        cur.fetchall()
+        cur.execute("SET SESSION wsrep_sync_wait = 0")
+    done = threading.Event()
+
+    def renew():
+        while not done.wait(LOCK_ROW_S / 6):
+            try:
+                with conn.cursor() as cur:
+                    if not cur.execute(f"UPDATE {LOCK_ROW_TABLE} SET expires_at = "
+                                       f"UTC_TIMESTAMP(6) + INTERVAL {LOCK_ROW_S} SECOND "
+                                       "WHERE name=%s AND holder=%s", (name, holder)):
+                        log.error("migration lock %r lost (not renewed in %s s): another "
+                                  "node may be migrating too", name, LOCK_ROW_S)
+            except pymysql.err.MySQLError as exc:
+                log.warning("migration lock %r not renewed: %s", name, exc)
+
+    # the only user of the lock connection until it has stopped
+    renewer = threading.Thread(target=renew, daemon=True, name="migration-lock")
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join(10)
+        with conn.cursor() as cur:
+            cur.execute(f"DELETE FROM {LOCK_ROW_TABLE} WHERE name=%s AND holder=%s",
+                        (name, holder))
 
 
 @contextlib.contextmanager
