@@ -59,8 +59,9 @@ def log_request(handler) -> None:
     and accession numbers in paths are masked (server/logmask.py) and query strings (which
     may carry codes, tokens or names) are dropped."""
     status = handler.get_status()
+    # 503 is an expected answer (database outage, overload: models/db.py), not a fault
     log_method = (access_log.info if status < 400 else
-                  access_log.warning if status < 500 else access_log.error)
+                  access_log.warning if status < 500 or status == 503 else access_log.error)
     path = masked_path(handler)          # no tokens, patient IDs or accession numbers
     log_method("%d %s %s %s %.1fms", status, proxies.client_ip(handler.request),
                handler.request.method, path, 1000.0 * handler.request.request_time())

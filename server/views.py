@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from models.db import connection
+from models.db import connection, outage, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,11 @@ class ViewAudit:
                 with connection():
                     self.auditor.record(action, actor_kind=kind, actor_id=subject, ip=ip,
                                         object_type=object_type, object_id=str(object_id))
-            except Exception:  # noqa: BLE001 - a view is already served; log loudly
-                log.exception("audit write for a view failed")
+            except Exception as exc:  # noqa: BLE001 - a view is already served; log loudly
+                if unavailable(exc):
+                    outage.failed(exc)      # one line per outage; the next view records it
+                else:
+                    log.exception("audit write for a view failed")
                 with self._lock:
                     self._seen.discard(key)
         self.db_executor.submit(write)

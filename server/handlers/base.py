@@ -9,7 +9,8 @@ from typing import Any
 
 import tornado.web
 
-from models.errors import DomainError
+from models.db import outage, unavailable
+from models.errors import DatabaseUnavailable, DomainError
 from render.errors import RenderError
 
 from .. import policy, proxies
@@ -51,6 +52,8 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
     """Map a known error type to (status, client message); None for unexpected errors."""
     if isinstance(exc, (DomainError, RenderError)):
         return exc.status, exc.message
+    if unavailable(exc):                # a database error raised outside in_db
+        return DatabaseUnavailable.status, DatabaseUnavailable().message
     if isinstance(exc, tornado.web.MissingArgumentError):
         return 400, f"missing query parameter '{exc.arg_name}'"
     if isinstance(exc, tornado.web.HTTPError):
@@ -268,10 +271,15 @@ class BaseHandler(tornado.web.RequestHandler):
             if mapped:
                 status_code, message = mapped
                 self.set_status(status_code)
+            if status_code == 503 and unavailable(exc_info[1]):
+                self.set_header("Retry-After", str(DatabaseUnavailable.retry_after_s))
         code = getattr(exc_info[1], "code", None) if exc_info else None
         send_error_body(self, status_code, message, code if isinstance(code, str) else None)
 
     def log_exception(self, typ, value, tb) -> None:
+        if value is not None and unavailable(value):
+            outage.failed(value)          # one line per outage (models/db.py), not per request
+            return
         mapped = error_status(value) if value is not None else None
         from ..logmask import masked_path
         if mapped and mapped[0] < 500:
@@ -321,9 +329,9 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 def _with_db(fn, *args, **kwargs):
-    from models.db import connection
-    with connection():
-        return fn(*args, **kwargs)
+    # a database that cannot be reached raises DatabaseUnavailable: 503 + Retry-After
+    from models.db import call
+    return call(fn, *args, **kwargs)
 
 
 class NotFoundHandler(BaseHandler):
