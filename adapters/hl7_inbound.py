@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from models.catalog import Catalog, same_patient
+from models.db import connection_open, drop_connection, outage, unavailable
 from models.peers import Gate, audit_refusal
 from models.storage import valid_uid
 from models.integration import (IntegrationError, ReportFields, Unsupported, apply_inbound,
@@ -106,7 +107,57 @@ class Hl7Inbound:
         """Decode and apply one message; never raises for bad content. A frame the listener
         could not read (`frame_error`) is answered `refusal` (AE, or AR: do not resend).
         `peer` is the sender's address: with a gate, an unknown sender is answered AR and
-        the connection closed, a message type the peer may not send is answered AR."""
+        the connection closed, a message type the peer may not send is answered AR. A
+        database that cannot be reached (or a commit that fails because it went away) is
+        answered AE, temporary failure, retry: the transaction was rolled back, nothing of
+        the message is applied, and the connection stays open. Any other failure is answered
+        AE too (internal error), never by dropping the connection."""
+        down = ("temporary failure: the database is unavailable; the message was not "
+                "applied; retry later")
+        for attempt in (0, 1):
+            # the thread keeps its connection between messages: one that died while
+            # idle (the server restarted) fails this message once, which is then tried
+            # again on a fresh connection (a commit lost on the way is found applied
+            # by its control ID and not applied twice)
+            stale = connection_open()
+            try:
+                res = self._handle(raw, frame_error=frame_error, refusal=refusal,
+                                   peer=peer)
+                outage.ok()
+                return res
+            except Exception as exc:  # noqa: BLE001 - the sender always gets an answer
+                if not unavailable(exc):
+                    log.exception("HL7 message not processed")   # a fault: traceback
+                    return self._failed(raw, "internal error: the message was not "
+                                        "processed; retry later (the server log has "
+                                        "the cause)")
+                drop_connection()   # this thread's connection is dead: never reuse it
+                if stale and attempt == 0:
+                    continue
+                outage.failed(exc)  # one log line per outage (models/db.py)
+                return self._failed(raw, down)
+
+    def _failed(self, raw: bytes, reason: str) -> HandleResult:
+        """AE with an ERR saying why, for a message whose transaction did not commit (no
+        record of it is written: the database may be what failed)."""
+        msg, charset, codec = None, "", None
+        try:
+            dec = decode_message(raw, self.s.charset_fallback, self.s.charset_overrides)
+            msg, charset, codec = Message(dec.text, dec.codec), dec.charset_name, dec.codec
+        except Hl7Error:
+            try:
+                msg = Message(raw.decode("latin-1"))
+            except Hl7Error:
+                msg = None
+        text = build_ack(msg, "AE", reason, app=self.s.app, charset=charset,
+                         issues=[AckIssue("", reason, 207, "E")])
+        ctrl = (msg.control_id if msg is not None else "") or fallback_control_id(raw)
+        mtype = msg.message_type if msg is not None else ""
+        ack = encode(text, charset, codec) if codec else encode(text, charset)
+        return HandleResult("error", ack, ctrl, mtype, reason)
+
+    def _handle(self, raw: bytes, *, frame_error: str, refusal: str,
+                peer: str | None) -> HandleResult:
         adm = None
         if peer is not None and self.gate is not None:
             adm = self.gate.admit(peer)

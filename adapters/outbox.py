@@ -19,6 +19,8 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from models.db import guarded
+from models.errors import DatabaseUnavailable
 from models.integration import (CLAIM_S, outbox_claim, outbox_mark_failed, outbox_mark_sent,
                                 outbox_release_claims, outbox_renew_claims)
 from models.leases import holder_id
@@ -243,6 +245,8 @@ class OutboxWorker:
                                self.s.claim_s)
             except asyncio.CancelledError:
                 raise
+            except DatabaseUnavailable:
+                pass                        # logged once per outage (models.db.outage)
             except Exception as exc:  # noqa: BLE001 - tried again; at worst a claim runs out
                 log.warning("outbox claims not renewed: %s: %s", type(exc).__name__, exc)
 
@@ -252,7 +256,9 @@ class OutboxWorker:
 
     async def _db(self, fn, *args, **kw):
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kw))
+        # guarded: a dead connection is dropped (the next pass opens a new one) and a
+        # database outage raises DatabaseUnavailable, logged once by models.db.outage
+        return await loop.run_in_executor(self.executor, lambda: guarded(fn, *args, **kw))
 
     async def run(self) -> None:
         while True:
@@ -260,6 +266,8 @@ class OutboxWorker:
                 n = await self.run_once()
             except asyncio.CancelledError:
                 raise
+            except DatabaseUnavailable:
+                n = 0                       # logged once per outage (models.db.outage)
             except Exception:  # noqa: BLE001 - the worker never dies
                 log.exception("outbox pass failed")
                 n = 0

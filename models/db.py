@@ -14,6 +14,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 import peewee
 from playhouse.pool import PooledMySQLDatabase
 
+from .errors import DatabaseUnavailable
+
 log = logging.getLogger(__name__)
 
 database = peewee.DatabaseProxy()
@@ -56,8 +58,10 @@ def make_database(url: str, root: Path | None = None) -> peewee.Database:
         if not name:
             raise DatabaseUrlError("mysql URL needs a database name: mysql://user:pass@host:3306/db")
         opts = {k: v[-1] for k, v in parse_qs(p.query).items()}
-        return PooledMySQLDatabase(
+        read_timeout = float(opts["read_timeout"]) if opts.get("read_timeout") else None
+        return _MySQLPool(
             name,
+            query_read_timeout=read_timeout,
             user=unquote(p.username or "root"),
             password=unquote(p.password or ""),
             host=p.hostname or "127.0.0.1",
@@ -69,6 +73,79 @@ def make_database(url: str, root: Path | None = None) -> peewee.Database:
         )
     raise DatabaseUrlError(f"unsupported database URL {describe_url(url)!r}: use sqlite:///PATH "
                            "or mysql://user:pass@host:3306/db")
+
+
+class _ShortHandshake(peewee.MySQLDatabase):
+    """New connections wait at most connect_timeout for the server's greeting too (pymysql
+    applies connect_timeout to the TCP connect only, then reads the greeting with the query
+    read timeout: a stopped server would hold the thread forever); queries then get
+    query_read_timeout (None: no limit, a long query is not a dead server)."""
+
+    def __init__(self, *args, query_read_timeout=None, **kwargs):
+        self.query_read_timeout = query_read_timeout
+        super().__init__(*args, **kwargs)
+        self.connect_params["read_timeout"] = self.connect_params.get("connect_timeout", 5)
+
+    def _connect(self):
+        conn = super()._connect()
+        conn._read_timeout = self.query_read_timeout     # pymysql applies it on the next read
+        return conn
+
+
+class _MySQLPool(PooledMySQLDatabase, _ShortHandshake):
+    """peewee's pool, which pings a pooled connection on checkout and drops it when the ping
+    fails (a connection that died while the server was away never reaches a query); the
+    ping waits at most connect_timeout (pymysql's ping has no timeout of its own, PyMySQL
+    issue 1169), so a hanging server costs a request seconds, not forever. A ping that timed
+    out means the server hangs: the other pooled connections of that checkout are dropped
+    without a ping each (peewee pings under the pool's lock, so N dead connections would
+    hold every thread N times connect_timeout)."""
+
+    _hung = False
+
+    def connect(self, reuse_if_open=False):
+        if outage.refusing():       # before peewee's lock, which a probe may hold for seconds
+            raise DatabaseUnavailable("database down: not tried (another call is probing it)")
+        return super().connect(reuse_if_open)
+
+    def _connect(self):
+        # peewee opens connections under one lock of the database: with a hanging server
+        # every thread would queue there for connect_timeout each; while it is down, one
+        # thread at a time tries (outage.admit), the others fail at once
+        if not outage.admit():
+            raise DatabaseUnavailable("database down: not tried (another call is probing it)")
+        try:
+            self._hung = False
+            conn = super()._connect()
+        finally:
+            outage.probed()
+        outage.ok()
+        return conn
+
+    def _is_closed(self, conn):
+        if self._hung:
+            return True
+        saved = getattr(conn, "_read_timeout", None)
+        try:
+            conn._read_timeout = self.connect_params.get("connect_timeout", 5)
+            conn.ping(False)
+        except Exception as exc:  # noqa: BLE001 - any failure: not usable
+            self._hung = "timed out" in str(exc)
+            return True
+        finally:
+            conn._read_timeout = saved
+        return False
+
+    def _can_reuse(self, conn):
+        # peewee rolls back on check-in, under the database's and the pool's locks: with a
+        # hanging server and no read timeout that would hold every thread forever; a
+        # rollback slower than connect_timeout closes the connection instead
+        saved = getattr(conn, "_read_timeout", None)
+        try:
+            conn._read_timeout = self.connect_params.get("connect_timeout", 5)
+            return super()._can_reuse(conn)
+        finally:
+            conn._read_timeout = saved
 
 
 def create_mysql_database_if_missing(url: str) -> None:
@@ -98,6 +175,161 @@ def connect(url: str, root: Path | None = None) -> peewee.Database:
     db = make_database(url, root)
     database.initialize(db)
     return db
+
+
+# pymysql / MariaDB error numbers that mean the server is not there (rather than a fault of
+# the statement): can't connect (2002, 2003), gone away (2006), lost during a query (2013),
+# lost during a write (2055), too many connections (1040), shutting down (1053), connection
+# killed (1927), disconnected by the server (4031)
+_MYSQL_AWAY = {1040, 1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+_SQLITE_AWAY = ("unable to open database", "disk i/o error")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when exc (or what it wraps) says the database cannot be reached right now."""
+    import sqlite3
+
+    import pymysql
+
+    seen = 0
+    while exc is not None and seen < 6:
+        seen += 1
+        if isinstance(exc, DatabaseUnavailable):
+            return True
+        if isinstance(exc, pymysql.err.InterfaceError):
+            return True                      # a connection already closed under us
+        if isinstance(exc, pymysql.err.OperationalError):
+            return bool(exc.args) and exc.args[0] in _MYSQL_AWAY
+        if isinstance(exc, sqlite3.OperationalError):
+            return any(m in str(exc).lower() for m in _SQLITE_AWAY)
+        if isinstance(exc, peewee.PeeweeException) and \
+                isinstance(getattr(exc, "orig", None), BaseException):
+            exc = exc.orig                   # peewee wraps the driver's error
+            continue
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short reason for the log (the driver's message: no data of the statement)."""
+    inner = getattr(exc, "orig", None)
+    inner = inner if isinstance(inner, BaseException) else exc
+    return f"{type(inner).__name__}: {inner}"[:300]
+
+
+class Outage:
+    """The database's reachability as this process sees it: one warning when calls start to
+    fail, one info line when the first call succeeds again, nothing per request between.
+
+    While it is down, threads do not each wait for a server that may hang (a ping or a
+    handshake waits up to connect_timeout, under peewee's lock): the MySQL pool lets one
+    checkout at a time probe it, at most every probe_s (`admit`); the others fail at once."""
+
+    probe_s = 1.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.since: float | None = None
+        self.refused = 0
+        self._probe_at = 0.0            # when the last probe started, then ended
+        self._probing = False
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def admit(self) -> bool:
+        """May this call try the database? Always while it is up; while it is down, when no
+        other probe is in flight and the last one ended probe_s ago or more."""
+        if self.since is None:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if self.since is None:
+                return True
+            if (self._probing and now - self._probe_at < 30) or \
+                    now - self._probe_at < self.probe_s:
+                self.refused += 1
+                return False
+            self._probing, self._probe_at = True, now
+            return True
+
+    def refusing(self) -> bool:
+        """A quick look without the lock: down, and a probe in flight or just ended."""
+        if self.since is None:
+            return False
+        return self._probing or time.monotonic() - self._probe_at < self.probe_s
+
+    def probed(self) -> None:
+        if self._probing:
+            # the next probe probe_s after this one ended: the threads queued behind it
+            # on peewee's lock meanwhile fail at once instead of probing one after another
+            self._probing, self._probe_at = False, time.monotonic()
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.refused += 1
+            if self.since is not None:
+                return
+            self.since = time.monotonic()
+        log.warning("database unavailable (%s): answering 503 and HL7 AE until it is back",
+                    describe_error(exc))
+
+    def ok(self) -> None:
+        if self.since is None:
+            return
+        with self._lock:
+            if self.since is None:
+                return
+            took, refused = time.monotonic() - self.since, self.refused
+            self.since, self.refused = None, 0
+        log.info("database available again after %.1f s (%d calls refused meanwhile)", took,
+                 refused)
+
+
+outage = Outage()
+
+
+def call(fn, *args, **kwargs):
+    """fn(*args, **kwargs) holding a connection for the call. A database that cannot be
+    reached raises DatabaseUnavailable (status 503), noted once per outage in the log."""
+    return _guarded(True, fn, args, kwargs)
+
+
+def guarded(fn, *args, **kwargs):
+    """fn(*args, **kwargs) on the thread's own long-lived connection (a worker's): as `call`,
+    and a connection that failed because the server went away is dropped, so the thread's
+    next call opens a fresh one instead of failing on the dead one forever."""
+    return _guarded(False, fn, args, kwargs)
+
+
+def connection_open() -> bool:
+    """Does this thread hold an open connection (a worker's, kept between calls)?"""
+    return database.obj is not None and not database.is_closed()
+
+
+def _guarded(hold: bool, fn, args, kwargs):
+    for attempt in (0, 1):
+        stale = not hold and connection_open()
+        try:
+            if hold:
+                with connection():
+                    result = fn(*args, **kwargs)
+            else:
+                result = fn(*args, **kwargs)
+            break
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            drop_connection()
+            if stale and attempt == 0 and not isinstance(exc, DatabaseUnavailable):
+                continue            # kept from before (it died while idle): once more, fresh
+            outage.failed(exc)
+            if isinstance(exc, DatabaseUnavailable):
+                raise
+            raise DatabaseUnavailable(describe_error(exc)) from None
+    outage.ok()
+    return result
 
 
 def is_mysql() -> bool:
@@ -147,6 +379,20 @@ def close_connection() -> None:
     """Close this thread's connection if one is open (a worker thread that is going away)."""
     if not database.is_closed():
         database.close()
+
+
+def drop_connection() -> None:
+    """Close this thread's connection without returning it to the pool (it failed: the
+    server went away); the thread's next call opens a fresh one."""
+    if database.obj is None or database.is_closed():
+        return
+    try:
+        if hasattr(database.obj, "manual_close"):
+            database.obj.manual_close()
+        else:
+            database.close()
+    except Exception:  # noqa: BLE001 - closing a dead connection may fail; it is gone anyway
+        log.debug("closing a dead connection failed", exc_info=True)
 
 
 class _SqliteWrite:

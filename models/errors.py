@@ -32,3 +32,17 @@ class DomainError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class DatabaseUnavailable(DomainError):
+    """The database cannot be reached (down, restarting, unreachable, its disk failing): a
+    temporary state, answered 503 with Retry-After (models/db.py `unavailable` tells these
+    errors from real faults; `outage` logs one line when it starts and one when it ends)."""
+
+    status = 503
+    code = "db_unavailable"
+    retry_after_s = 5
+
+    def __init__(self, log_message: str | None = None):
+        super().__init__("数据库暂时不可用，请稍后重试 / the database is temporarily "
+                         "unavailable; please try again shortly", log_message=log_message)

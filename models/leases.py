@@ -30,7 +30,7 @@ from typing import Callable
 
 import peewee as pw
 
-from .db import database, write_transaction
+from .db import database, outage, unavailable, write_transaction
 from .schema import BaseModel, utcnow
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,10 @@ class SingletonJob:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - no answer: not ours any more
-                    log.warning("lease %s: %s: %s", self.name, type(exc).__name__, exc)
+                    if unavailable(exc):
+                        outage.failed(exc)  # one line per outage (models/db.py)
+                    else:
+                        log.warning("lease %s: %s: %s", self.name, type(exc).__name__, exc)
                     held, until = False, None
                 if held != self.held:
                     await self._set(held)

@@ -62,8 +62,9 @@ def log_request(handler) -> None:
     if isinstance(app, CloudFilmApp):
         app.inflight = max(0, app.inflight - 1)
     status = handler.get_status()
+    # 503 is an expected answer (database outage, overload: models/db.py), not a fault
     log_method = (access_log.info if status < 400 else
-                  access_log.warning if status < 500 else access_log.error)
+                  access_log.warning if status < 500 or status == 503 else access_log.error)
     path = masked_path(handler)          # no tokens, patient IDs or accession numbers
     seconds = handler.request.request_time()
     group = metrics.route_group(handler)

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 
-from models.db import connection, write_transaction
+from models.db import connection, outage, unavailable, write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,11 @@ class ViewAudit:
                     if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
                         self._pruned_at = time.monotonic()
                         prune()
-            except Exception:  # noqa: BLE001 - a view is already served; log loudly
-                log.exception("audit write for a view failed")
+            except Exception as exc:  # noqa: BLE001 - a view is already served; log loudly
+                if unavailable(exc):
+                    outage.failed(exc)      # one line per outage; the next view records it
+                else:
+                    log.exception("audit write for a view failed")
                 with self._lock:
                     self._seen.discard(key)
         self.db_executor.submit(write)

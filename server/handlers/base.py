@@ -10,7 +10,8 @@ from typing import Any
 
 import tornado.web
 
-from models.errors import DomainError
+from models.db import outage, unavailable
+from models.errors import DatabaseUnavailable, DomainError
 from render.errors import RenderError
 
 from .. import policy, proxies
@@ -52,6 +53,8 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
     """Map a known error type to (status, client message); None for unexpected errors."""
     if isinstance(exc, (DomainError, RenderError)):
         return exc.status, exc.message
+    if unavailable(exc):                # a database error raised outside in_db
+        return DatabaseUnavailable.status, DatabaseUnavailable().message
     if isinstance(exc, tornado.web.MissingArgumentError):
         return 400, f"missing query parameter '{exc.arg_name}'"
     if isinstance(exc, tornado.web.HTTPError):
@@ -269,10 +272,15 @@ class BaseHandler(tornado.web.RequestHandler):
             if mapped:
                 status_code, message = mapped
                 self.set_status(status_code)
+            if status_code == 503 and unavailable(exc_info[1]):
+                self.set_header("Retry-After", str(DatabaseUnavailable.retry_after_s))
         code = getattr(exc_info[1], "code", None) if exc_info else None
         send_error_body(self, status_code, message, code if isinstance(code, str) else None)
 
     def log_exception(self, typ, value, tb) -> None:
+        if value is not None and unavailable(value):
+            outage.failed(value)          # one line per outage (models/db.py), not per request
+            return
         mapped = error_status(value) if value is not None else None
         from ..logmask import masked_path
         if mapped and mapped[0] < 500:
@@ -323,15 +331,18 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 def _with_db(fn, *args, _queued_at: float | None = None, **kwargs):
-    from models.db import connection
+    # a database that cannot be reached raises DatabaseUnavailable: 503 + Retry-After
+    from models.db import call
 
     from ..metrics import DB_WAIT
     t0 = time.perf_counter()
     if _queued_at is not None:
         DB_WAIT.labels("queue").observe(t0 - _queued_at)
-    with connection():
+
+    def timed():
         DB_WAIT.labels("connect").observe(time.perf_counter() - t0)
         return fn(*args, **kwargs)
+    return call(timed)
 
 
 class NotFoundHandler(BaseHandler):

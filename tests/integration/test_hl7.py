@@ -211,3 +211,43 @@ def test_only_a_message_that_queued_something_wakes_the_outbox(ctx):
         assert res.outcome in ("applied", "duplicate"), res.reason
         assert res.queued is queued
         assert (Outbox.select().count() > before) is queued
+
+
+def test_a_transaction_that_fails_is_answered_ae_and_applied_on_resend(ctx):
+    """Issue 17: a commit that fails (the database went away, or a fault) was answered by
+    dropping the connection with no NAK. Now: AE with an ERR (temporary failure: retry), the
+    changes rolled back, and the same message resent later is applied (AA). The fault is
+    injected after the message's changes are written, before the commit."""
+    import peewee
+    import pymysql
+
+    from adapters.hl7_inbound import Hl7Inbound, Hl7Settings
+
+    class Failing(Hl7Inbound):
+        fault: Exception | None = None
+
+        def _apply(self, msg):
+            note = super()._apply(msg)
+            if self.fault is not None:
+                raise self.fault
+            return note
+
+    h = Failing(ctx.catalog, Hl7Settings())
+    lost = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+    h.fault = peewee.OperationalError(lost, *lost.args)
+    res = h.handle(S.adt("TF1", pid="PTF1").encode())
+    ack, _, text = ack_code(res.ack.decode())
+    assert ack == "AE" and "temporary failure" in text and "retry" in text, text
+    assert b"ERR|" in res.ack
+    assert not Patient.select().where(Patient.patient_id == "PTF1").exists()
+    assert not InboundMessage.select().where(InboundMessage.control_id == "TF1",
+                                             InboundMessage.outcome == "applied").exists()
+    h.fault = RuntimeError("a fault of ours")
+    res = h.handle(S.adt("TF1", pid="PTF1").encode())
+    ack, _, text = ack_code(res.ack.decode())
+    assert ack == "AE" and "internal error" in text, text
+    assert not Patient.select().where(Patient.patient_id == "PTF1").exists()
+    h.fault = None
+    res = h.handle(S.adt("TF1", pid="PTF1").encode())
+    assert ack_code(res.ack.decode())[0] == "AA", res.reason
+    assert Patient.select().where(Patient.patient_id == "PTF1").exists()
