@@ -153,17 +153,17 @@ def _galera_lock(conn, name: str, timeout: float):
     conn.autocommit(True)
     holder = f"{socket.gethostname()}:{os.getpid()}:{id(conn)}"[:128]
     with conn.cursor() as cur:
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {LOCK_ROW_TABLE} (name VARCHAR(64) PRIMARY KEY, "
-                    "holder VARCHAR(128) NOT NULL, expires_at DATETIME(6) NOT NULL)")
+        cur.execute("CREATE TABLE IF NOT EXISTS cloudfilm_migration_lock (name VARCHAR(64) "
+                    "PRIMARY KEY, holder VARCHAR(128) NOT NULL, expires_at DATETIME(6) NOT NULL)")
     deadline = time.monotonic() + max(0.0, timeout)
     waited = False
     while True:
         try:
             with conn.cursor() as cur:
-                cur.execute(f"DELETE FROM {LOCK_ROW_TABLE} WHERE name=%s AND "
+                cur.execute("DELETE FROM cloudfilm_migration_lock WHERE name=%s AND "
                             "expires_at < UTC_TIMESTAMP(6)", (name,))
-                cur.execute(f"INSERT INTO {LOCK_ROW_TABLE} (name, holder, expires_at) VALUES "
-                            "(%s, %s, UTC_TIMESTAMP(6) + INTERVAL %s SECOND)",
+                cur.execute("INSERT INTO cloudfilm_migration_lock (name, holder, expires_at) "
+                            "VALUES (%s, %s, UTC_TIMESTAMP(6) + INTERVAL %s SECOND)",
                             (name, holder, LOCK_ROW_S))
             break
         except pymysql.err.MySQLError as exc:
@@ -181,7 +181,7 @@ def _galera_lock(conn, name: str, timeout: float):
         time.sleep(0.25)
     with conn.cursor() as cur:         # see the previous holder's migrations on this node
         cur.execute("SET SESSION wsrep_sync_wait = 1")
-        cur.execute(f"SELECT COUNT(*) FROM {LOCK_ROW_TABLE}")
+        cur.execute("SELECT COUNT(*) FROM cloudfilm_migration_lock")
         cur.fetchall()
         cur.execute("SET SESSION wsrep_sync_wait = 0")
     done = threading.Event()
@@ -190,9 +190,10 @@ def _galera_lock(conn, name: str, timeout: float):
         while not done.wait(LOCK_ROW_S / 6):
             try:
                 with conn.cursor() as cur:
-                    if not cur.execute(f"UPDATE {LOCK_ROW_TABLE} SET expires_at = "
-                                       f"UTC_TIMESTAMP(6) + INTERVAL {LOCK_ROW_S} SECOND "
-                                       "WHERE name=%s AND holder=%s", (name, holder)):
+                    if not cur.execute("UPDATE cloudfilm_migration_lock SET expires_at = "
+                                       "UTC_TIMESTAMP(6) + INTERVAL %s SECOND "
+                                       "WHERE name=%s AND holder=%s",
+                                       (LOCK_ROW_S, name, holder)):
                         log.error("migration lock %r lost (not renewed in %s s): another "
                                   "node may be migrating too", name, LOCK_ROW_S)
             except pymysql.err.MySQLError as exc:
@@ -207,7 +208,7 @@ def _galera_lock(conn, name: str, timeout: float):
         done.set()
         renewer.join(10)
         with conn.cursor() as cur:
-            cur.execute(f"DELETE FROM {LOCK_ROW_TABLE} WHERE name=%s AND holder=%s",
+            cur.execute("DELETE FROM cloudfilm_migration_lock WHERE name=%s AND holder=%s",
                         (name, holder))
 
 
