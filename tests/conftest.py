@@ -65,6 +65,13 @@ def database_url(tmp_path):
         pytest.skip(f"MariaDB unreachable: {problem}")
     name = f"{MYSQL_DB_PREFIX}{secrets.token_hex(4)}"
     yield f"{MYSQL_BASE}/{name}"
+    drop_mysql_database(name)
+
+
+def drop_mysql_database(name: str) -> None:
+    """Drop a test database on the MariaDB server of MYSQL_BASE (if it exists)."""
+    if not name:
+        return
     import pymysql
     from urllib.parse import urlparse
     p = urlparse(MYSQL_BASE)

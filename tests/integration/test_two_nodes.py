@@ -25,12 +25,13 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import requests
 
-from tests.conftest import MYSQL_BASE, MYSQL_DB_PREFIX, ROOT, _mysql_reachable, test_backend
+from tests.access.conftest import open_share
+from tests.conftest import (MYSQL_BASE, MYSQL_DB_PREFIX, ROOT, _mysql_reachable,
+                            drop_mysql_database, test_backend)
 from tests.dicom_factory import ct_bytes
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -96,16 +97,6 @@ class Node:
                 self.proc.wait(10)
 
 
-def _drop(name: str) -> None:
-    import pymysql
-    p = urlparse(MYSQL_BASE)
-    conn = pymysql.connect(host=p.hostname, port=p.port or 3306, user=p.username or "root",
-                           password=p.password or "")
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    conn.close()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Two nodes on one fresh MariaDB database and one data folder; the test process is
@@ -156,7 +147,7 @@ def cluster(tmp_path_factory):
         for n in nodes:
             n.stop()
         ctx.close()
-        _drop(name)
+        drop_mysql_database(name)
 
 
 def create_share(node, desk, study, **opts):
@@ -165,14 +156,6 @@ def create_share(node, desk, study, **opts):
     assert r.status_code == 201, r.text
     d = r.json()
     return d["url"].rsplit("/", 1)[1], d["code"], d["share"]["id"]
-
-
-def open_share(node, token, code, session=None):
-    s = session or requests.Session()
-    r = s.post(node.url + "/api/share/open", json={"token": token, "code": code}, timeout=60)
-    if r.ok:
-        s.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-    return s, r
 
 
 def wrong(code: str) -> str:

@@ -20,16 +20,8 @@ def demo_database_url(tmp):
 
 
 def drop_mysql(name):
-    if not name:
-        return
-    import pymysql
-    from urllib.parse import urlparse
-    p = urlparse(MYSQL_BASE)
-    conn = pymysql.connect(host=p.hostname, port=p.port or 3306, user=p.username or "root",
-                           password=p.password or "")
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    conn.close()
+    from tests.conftest import drop_mysql_database
+    drop_mysql_database(name)
 
 
 def start_demo_server(tmp):
