@@ -147,15 +147,23 @@ def _own_methods(handler: type) -> list[str]:
             if getattr(handler, m, None) is not getattr(tornado.web.RequestHandler, m)]
 
 
-def _sources(handler: type) -> str:
-    parts = []
+def _sources(handler: type, method: str | None = None) -> str:
+    """The handler's code that serves `method`: that method and every helper of the class,
+    but not the other HTTP methods (a query parameter GET reads is not one POST takes)."""
+    parts, seen = [], set()
     for cls in handler.__mro__:
         if cls in (BaseHandler, tornado.web.RequestHandler, object):
             break
-        try:
-            parts.append(inspect.getsource(cls))
-        except (OSError, TypeError):
-            pass
+        for name, member in vars(cls).items():
+            if name in seen or not inspect.isfunction(member):
+                continue
+            seen.add(name)
+            if method is not None and name in METHODS and name != method:
+                continue
+            try:
+                parts.append(inspect.getsource(member))
+            except (OSError, TypeError):
+                pass
     return "\n".join(parts)
 
 
@@ -169,12 +177,12 @@ def _arg_names(handler: type, method: str, count: int) -> list[str]:
     return names if len(names) == count else []
 
 
-def query_params(handler: type) -> list[str]:
-    return sorted(set(_QUERY_RE.findall(_sources(handler))))
+def query_params(handler: type, method: str | None = None) -> list[str]:
+    return sorted(set(_QUERY_RE.findall(_sources(handler, method))))
 
 
-def body_fields(handler: type) -> list[str]:
-    return sorted({a or b for a, b in _BODY_RE.findall(_sources(handler))})
+def body_fields(handler: type, method: str | None = None) -> list[str]:
+    return sorted({a or b for a, b in _BODY_RE.findall(_sources(handler, method))})
 
 
 def media_type(path: str) -> str:
@@ -225,8 +233,8 @@ def describe_rules(rules) -> list[dict]:
                 for k, (name, _rx) in enumerate(groups):
                     path = path.replace("{" + name + "}", "{" + names[k] + "}", 1)
             ops.append({"pattern": pattern, "path": path, "method": method, "handler": handler,
-                        "path_params": params, "query": query_params(handler),
-                        "body": body_fields(handler) if method != "get" else [],
+                        "path_params": params, "query": query_params(handler, method),
+                        "body": body_fields(handler, method) if method != "get" else [],
                         "media_type": media_type(path)})
     return ops
 
