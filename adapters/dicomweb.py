@@ -13,6 +13,8 @@ import re
 import threading
 from collections import OrderedDict
 
+import orjson
+
 # loaded with the routes, not on the first metadata or frame request after a start (the
 # import costs ~0.4 s on the reference machine)
 importlib.import_module("pydicom")
@@ -305,8 +307,13 @@ def metadata_text(storage, file_path: str, sha256: str, study: str, series: str,
         with storage.open(side) as fh:
             raw = fh.read()
         if raw.startswith(head):
-            return raw[len(head):].decode("utf-8")
-        storage.remove(side)                         # made from another file: stale
+            body = raw[len(head):]
+            try:                                     # a damaged body is made again
+                if isinstance(orjson.loads(body), dict):
+                    return body.decode("utf-8")
+            except (orjson.JSONDecodeError, UnicodeDecodeError):
+                pass
+        storage.remove(side)                         # from another file, or damaged
     except FileNotFoundError:
         pass
     import json

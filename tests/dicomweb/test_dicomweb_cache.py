@@ -156,6 +156,15 @@ def test_metadata_sidecars_made_at_ingest_serve_a_cold_start(live, catalog, tmp_
     assert cold_get() == expected
     assert all(st.read(p).startswith(f"cfmeta1 {rows[s].sha256}\n".encode())
                for s, p in sides.items())
+    # an intact first line over a damaged body (a flipped byte, a cut-off write) is remade
+    # too: not dropped from the answer, not served as broken JSON
+    for sop, body in ((one, b"\xff\xfe{"), (two, st.read(sides[two])[:-40])):
+        head = f"cfmeta1 {rows[sop].sha256}\n".encode()
+        st.remove(sides[sop])
+        st.put_atomic(sides[sop], head + (body if sop == one else body[len(head):]),
+                      durable=False)
+    assert cold_get() == expected
+    assert all(st.read(p).endswith(b"}") for p in sides.values())
     # a corrected resend is a new version: its own file, its own sidecar, the new value shown
     (tmp_path / "0.dcm").write_bytes(ct_bytes(
         study_uid=STUDY, series_uid=SERIES, sop_uid=f"{SERIES}.1", name="孙^丽",
