@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.lib.cloudfilm import children  # noqa: E402
 from bench.security_starvation import Server  # noqa: E402
 from tests.integration.test_kill import free_port  # noqa: E402
 
@@ -57,17 +58,6 @@ def rss_kib(pid: int) -> int:
             return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
     except (OSError, StopIteration):
         return 0
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                out += [int(x) for x in fh.read().split()]
-    except OSError:
-        pass
-    return out
 
 
 class Sampler(threading.Thread):

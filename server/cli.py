@@ -70,7 +70,7 @@ def _forward_stop_to_workers() -> None:
     def forward(signum, _frame):
         if os.getpid() != parent:          # a child before its own handler is installed
             raise SystemExit(0)
-        for pid in _children(parent):
+        for pid in child_pids(parent):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -79,7 +79,8 @@ def _forward_stop_to_workers() -> None:
     signal.signal(signal.SIGINT, forward)
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """The processes a process forked (its threads' /proc children lists)."""
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:

@@ -8,6 +8,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from server.cli import child_pids as children
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -15,17 +17,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            txt = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
-            out += [int(c) for c in txt]
-    except OSError:
-        pass
-    return out
 
 
 def rss_mb(pid: int) -> float:
