@@ -68,6 +68,12 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1, maximum=65536),
     Setting("render_threads", 4, int, "Threads decoding and rendering images.",
             minimum=1, maximum=64),
+    Setting("render_shed_background_ms", 2000, int,
+            "Background renders (previews and prefetches a viewer asks for with "
+            "X-Render-Priority: 2) are refused with 503 + Retry-After when the render queue "
+            "would keep them waiting longer than this many milliseconds; the viewer asks "
+            "again later. The frame a person is waiting for is never refused.",
+            minimum=100, maximum=600000),
     Setting("processes", 1, int,
             "Server processes sharing the port (SO_REUSEPORT). 0 means one per CPU core.",
             minimum=0, maximum=64),

@@ -382,13 +382,15 @@ class FrameRenderer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
-    async def run_fair(self, principal: str, heavy: bool, fn, *args, **kwargs):
-        """As run(), but scheduled fairly between principals (FairScheduler)."""
+    async def run_fair(self, principal: str, heavy: bool, fn, *args, priority: int = 1,
+                       **kwargs):
+        """As run(), but scheduled by priority and fairly between principals
+        (FairScheduler)."""
         import asyncio
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self.scheduler.push(principal, (waiter, functools.partial(fn, *args, **kwargs)),
-                            heavy)
+                            heavy, priority)
         self._start_ready(loop)
         try:
             return await waiter
@@ -405,23 +407,32 @@ class FrameRenderer:
             if waiter.done():                       # the client went away meanwhile
                 self.scheduler.done(key, heavy)
                 continue
-            fut = loop.run_in_executor(self.executor, call)
+            fut = loop.run_in_executor(self.executor, _timed, call)
 
             def finished(f, key=key, heavy=heavy, waiter=waiter):
-                self.scheduler.done(key, heavy)
+                seconds = None
+                if not f.cancelled() and f.exception() is None:
+                    seconds, result = f.result()
+                self.scheduler.done(key, heavy, seconds)
                 if not waiter.done():
                     if f.cancelled():
                         waiter.cancel()
                     elif f.exception() is not None:
                         waiter.set_exception(f.exception())
                     else:
-                        waiter.set_result(f.result())
+                        waiter.set_result(result)
                 self._start_ready(loop)
             fut.add_done_callback(finished)
 
     def stats(self) -> dict:
         return {"decoded": self.decoded.stats(), "volumes": self.volumes.stats(),
                 "encoded": self.encoded.stats()}
+
+
+def _timed(call):
+    t0 = time.perf_counter()
+    out = call()
+    return time.perf_counter() - t0, out
 
 
 class OriginalIntegrityError(RenderError):
@@ -445,12 +456,21 @@ class DecodeRefused(RenderError):
 
 
 class FairScheduler:
-    """Which render runs next, per principal (issue 14): one queue pair (light: frames,
-    tiles; heavy: MIP, MPR, volumes) per principal, served round-robin, light work first.
-    A principal runs at most `heavy_per_principal` heavy renders at once (the rest wait in
-    its own queue), and heavy renders together never take the last of the `slots`, so a
-    256-px frame never waits behind another principal's 2048-px MIPs. Pure bookkeeping:
-    push/pop/done under a lock; RenderService.run_fair starts what pop returns."""
+    """Which render runs next (issues 14 and 17), across every session of this process.
+
+    Four lanes, served in this order: the frame a person is waiting for (priority 0: the
+    first frame of a session, the frame on screen), frames near it (priority 1, also what a
+    request without a hint gets), heavy renders (MIP, MPR, volumes), then background work
+    (priority 2: previews and prefetches). Within a lane principals take turns round-robin,
+    so one phone's 200 prefetches never delay another phone's first frame. A principal runs
+    at most `heavy_per_principal` heavy renders at once (the rest wait in its own queue), and
+    heavy renders together never take the last of the `slots`, so a 256-px frame never waits
+    behind another principal's 2048-px MIPs. Pure bookkeeping: push/pop/done under a lock;
+    RenderService.run_fair starts what pop returns."""
+
+    NOW, NEAR, BACKGROUND = 0, 1, 2
+    _HEAVY_LANE = 2
+    _LANES = (0, 1, 2, 3)            # now, near, heavy, background
 
     def __init__(self, slots: int, heavy_per_principal: int = 1):
         import collections
@@ -460,15 +480,22 @@ class FairScheduler:
         self._queues: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
         self._heavy_running: "collections.Counter[str]" = collections.Counter()
         self.running = 0
+        self.light_s = 0.02                 # smoothed time of a light render (backlog_s)
         self._lock = threading.Lock()
 
-    def push(self, key: str, job, heavy: bool = False) -> None:
+    @classmethod
+    def lane_of(cls, heavy: bool, priority: int) -> int:
+        if heavy:
+            return cls._HEAVY_LANE
+        return {cls.NOW: 0, cls.BACKGROUND: 3}.get(priority, 1)
+
+    def push(self, key: str, job, heavy: bool = False, priority: int = NEAR) -> None:
         import collections
         with self._lock:
             q = self._queues.get(key)
             if q is None:
-                q = self._queues[key] = (collections.deque(), collections.deque())
-            q[1 if heavy else 0].append(job)
+                q = self._queues[key] = tuple(collections.deque() for _ in self._LANES)
+            q[self.lane_of(heavy, priority)].append(job)
 
     def pop(self):
         """(key, job, heavy) to start now, or None (no free slot or nothing eligible)."""
@@ -476,16 +503,17 @@ class FairScheduler:
             if self.running >= self.slots:
                 return None
             heavy_total = sum(self._heavy_running.values())
-            for heavy in (False, True):
+            for lane in self._LANES:
+                heavy = lane == self._HEAVY_LANE
                 for key, q in self._queues.items():
-                    if not q[heavy]:
+                    if not q[lane]:
                         continue
                     if heavy and (self._heavy_running[key] >= self.heavy_per_principal
                                   or heavy_total >= self.heavy_slots):
                         continue
-                    job = q[heavy].popleft()
+                    job = q[lane].popleft()
                     self._queues.move_to_end(key)       # round-robin: served, goes last
-                    if not q[0] and not q[1]:
+                    if not any(q):
                         del self._queues[key]
                     self.running += 1
                     if heavy:
@@ -493,17 +521,27 @@ class FairScheduler:
                     return key, job, heavy
             return None
 
-    def done(self, key: str, heavy: bool) -> None:
+    def done(self, key: str, heavy: bool, seconds: float | None = None) -> None:
         with self._lock:
             self.running -= 1
             if heavy:
                 self._heavy_running[key] -= 1
                 if self._heavy_running[key] <= 0:
                     del self._heavy_running[key]
+            elif seconds is not None:
+                self.light_s = 0.9 * self.light_s + 0.1 * seconds
 
     def waiting(self) -> int:
         with self._lock:
-            return sum(len(a) + len(b) for a, b in self._queues.values())
+            return sum(len(d) for q in self._queues.values() for d in q)
+
+    def backlog_s(self) -> float:
+        """About how long a render pushed now at the back would wait (light renders; heavy
+        ones counted as ten)."""
+        with self._lock:
+            n = sum(len(d) * (10 if lane == self._HEAVY_LANE else 1)
+                    for q in self._queues.values() for lane, d in enumerate(q))
+            return n * self.light_s / self.slots
 
 
 def etag_for(ref_sha: str, *parts) -> str:

@@ -20,13 +20,24 @@ import logging
 
 from models.storage import valid_uid
 
-from ..render_service import etag_for
+from .. import metrics
+from ..render_service import FairScheduler, etag_for
 from .base import UID, ApiError, BaseHandler
 
 log = logging.getLogger(__name__)
 
 BASE = rf"/dicomweb/studies/{UID}"
 THUMBNAIL_SIZE = 128
+
+
+class RenderBusy(ApiError):
+    """A background render refused while the render queue is long (issue 17)."""
+
+    retry_after_s = 2
+
+    def __init__(self):
+        super().__init__(503, "服务器繁忙，预览稍后加载 / the server is busy: previews load a "
+                              "little later", log_message="background render shed")
 
 
 class RenderedHandler(BaseHandler):
@@ -46,10 +57,25 @@ class RenderedHandler(BaseHandler):
             self._queued.cancel()
         super().on_connection_close()
 
+    def render_priority(self) -> int:
+        """The viewer's hint (X-Render-Priority): 0 the frame a person is waiting for, 1 a
+        frame near it (also without a hint: an <img>, another client), 2 a preview or
+        prefetch that may wait or be refused while the queue is long."""
+        hint = self.request.headers.get("X-Render-Priority", "")
+        return int(hint) if hint in ("0", "1", "2") else FairScheduler.NEAR
+
     async def run_queued(self, heavy: bool, fn, *args, **kwargs):
-        """renders.run_fair for this request; None when its client left before it ran."""
+        """renders.run_fair for this request; None when its client left before it ran.
+        A background render is refused (503 + Retry-After) when the queue is too long."""
+        priority = self.render_priority()
+        if priority == FairScheduler.BACKGROUND and not heavy and \
+                self.renders.scheduler.backlog_s() * 1000 > \
+                self.ctx.config.render_shed_background_ms:
+            metrics.RENDERS_SHED.inc()
+            raise RenderBusy()
         task = asyncio.ensure_future(self.renders.run_fair(self.render_principal(), heavy,
-                                                           fn, *args, **kwargs))
+                                                           fn, *args, priority=priority,
+                                                           **kwargs))
         self._queued = task
         try:
             return await task

@@ -340,6 +340,31 @@ def test_heavy_renders_never_take_the_last_slot():
     assert s.pop() == ("viewer", "frame", False)
 
 
+def test_priority_lanes_across_principals():
+    """Issue 17: the frame a person waits for (0) before frames near it (1, also no hint),
+    before heavy renders, before previews (2); principals take turns within a lane."""
+    from server.render_service import FairScheduler
+    s = FairScheduler(slots=8, heavy_per_principal=1)
+    for i in range(3):
+        s.push("phoneA", f"A-preview{i}", priority=2)
+    s.push("phoneA", "A-near", priority=1)
+    s.push("doctor", "mip", heavy=True)
+    s.push("phoneB", "B-preview", priority=2)
+    s.push("phoneB", "B-first", priority=0)
+    s.push("phoneC", "C-first", priority=0)
+    s.push("phoneC", "C-plain")                       # no hint: near
+    assert s.backlog_s() == pytest.approx((8 + 10) * s.light_s / 8)
+    order = [s.pop()[1] for _ in range(8)]
+    assert order[:2] == ["B-first", "C-first"]
+    assert set(order[2:4]) == {"A-near", "C-plain"}
+    assert order[4] == "mip"
+    assert sorted(order[5:]) == ["A-preview0", "A-preview1", "B-preview"]
+    assert order[5:7] != ["A-preview0", "A-preview1"]    # B's preview is not last behind A's
+    assert s.waiting() == 1
+    s.done("phoneA", False, seconds=1.0)
+    assert s.light_s == pytest.approx(0.9 * 0.02 + 0.1)
+
+
 # --------------------------------------------------------------------------- HL7 connections
 
 @contextlib.contextmanager

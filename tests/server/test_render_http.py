@@ -244,3 +244,67 @@ def test_a_render_whose_client_left_is_never_started(live, ctx, series, monkeypa
     st, _, body = live.get(frame_url(1, query="window=10,100"))   # the next one is served
     assert st == 200 and body[:2] == b"\xff\xd8"
     assert calls.count(sop(1)) == 1 and sop(2) not in calls and sop(3) not in calls
+
+
+def test_the_frame_on_screen_goes_before_queued_previews(live, ctx, series, monkeypatch):
+    """Was (issue 17): past ~100 phones a patient who had just typed the code waited seconds
+    for the first image, queued behind other patients' background prefetches. The viewer
+    says which request is which (X-Render-Priority); the render queue serves the frame a
+    person waits for first, whoever asked for the previews first."""
+    calls, gate = [], threading.Event()
+    real = ctx.renders.render
+
+    def slow(ref, *a, **kw):
+        calls.append((ref.sop_uid, kw.get("window")))
+        gate.wait(20)
+        return real(ref, *a, **kw)
+    monkeypatch.setattr(ctx.renders, "render", slow)
+    slots = ctx.renders.scheduler.slots
+    got = {}
+
+    def ask(name, path, priority):
+        got[name] = live.get(path, headers={"X-Render-Priority": str(priority)})[0]
+    threads = [threading.Thread(target=ask, args=(f"busy{k}", frame_url(0, query=f"window=40,{400 + k}"), 1))
+               for k in range(slots)]                     # every render slot taken
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(calls) < slots and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(calls) == slots
+    for i in (1, 2, 3):                                   # previews queue first ...
+        threads.append(threading.Thread(target=ask, args=(f"bg{i}", frame_url(i), 2)))
+        threads[-1].start()
+        time.sleep(0.15)
+    threads.append(threading.Thread(target=ask, args=("now", frame_url(3, query="window=50,350"), 0)))
+    threads[-1].start()                                   # ... the frame on screen comes last
+    while ctx.renders.scheduler.waiting() < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ctx.renders.scheduler.waiting() == 4
+    gate.set()
+    for t in threads:
+        t.join(20)
+    assert set(got.values()) == {200}
+    assert calls[slots][0] == sop(3) and calls[slots][1] is not None, calls   # served first
+    assert sorted(c[0] for c in calls[slots + 1:]) == [sop(1), sop(2), sop(3)]
+
+
+def test_previews_get_503_while_the_queue_is_long(live, ctx, series, monkeypatch):
+    """A background render that would wait longer than render_shed_background_ms is refused
+    at once (503 + Retry-After; the viewer asks again later) instead of queueing without
+    bound; the frame on screen and requests without a hint are never refused."""
+    from server import metrics
+    before = metrics.RENDERS_SHED._value.get()
+    monkeypatch.setattr(ctx.renders.scheduler, "backlog_s", lambda: 5.0)
+    st, hdrs, body = live.get(frame_url(1, query="window=40,401"),
+                              headers={"X-Render-Priority": "2"})
+    assert st == 503 and hdrs["Retry-After"] == "2"
+    assert "繁忙" in json.loads(body)["error"]
+    assert metrics.RENDERS_SHED._value.get() == before + 1
+    for hint in ("0", "1", None, "junk"):
+        st, _, body = live.get(frame_url(1, query="window=40,402"),
+                               headers={"X-Render-Priority": hint} if hint else {})
+        assert st == 200 and body[:2] == b"\xff\xd8"
+    monkeypatch.setattr(ctx.renders.scheduler, "backlog_s", lambda: 0.5)
+    st, _, _ = live.get(frame_url(2), headers={"X-Render-Priority": "2"})
+    assert st == 200                                      # a short queue: served

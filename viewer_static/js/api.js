@@ -51,6 +51,7 @@ export function setCsrf(v) { if (v) csrf = v; }
  *  a stale CSRF proof (403 'csrf_stale': another link started a session) renewed, sent again. */
 export async function request(method, url, body, o = {}, retried = false) {
   const headers = { Accept: o.accept || 'application/json' };
+  if (o.renderPriority !== undefined) headers['X-Render-Priority'] = String(o.renderPriority);
   const opts = { method, headers, signal: o.signal, priority: o.priority, credentials: 'same-origin' };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -78,8 +79,14 @@ export async function request(method, url, body, o = {}, retried = false) {
 }
 
 export const getJSON = (url, signal, priority) => request('GET', url, undefined, { signal, priority });
-/** An image as a blob; ApiError on HTTP errors, TypeError on network failure. */
-export const getImage = (url, signal) => request('GET', url, undefined, { signal, accept: 'image/jpeg,image/png;q=0.9', as: 'blob' });
+/** An image as a blob; ApiError on HTTP errors, TypeError on network failure. renderPriority:
+ *  the server's render queue (0 the frame a person waits for, 1 near it, 2 a preview or
+ *  prefetch that may wait, or get 503 while the server is busy); the browser's own fetch
+ *  priority follows it. */
+export const getImage = (url, signal, renderPriority) => request('GET', url, undefined, {
+  signal, accept: 'image/jpeg,image/png;q=0.9', as: 'blob', renderPriority,
+  priority: renderPriority === 0 ? 'high' : renderPriority === 2 ? 'low' : undefined,
+});
 export const postJSON = (url, body) => request('POST', url, body || {});
 
 export const api = {

@@ -183,10 +183,18 @@ export class StackViewport {
   /** Fetch one frame; a full frame that had the link to itself measures the link. */
   fetchFrame(url, signal, task) {
     const t0 = performance.now();
-    return getImage(url, signal).then((blob) => {
+    return getImage(url, signal, this.renderPriority(task)).then((blob) => {
       if (task && task.exclusive) this.link.note(blob.size, performance.now() - t0);
       return blob;
     });
+  }
+
+  /** The server's render queue for a task: 0 the frame on screen (a session's first frame
+   *  too), 1 a full frame near it, 2 previews and the rest of the prefetch. */
+  renderPriority(task) {
+    if (!task) return 1;
+    if (task.index === this.index) return 0;
+    return task.kind === 'full' ? 1 : 2;
   }
 
   /** JPEG quality of full frames: the view's own, lighter on a slow link. */
