@@ -122,7 +122,7 @@ def test_thumbnails(live, series):
     (f"/dicomweb/studies/1.2.3/series/{SERIES}/instances/{sop(0)}/frames/1/rendered", 404,
      "no such instance"),
     (f"/dicomweb/studies/{STUDY}/series/1.2.3/thumbnail", 404, "no such series"),
-    (f"/dicomweb/studies/1.2..3/thumbnail", 400, "UID"),
+    ("/dicomweb/studies/1.2..3/thumbnail", 400, "UID"),
 ])
 def test_bad_render_requests(live, series, url, status, needle):
     got, hdrs, raw = live.get(url)
