@@ -8,7 +8,7 @@ import { buildStack, imageGeometry, isColor } from './series.js';
 import { cssFilter, dragWindow, presetWindow, windowParam, sameWindow } from './presets.js';
 import {
   initialView, renderRequest, viewportParam, requestKey, placement, visibleRegion, zoomAt, panBy,
-  rotateView, screenToImage, imageToScreen, unrotatedSize, dot,
+  rotateView, screenToImage, imageToScreen, unrotatedSize, dot, orientationMarkers, pixelsPerMm, scaleBar,
 } from './viewport_math.js';
 import { el } from './ui.js';
 
@@ -64,6 +64,7 @@ export class StackViewport {
     this.shown = null;
     this.firstShown = false;
     this.cineTimer = null;
+    this.userFps = null; // cine speed chosen by the user (kept across series); null: the file's
     this.buildDom();
     const conn = typeof navigator !== 'undefined' ? navigator.connection : null;
     this.link = opts.link || new LinkEstimate(conn ? conn.downlink : null);
@@ -103,6 +104,19 @@ export class StackViewport {
     this.barFill = el('div', 'vp-progress-fill');
     this.bar.append(this.barFill);
     r.append(this.stage, this.svg, this.ov.tl, this.ov.tr, this.ov.bl, this.ov.br, this.msg, this.bar);
+    if (this.desktop) {
+      // orientation letters at the edges and a scale bar (desktop workspace only)
+      this.dirs = {};
+      for (const k of ['top', 'bottom', 'left', 'right']) {
+        this.dirs[k] = el('div', `ov ov-dir ov-dir-${k}`);
+        r.append(this.dirs[k]);
+      }
+      this.scaleEl = el('div', 'ov-scale hidden');
+      this.scaleBarEl = el('div', 'ov-scale-bar');
+      this.scaleLabelEl = el('div', 'ov-scale-label');
+      this.scaleEl.append(this.scaleBarEl, this.scaleLabelEl);
+      r.append(this.scaleEl);
+    }
     this.retryBtn.addEventListener('click', (e) => {
       e.stopPropagation();
       this.msg.classList.add('hidden');
@@ -120,7 +134,9 @@ export class StackViewport {
     this.countKind = countKind(series, study.modality);
     this.measures = new Map();
     const items = this.stack.items;
-    this.index = opts.index ?? (this.stack.multiframe ? 0 : Math.floor((items.length - 1) / 2));
+    // opts.start 'first' (the workspace's default) or 'middle' (the film view's)
+    const first = this.stack.multiframe || opts.start === 'first';
+    this.index = Math.max(0, Math.min(items.length - 1, opts.index ?? (first ? 0 : Math.floor((items.length - 1) / 2))));
     const inst = items[this.index]?.instance || series.instances[0];
     this.geom = imageGeometry(inst);
     this.color = isColor(inst);
@@ -142,9 +158,9 @@ export class StackViewport {
       this.applyInfo(series.display);
       return;
     }
-    const first = series.instances[0];
+    const inst0 = series.instances[0];
     try {
-      const info = await api.info(study.study_uid, series.series_uid, first.sop_uid);
+      const info = await api.info(study.study_uid, series.series_uid, inst0.sop_uid);
       if (this.series !== series) return;
       this.applyInfo(info);
     } catch (e) {
@@ -401,7 +417,26 @@ export class StackViewport {
     this.ov.tr.textContent = lines.join('\n');
     const w = this.currentWindow();
     this.ov.bl.textContent = !this.color && w ? t('ov.wl', { w: Math.round(w.w), c: Math.round(w.c) }) : '';
-    this.ov.br.textContent = t('ov.zoom', { z: Math.round(this.view.zoom * 100) }) + (it && it.instance.pixel_spacing ? '' : '');
+    this.ov.br.textContent = t('ov.zoom', { z: Math.round(this.view.zoom * 100) });
+    if (this.desktop) this.renderAnnotations(it);
+  }
+
+  /** Orientation letters of the shown image under the current rotation and flips, and the
+   *  scale bar at the current zoom (hidden without pixel spacing). */
+  renderAnnotations(it) {
+    const inst = it && it.instance;
+    const m = orientationMarkers(inst && inst.image_orientation, this.view);
+    for (const k of ['top', 'bottom', 'left', 'right']) this.dirs[k].textContent = m ? m[k] : '';
+    this.root.dataset.orientation = m ? `${m.left},${m.right},${m.top},${m.bottom}` : '';
+    const { W, H } = this.size();
+    const ppm = pixelsPerMm(this.view, this.geom, W, H, inst && inst.pixel_spacing);
+    const bar = ppm ? scaleBar(ppm, Math.min(W * 0.3, 220)) : null;
+    this.scaleEl.classList.toggle('hidden', !bar);
+    if (bar) {
+      this.scaleBarEl.style.width = `${bar.px.toFixed(1)}px`;
+      this.scaleLabelEl.textContent = bar.label;
+    }
+    this.root.dataset.scale = bar ? `${bar.mm}` : '';
   }
 
   updateProgress() {
@@ -480,6 +515,14 @@ export class StackViewport {
     this.setView(rotateView(this.view, 90), true);
   }
 
+  /** Mirror the displayed image left-right (flipH) or top-bottom (flipV) on screen. A flip
+   *  after a rotation mirrors the screen's axis, so it maps to the other image axis. */
+  flip(horizontal) {
+    const screenAxisIsImageX = (this.view.rot % 180 === 0) === horizontal;
+    const k = screenAxisIsImageX ? 'flipH' : 'flipV';
+    this.setView({ ...this.view, [k]: !this.view[k] }, true);
+  }
+
   fit() {
     const v = initialView(this.geom);
     this.setView({ ...v, rot: this.view.rot, flipH: this.view.flipH, flipV: this.view.flipV }, true);
@@ -497,17 +540,33 @@ export class StackViewport {
     return !!this.cineTimer;
   }
 
+  /** Frames per second of the cine loop: the user's choice, else the file's, else 10. */
+  cineFps() {
+    return this.userFps || this.fps || 10;
+  }
+
   play() {
     if (this.cineTimer || this.n < 2) return;
-    const fps = this.fps || 10;
+    const fps = this.cineFps();
+    this.root.dataset.fps = String(fps);
     this.cineTimer = setInterval(() => this.setIndex((this.index + 1) % this.n, true), 1000 / fps);
     this.onChange('cine');
+  }
+
+  /** Set the cine speed (null: the file's own); a running loop continues at the new speed. */
+  setFps(fps) {
+    this.userFps = fps > 0 ? fps : null;
+    if (!this.cineTimer) return;
+    clearInterval(this.cineTimer);
+    this.cineTimer = null;
+    this.play();
   }
 
   stop() {
     if (!this.cineTimer) return;
     clearInterval(this.cineTimer);
     this.cineTimer = null;
+    this.root.dataset.fps = '';
     this.requestRender(true);
     this.onChange('cine');
   }

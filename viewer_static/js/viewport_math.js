@@ -174,4 +174,81 @@ export function sliceNormal(orientation) {
   return normalize(cross(orientation.slice(0, 3), orientation.slice(3, 6)));
 }
 
+// ---------------------------------------------------------------- display annotations
+// Patient space is DICOM's LPS: +x towards the patient's left, +y posterior, +z head.
+const AXIS_LETTERS = [['R', 'L'], ['A', 'P'], ['F', 'H']];
+
+/**
+ * Letters of a direction in patient space (R/L, A/P, F/H), strongest component first; an
+ * oblique direction gets one letter per axis whose share is above `threshold` (e.g. 'LP').
+ * '' for a missing or zero vector.
+ */
+export function directionLetters(v, threshold = 0.25) {
+  if (!v || v.length !== 3 || !v.every(Number.isFinite)) return '';
+  const n = Math.hypot(v[0], v[1], v[2]);
+  if (!(n > 0)) return '';
+  return [0, 1, 2]
+    .map((k) => ({ k, a: Math.abs(v[k]) / n }))
+    .filter((p) => p.a > threshold)
+    .sort((p, q) => q.a - p.a)
+    .map((p) => AXIS_LETTERS[p.k][v[p.k] > 0 ? 1 : 0])
+    .join('');
+}
+
+/**
+ * Orientation letters at the four edges of a viewport showing an image with Image
+ * Orientation (Patient) `orientation` (row cosines then column cosines) under `view`'s
+ * rotation and flips: {top, bottom, left, right}, or null without a valid orientation.
+ */
+export function orientationMarkers(orientation, view = {}) {
+  if (!orientation || orientation.length !== 6 || !orientation.every(Number.isFinite)) return null;
+  const row = orientation.slice(0, 3);
+  const col = orientation.slice(3, 6);
+  if (!(Math.hypot(...row) > 0) || !(Math.hypot(...col) > 0)) return null;
+  const r = normalize(row);
+  const c = normalize(col);
+  const v = { rot: view.rot || 0, flipH: !!view.flipH, flipV: !!view.flipV };
+  // a screen direction → the image direction under it → patient space
+  const toPatient = (sx, sy) => {
+    const d = screenToStageDelta(sx, sy, v);
+    return [0, 1, 2].map((k) => d.x * r[k] + d.y * c[k]);
+  };
+  const right = toPatient(1, 0);
+  const down = toPatient(0, 1);
+  const neg = (a) => a.map((x) => -x);
+  return {
+    top: directionLetters(neg(down)), bottom: directionLetters(down),
+    left: directionLetters(neg(right)), right: directionLetters(right),
+  };
+}
+
+/** Screen CSS pixels per millimetre for an image with `pixelSpacing` [row, column] (mm). */
+export function pixelsPerMm(view, img, W, H, pixelSpacing) {
+  const col = pixelSpacing && Number(pixelSpacing[1]);
+  if (!(col > 0)) return null;
+  return visibleRegion(view, img, W, H).scale / col;
+}
+
+/** Round lengths a scale bar may show (mm): 1-2-5 steps from 10 µm to 50 cm. */
+export const SCALE_STEPS_MM = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500];
+
+/** '5 cm', '2 mm', '100 µm'. */
+export function scaleLabel(mm) {
+  if (mm >= 10) return `${Number((mm / 10).toFixed(3))} cm`;
+  if (mm >= 1) return `${Number(mm.toFixed(3))} mm`;
+  return `${Math.round(mm * 1000)} µm`;
+}
+
+/**
+ * The longest round length whose bar fits in `maxPx` CSS pixels (and is at least `minPx`
+ * long): {mm, px, label}, or null (no spacing, or nothing fits).
+ */
+export function scaleBar(pxPerMm, maxPx, minPx = 12) {
+  if (!(pxPerMm > 0) || !(maxPx > 0)) return null;
+  let mm = null;
+  for (const s of SCALE_STEPS_MM) if (s * pxPerMm <= maxPx) mm = s;
+  if (mm === null || mm * pxPerMm < minPx) return null;
+  return { mm, px: mm * pxPerMm, label: scaleLabel(mm) };
+}
+
 /** Position (mm) of each position vector along `normal`; null where a position is missing. */

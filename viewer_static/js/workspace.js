@@ -24,7 +24,18 @@ const state = {
   tool: 'scroll',
   sync: { scroll: true, zoom: true, window: true },
   mpr: null,
+  overlay: readPref('cf-ws-overlay', 'on') !== 'off',
+  firstSlice: readPref('cf-ws-first', 'first') === 'middle' ? 'middle' : 'first',
+  fps: null,
 };
+
+function readPref(key, dflt) {
+  try { return localStorage.getItem(key) || dflt; } catch (e) { return dflt; }
+}
+
+function writePref(key, value) {
+  try { localStorage.setItem(key, value); } catch (e) { /* private mode */ }
+}
 
 async function loadStudies() {
   const path = location.pathname.split('/').filter(Boolean);
@@ -48,8 +59,12 @@ function makeCell(i) {
   const title = el('span', 'title');
   const link = el('button', 'btn link-btn', t('ws.link'));
   link.type = 'button';
+  link.dataset.i18nTitle = 'tip.link';
+  link.title = t('tip.link');
   const align = el('button', 'btn align-btn', t('ws.align'));
   align.type = 'button';
+  align.dataset.i18nTitle = 'tip.align';
+  align.title = t('tip.align');
   head.append(title, link, align);
   const body = el('div', 'ws-cell-body');
   const empty = el('div', 'ws-empty', t('ws.empty'));
@@ -86,6 +101,72 @@ function setActive(i) {
     renderReport($('report'), c.study, { pages: true });
     buildPresets();
   }
+  updateCineButton();
+}
+
+/** 播放/停止 of the active pane. */
+function updateCineButton() {
+  const c = activeCell();
+  const playing = !!(c && c.vp && c.vp.playing);
+  const b = $('cine');
+  b.textContent = t(playing ? 'tool.stop' : 'tool.cine');
+  b.classList.toggle('on', playing);
+  b.setAttribute('aria-pressed', String(playing));
+}
+
+/** Text corners, orientation letters and scale bar of every pane: shown or hidden. */
+function setOverlay(on) {
+  state.overlay = on;
+  writePref('cf-ws-overlay', on ? 'on' : 'off');
+  for (const c of state.cells) if (c.vp) c.vp.root.classList.toggle('ov-off', !on);
+  const b = $('overlay');
+  b.textContent = t(on ? 'tool.overlay.hide' : 'tool.overlay.show');
+  b.setAttribute('aria-pressed', String(on));
+  b.classList.toggle('on', !on);
+}
+
+/** Cine speed of every pane (0: each file's own frame rate). */
+function setFps(fps) {
+  state.fps = fps > 0 ? fps : null;
+  $('cine-fps').value = String(state.fps || 0);
+  for (const c of state.cells) if (c.vp) c.vp.setFps(state.fps);
+}
+
+function stepFps(d) {
+  const opts = [...$('cine-fps').options].map((o) => Number(o.value)).filter((v) => v > 0).sort((x, y) => x - y);
+  const c = activeCell();
+  const cur = state.fps || (c && c.vp ? c.vp.cineFps() : 10);
+  const next = d > 0 ? opts.find((v) => v > cur) ?? opts[opts.length - 1]
+    : [...opts].reverse().find((v) => v < cur) ?? opts[0];
+  setFps(next);
+}
+
+const HELP_KEYS = [
+  ['S W P Z M', 'help.k.tools'], ['↑ ↓ ← →', 'help.k.scroll'], ['Home End', 'help.k.ends'],
+  ['key.space', 'help.k.cine'], ['[ ]', 'help.k.fps'], ['I', 'help.k.invert'], ['R', 'help.k.rotate'],
+  ['H', 'help.k.fliph'], ['V', 'help.k.flipv'], ['O', 'help.k.overlay'], ['0', 'help.k.reset'],
+  ['Delete', 'help.k.clear'], ['1 2 3 4', 'help.k.layout'], ['? Esc', 'help.k.help'],
+];
+
+function buildHelpKeys() {
+  const table = $('help-keys');
+  table.textContent = '';
+  for (const [keys, what] of HELP_KEYS) {
+    const tr = el('tr');
+    const k = el('td');
+    for (const key of (keys.startsWith('key.') ? [t(keys)] : keys.split(' '))) k.append(el('kbd', null, key), ' ');
+    tr.append(k, el('td', null, t(what)));
+    table.append(tr);
+  }
+}
+
+function helpOpen() {
+  return !$('help').classList.contains('hidden');
+}
+
+function toggleHelp(open = !helpOpen()) {
+  $('help').classList.toggle('hidden', !open);
+  if (open) { buildHelpKeys(); $('help-close').focus(); }
 }
 
 function clearCell(c) {
@@ -116,9 +197,11 @@ function assign(c, study, series, kind = 'stack') {
       t, desktop: true, concurrency: 6, mode: state.tool,
       onUserChange: (k) => broadcast(c, k),
       onForbidden: () => { root.textContent = ''; root.append(el('p', 'notice-text', t('state.noimages'))); },
-      onChange: () => {},
+      onChange: (k) => { if (k === 'cine' && c === activeCell()) updateCineButton(); },
     });
-    c.vp.load(study, series);
+    c.vp.root.classList.toggle('ov-off', !state.overlay);
+    c.vp.userFps = state.fps;
+    c.vp.load(study, series, { start: state.firstSlice });
   }
   updateCellHead(c);
   if (c.i === state.active) setActive(c.i);
@@ -277,20 +360,26 @@ function buildSide() {
 
 function bindToolbar() {
   for (const b of document.querySelectorAll('[data-layout]')) b.addEventListener('click', () => setLayout(b.dataset.layout));
-  for (const b of document.querySelectorAll('[data-tool]')) {
-    b.addEventListener('click', () => {
-      state.tool = b.dataset.tool;
-      for (const x of document.querySelectorAll('[data-tool]')) x.classList.toggle('on', x === b);
-      for (const c of state.cells) if (c.vp) c.vp.mode = state.tool;
-    });
-  }
+  for (const b of document.querySelectorAll('[data-tool]')) b.addEventListener('click', () => setTool(b.dataset.tool));
   const vpDo = (fn) => () => { const c = activeCell(); if (c && c.vp) fn(c.vp); };
   $('preset').addEventListener('change', (e) => { const c = activeCell(); if (c && c.vp) c.vp.applyPreset(e.target.value); });
   $('invert').addEventListener('click', vpDo((v) => v.toggleInvert()));
   $('rotate').addEventListener('click', vpDo((v) => v.rotate()));
   $('reset').addEventListener('click', vpDo((v) => v.reset()));
+  $('flip-h').addEventListener('click', vpDo((v) => v.flip(true)));
+  $('flip-v').addEventListener('click', vpDo((v) => v.flip(false)));
   $('cine').addEventListener('click', vpDo((v) => (v.playing ? v.stop() : v.play())));
+  // the speed applies at once; the keys go back to the panes (arrows would change the select)
+  $('cine-fps').addEventListener('change', (e) => { setFps(Number(e.target.value)); e.target.blur(); });
   $('clear').addEventListener('click', vpDo((v) => v.clearMeasures()));
+  $('overlay').addEventListener('click', () => setOverlay(!state.overlay));
+  setOverlay(state.overlay);
+  $('help-btn').addEventListener('click', () => toggleHelp());
+  $('help-close').addEventListener('click', () => toggleHelp(false));
+  $('help').addEventListener('click', (e) => { if (e.target === $('help')) toggleHelp(false); });
+  const first = $('first-slice');
+  first.value = state.firstSlice;
+  first.addEventListener('change', () => { state.firstSlice = first.value; writePref('cf-ws-first', first.value); });
   for (const k of ['scroll', 'zoom', 'window']) {
     const box = $(`sync-${k}`);
     box.checked = state.sync[k];
@@ -307,21 +396,65 @@ function bindToolbar() {
     c.lastWindow = c.vp.currentWindow();
     assign(c, c.study, c.series, 'mip');
   });
-  document.addEventListener('keydown', (e) => {
-    const c = activeCell();
-    if (!c || !c.vp || e.target.closest('input, select')) return;
-    if (e.key === 'ArrowUp' || e.key === 'ArrowLeft') { c.vp.scrollBy(-1); e.preventDefault(); }
-    if (e.key === 'ArrowDown' || e.key === 'ArrowRight') { c.vp.scrollBy(1); e.preventDefault(); }
-    if (e.key === ' ') { c.vp.playing ? c.vp.stop() : c.vp.play(); e.preventDefault(); }
-  });
+  document.addEventListener('keydown', onKey);
+}
+
+function setTool(name) {
+  state.tool = name;
+  for (const x of document.querySelectorAll('[data-tool]')) x.classList.toggle('on', x.dataset.tool === name);
+  for (const c of state.cells) if (c.vp) c.vp.mode = name;
+}
+
+const TOOL_KEYS = { s: 'scroll', w: 'window', p: 'pan', z: 'zoom', m: 'measure' };
+const LAYOUT_KEYS = { 1: '1x1', 2: '1x2', 3: '2x1', 4: '2x2' };
+
+/** Keyboard shortcuts (listed in the help, shown in the toolbar's tooltips). */
+function onKey(e) {
+  if (e.target.closest && e.target.closest('input, select, textarea')) return;
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === '?') { toggleHelp(); e.preventDefault(); return; }
+  if (helpOpen()) { if (e.key === 'Escape') { toggleHelp(false); e.preventDefault(); } return; }
+  const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+  const done = () => e.preventDefault();
+  if (TOOL_KEYS[key]) { setTool(TOOL_KEYS[key]); return done(); }
+  if (LAYOUT_KEYS[key]) { setLayout(LAYOUT_KEYS[key]); return done(); }
+  if (key === 'o') { setOverlay(!state.overlay); return done(); }
+  if (key === '[' || key === ']') { stepFps(key === ']' ? 1 : -1); return done(); }
+  const c = activeCell();
+  if (!c || !c.vp || !c.vp.stack) return undefined;
+  const v = c.vp;
+  const actions = {
+    ArrowUp: () => v.scrollBy(-1), ArrowLeft: () => v.scrollBy(-1),
+    ArrowDown: () => v.scrollBy(1), ArrowRight: () => v.scrollBy(1),
+    Home: () => v.setIndex(0, true), End: () => v.setIndex(v.n - 1, true),
+    ' ': () => (v.playing ? v.stop() : v.play()),
+    i: () => v.toggleInvert(), r: () => v.rotate(), h: () => v.flip(true), v: () => v.flip(false),
+    0: () => v.reset(), Delete: () => v.clearMeasures(),
+  };
+  const fn = actions[key];
+  if (!fn) return undefined;
+  fn();
+  return done();
+}
+
+/** Tooltips of the toolbar buttons that other modules make (language, send). */
+function tipExtras() {
+  const lang = $('lang-switch');
+  if (lang) lang.title = t('tip.lang');
+  const send = $('send-ws');
+  if (send) send.title = t('tip.send');
 }
 
 async function main() {
   await initI18n();
   watchSession();
   $('toolbar-end').append(langButton(() => {
-    for (const c of state.cells) { updateCellHead(c); c.empty.textContent = t('ws.empty'); if (c.vp) c.vp.render(); }
-    buildSide(); buildPresets();
+    for (const c of state.cells) {
+      updateCellHead(c); c.empty.textContent = t('ws.empty'); if (c.vp) c.vp.render();
+      c.link.title = t('tip.link'); c.align.title = t('tip.align');
+    }
+    buildSide(); buildPresets(); setOverlay(state.overlay); updateCineButton(); tipExtras();
+    if (helpOpen()) buildHelpKeys();
     const c = activeCell(); if (c && c.study) renderReport($('report'), c.study);
   }));
   bindToolbar();
@@ -355,6 +488,7 @@ async function main() {
     const c = activeCell();
     return c && c.study ? { study: c.study, series: c.series } : { study: state.studies[0], series: null };
   }, fatalToast);
+  tipExtras();
   window.cfWorkspace = state; // for tests and the benchmark
 }
 
