@@ -1,4 +1,4 @@
-"""Deterministic demo data: four synthetic patients, seven exams, Chinese reports.
+"""Deterministic demo data: five synthetic patients, eleven exams, Chinese reports.
 
 ``generate_demo(out_dir)`` writes real DICOM Part 10 files (proper SOP classes,
 Chinese names in ISO_IR 192 / GB18030, UIDs under a fixed root) and returns a
@@ -15,6 +15,10 @@ B      US          upper abdomen cine, 32 frames 480×640 JPEG baseline
 C      ES          gastroscopy, 4 images 640×480 JPEG baseline
 C      SM          gastric biopsy H&E, one 4096×3072 JPEG baseline image
 D      CR          chest PA, pixels of pydicom-data's RG1_UNCR.dcm
+E      CT          chest + abdomen, at most 48 × 256² (one patient with the
+E      US          upper abdomen cine, 16 frames   four kinds of image:
+E      ES          gastroscopy, 4 images           radiology, ultrasound,
+E      SM          gastric biopsy H&E, 1024×768    endoscopy, pathology)
 =====  ==========  ========================================================
 
 Everything is synthetic (names, ID numbers, phone numbers, pictures), for
@@ -150,6 +154,7 @@ def _patients() -> dict[str, _Patient]:
             # alphabetic=ideographic component groups, as many Chinese modalities send it
             make("D", "DF100918", "Chen^Jianguo=陈^建国", "陈建国", "M", dt.date(1957, 11, 8), "ISO_IR 192",
                  "13725369087", 23),
+            make("E", "DF101164", "杨桂芬", "杨桂芬", "F", dt.date(1963, 4, 19), "ISO_IR 192", "13528417960", 36),
         ]
     )
 
@@ -170,6 +175,15 @@ def _exams(p: dict[str, _Patient]) -> list[_Exam]:
               "消化内科", "梁永健", "STOMACH"),
         _Exam(7, p["D"], "CR", "CR2608030056", dt.datetime(2026, 8, 3, 11, 26, 9), "胸部正位X线摄影",
               "肿瘤科", "罗志明", "CHEST"),
+        # one patient with all four kinds of image (radiology, ultrasound, endoscopy, pathology)
+        _Exam(8, p["E"], "CT", "CT2609020027", dt.datetime(2026, 9, 2, 15, 41, 7), "胸部+全腹部CT平扫",
+              "消化内科", "梁永健", "ABDOMEN"),
+        _Exam(9, p["E"], "US", "US2609030066", dt.datetime(2026, 9, 3, 9, 12, 30), "肝胆胰脾彩超",
+              "消化内科", "梁永健", "ABDOMEN"),
+        _Exam(10, p["E"], "ES", "ES2609040018", dt.datetime(2026, 9, 4, 10, 5, 44), "电子胃镜检查",
+              "消化内科", "梁永健", "STOMACH"),
+        _Exam(11, p["E"], "SM", "BL2609050004", dt.datetime(2026, 9, 5, 16, 2, 0), "胃体黏膜活检病理",
+              "消化内科", "梁永健", "STOMACH"),
     ]
 
 
@@ -631,8 +645,8 @@ def _label_font(size: int) -> ImageFont.ImageFont:
     return ImageFont.truetype(str(path), size, index=index)
 
 
-def _write_us(exam: _Exam, out: Path, rng: np.random.Generator) -> list[Path]:
-    rows, cols, n_frames, fps = 480, 640, 32, 25
+def _write_us(exam: _Exam, out: Path, rng: np.random.Generator, n_frames: int = 32) -> list[Path]:
+    rows, cols, fps = 480, 640, 25
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     ax, ay = 330.0, 40.0  # probe apex (curved array)
     r = np.hypot(xx - ax, yy - ay + 60)
@@ -789,7 +803,7 @@ def _he_slide(rng: np.random.Generator, rows: int = 3072, cols: int = 4096) -> n
             c = rng.integers(60, 100)
             draw.ellipse([nx - 5, ny - 5, nx + 5, ny + 5], fill=(int(c), int(c * 0.55), int(c + 70)))
     # lymphocytes and plasma cells in the lamina propria (chronic inflammation)
-    n_cells = 26000
+    n_cells = 26000 * rows * cols // (3072 * 4096)
     cy = rng.integers(0, rows, n_cells)
     cx = rng.integers(0, cols, n_cells)
     lumen = np.all(np.asarray(pic)[cy, cx] == (246, 238, 244), axis=1)
@@ -802,8 +816,8 @@ def _he_slide(rng: np.random.Generator, rows: int = 3072, cols: int = 4096) -> n
     return np.asarray(pic)
 
 
-def _write_sm(exam: _Exam, out: Path, rng: np.random.Generator) -> tuple[list[Path], bytes]:
-    rows, cols = 3072, 4096
+def _write_sm(exam: _Exam, out: Path, rng: np.random.Generator, rows: int = 3072, cols: int = 4096,
+              specimen: str = "B2026-07007") -> tuple[list[Path], bytes]:
     rgb = _he_slide(rng, rows, cols)
     jpeg = _jpeg(rgb, quality=88)
     ds = _base_dataset(exam, VL_SLIDE_MICROSCOPIC_STORAGE, 1, "HE染色 20x", exam.when)
@@ -811,11 +825,11 @@ def _write_sm(exam: _Exam, out: Path, rng: np.random.Generator) -> tuple[list[Pa
     ds.InstanceNumber = 1
     ds.PatientOrientation = ""
     ds.AcquisitionDateTime = f"{exam.when:%Y%m%d%H%M%S}"
-    ds.ContainerIdentifier = "B2026-07007-1"
+    ds.ContainerIdentifier = f"{specimen}-1"
     ds.IssuerOfTheContainerIdentifierSequence = []
     ds.ContainerTypeCodeSequence = []
     spec = Dataset()
-    spec.SpecimenIdentifier = "B2026-07007-A1"
+    spec.SpecimenIdentifier = f"{specimen}-A1"
     spec.SpecimenUID = demo_uid(5, exam.number, 1)
     spec.IssuerOfTheSpecimenIdentifierSequence = []
     spec.SpecimenShortDescription = "胃窦黏膜活检 HE"
@@ -832,7 +846,8 @@ def _write_sm(exam: _Exam, out: Path, rng: np.random.Generator) -> tuple[list[Pa
     path = out / exam.patient.patient_id / exam.accession / "S1" / "I0001.dcm"
     log.info("SM %s: %dx%d slide written (%d bytes JPEG)", exam.accession, cols, rows, len(jpeg))
     thumb = io.BytesIO()
-    Image.fromarray(rgb[1024:2048, 1365:2731]).resize((800, 600)).save(thumb, "JPEG", quality=85)
+    r3, c3 = rows // 3, cols // 3  # the middle ninth (1024:2048, 1365:2731 of the full slide)
+    Image.fromarray(rgb[r3:2 * r3, c3:2 * c3 + 1]).resize((800, 600)).save(thumb, "JPEG", quality=85)
     return [_write(path, ds, JPEGBaseline8Bit, exam.instance_uid(1, 1))], thumb.getvalue()
 
 
@@ -963,6 +978,49 @@ def _report_texts(nodule_mm: tuple[float, float]) -> dict[int, dict[str, Any]]:
             ),
             impression="双肺多发结节及肿块影，考虑转移瘤可能大，建议胸部增强CT进一步检查。",
         ),
+        # patient E: upper abdominal pain worked up by CT, ultrasound, gastroscopy and biopsy
+        8: dict(
+            doctors=_RADIOLOGY, delay=dt.timedelta(hours=2, minutes=45),
+            findings=(
+                "胸廓对称，气管居中。右肺上叶前段见一微小实性结节，直径约3mm，边缘光整。余双肺未见实变及肿块影。"
+                "纵隔内未见肿大淋巴结。心影不大。双侧胸腔未见积液。\n"
+                "胃充盈欠佳，胃窦及胃体壁未见明确增厚。肝脏大小形态正常，实质密度均匀。胆囊、胰腺、脾脏、"
+                "双肾未见明显异常。腹膜后及腹腔内未见肿大淋巴结，未见积液。所示骨质未见明确破坏。"
+            ),
+            impression="1. 右肺上叶前段微小实性结节(约3mm)，建议12个月后复查胸部CT。\n"
+                       "2. 腹部CT平扫未见明显异常，胃部病变请结合胃镜检查。",
+        ),
+        9: dict(
+            doctors=_ULTRASOUND, delay=dt.timedelta(minutes=20),
+            findings=(
+                "肝脏：形态大小正常，包膜光滑，实质回声均匀，肝内胆管未见扩张。\n"
+                "胆囊：大小约62mm×25mm，壁光滑，腔内透声好，未见异常回声。胆总管内径约4mm。\n"
+                "胰腺：显示部分形态大小正常，回声均匀。\n"
+                "脾脏：厚约30mm，实质回声均匀。CDFI：未见异常血流信号。"
+            ),
+            impression="肝、胆、胰、脾未见明显异常。",
+        ),
+        10: dict(
+            doctors=_ENDOSCOPY, delay=dt.timedelta(minutes=30),
+            findings=(
+                "食管：黏膜光滑，血管纹理清晰，齿状线清晰。\n"
+                "贲门：开闭良好。\n"
+                "胃体：小弯侧见一约8mm浅溃疡，底覆薄白苔，周边黏膜充血水肿，于溃疡边缘取活检3块送病理。\n"
+                "胃角、胃窦：黏膜红白相间，以红为主。幽门：圆，开闭好。\n"
+                "十二指肠球部及降部：未见异常。"
+            ),
+            impression="胃体小弯溃疡(A1期)，已取活检，待病理；慢性非萎缩性胃炎。",
+        ),
+        11: dict(
+            doctors=_PATHOLOGY, delay=dt.timedelta(days=2, hours=3),
+            findings=(
+                "送检：(胃体小弯)活检组织3块，灰白色，直径0.2～0.3cm，全埋制片。\n"
+                "镜下：胃体黏膜组织，局灶表面上皮缺失，见炎性渗出及肉芽组织；固有层内较多淋巴细胞、"
+                "浆细胞及中性粒细胞浸润。腺体未见异型增生，未见恶性证据。"
+            ),
+            impression="(胃体小弯)溃疡边缘黏膜慢性活动性炎，未见异型增生及恶性证据。HP(+)。",
+            findings_heading="大体及镜下所见：", impression_heading="病理诊断：",
+        ),
     }
 
 
@@ -1011,9 +1069,10 @@ def _report(exam: _Exam, text: dict[str, Any], images: list[bytes] | None = None
 def generate_demo(out_dir: Path, *, ct_slices: int = 220, size: int = 512, seed: int = 7) -> DemoSet:
     """Write the demo DICOM files under ``out_dir`` and return what was written.
 
-    ``ct_slices`` and ``size`` shape the two CT exams only (the slices always
-    cover lung apex to pelvis, so fewer slices means thicker ones); other
-    series have fixed sizes. The same arguments give identical files.
+    ``ct_slices`` and ``size`` shape patient A's two CT exams (the slices always
+    cover lung apex to pelvis, so fewer slices means thicker ones); patient E's
+    CT takes at most 48 slices of 256²; other series have fixed sizes. The same
+    arguments give identical files.
     """
     if ct_slices < 2 or size < 32:
         raise ValueError(f"need ct_slices >= 2 and size >= 32, got ct_slices={ct_slices}, size={size}")
@@ -1041,6 +1100,13 @@ def generate_demo(out_dir: Path, *, ct_slices: int = 220, size: int = 512, seed:
     written[6], thumb = _write_sm(by_no[6], out, rng(6))
     images[6] = [thumb]
     written[7] = _write_cr(by_no[7], out)
+    # patient E's four kinds of image, small: they show side by side, not detail
+    written[8] = _write_ct(by_no[8], out, n=min(ct_slices, 48), size=min(size, 256), rng=rng(8),
+                           nodule_radius=1.5, start_offset=0.8, shift_xy=(-1.5, 2.0))
+    written[9] = _write_us(by_no[9], out, rng(9), n_frames=16)
+    written[10], images[10] = _write_es(by_no[10], out, rng(10))
+    written[11], thumb = _write_sm(by_no[11], out, rng(11), rows=768, cols=1024, specimen="B2026-09004")
+    images[11] = [thumb]
 
     for exam in exams:
         files = written[exam.number]

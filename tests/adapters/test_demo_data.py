@@ -134,6 +134,23 @@ def test_two_ct_exams_for_patient_a_on_different_dates(datasets):
     assert {d for _, d in studies} == {"20260312", "20261020"}
 
 
+def test_one_patient_has_all_four_kinds_of_image(demo, datasets):
+    """R2.5: patient E (杨桂芬) has a CT, an ultrasound, a gastroscopy and a biopsy, small ones."""
+    _, result = demo
+    exams = [e for e in result.exams if e["patient_id"] == "DF101164"]
+    assert sorted(e["modality"] for e in exams) == ["CT", "ES", "SM", "US"]
+    assert {CATEGORY[e["modality"]] for e in exams} == {"radiology", "ultrasound", "endoscopy", "pathology"}
+    mine = [ds for ds in datasets if ds.PatientID == "DF101164"]
+    assert {str(ds.PatientName) for ds in mine} == {"杨桂芬"}
+    assert len({ds.StudyInstanceUID for ds in mine}) == 4
+    ct = [ds for ds in mine if ds.Modality == "CT"]
+    assert len(ct) == 12 and ct[0].Rows == 128           # follows ct_slices / size, capped at 48 × 256
+    (sm,) = [ds for ds in mine if ds.Modality == "SM"]
+    assert (sm.Rows, sm.Columns) == (768, 1024) and sm.ContainerIdentifier == "B2026-09004-1"
+    (us,) = [ds for ds in mine if ds.Modality == "US"]
+    assert int(us.NumberOfFrames) == 16
+
+
 def test_other_exams_have_the_promised_shape(datasets):
     groups = _by_accession(datasets)
     mr = groups["MR2606080023"]
@@ -157,7 +174,7 @@ def test_other_exams_have_the_promised_shape(datasets):
 
 def test_patients_have_valid_ids_and_phones(demo):
     _, result = demo
-    assert len(result.patients) == 4
+    assert len(result.patients) == 5
     for p in result.patients:
         nid = p["national_id"]
         assert len(nid) == 18 and nid[-1] == gb11643_check_digit(nid[:17])
@@ -176,7 +193,7 @@ def test_one_valid_report_per_exam(demo, datasets):
     _, result = demo
     studies = {ds.StudyInstanceUID: ds for ds in datasets}
     assert {r["study_uid"] for r in result.reports} == set(studies)
-    assert len(result.reports) == len(studies) == len(result.exams) == 7
+    assert len(result.reports) == len(studies) == len(result.exams) == 11
     for r in result.reports:
         ds = studies[r["study_uid"]]
         assert r["accession_number"] == ds.AccessionNumber and r["patient_id"] == ds.PatientID
@@ -196,7 +213,7 @@ def test_full_default_demo(tmp_path):
     result = generate_demo(tmp_path)
     elapsed = time.perf_counter() - start
     size = sum(p.stat().st_size for p in result.files)
-    ct = [p for p in result.files if "CT26" in str(p)]
+    ct = [p for p in result.files if "CT26" in str(p) and "DF100231" in str(p)]
     assert len(ct) == 440
     last = pydicom.dcmread(ct[-1])
     assert (last.Rows, last.Columns) == (512, 512)

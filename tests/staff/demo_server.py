@@ -1,4 +1,4 @@
-"""One live server over the demo data (7 exams of 4 patients) per test module: loading the
+"""One live server over the demo data (11 exams of 5 patients) per test module: loading the
 demo takes ~20 s, so modules that need it share one (SQLite or MariaDB, like conftest)."""
 from __future__ import annotations
 

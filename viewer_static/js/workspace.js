@@ -11,8 +11,11 @@ import { transferView } from './viewport_math.js';
 import { el, t, initI18n, langButton, renderReport, watchSession, fatal, patientLine, applyI18n } from './ui.js';
 import words from './i18n/workspace.js';
 import { initSend } from './send.js';
+import { MAX_PANES, layoutFor, findPrior } from './hanging.js';
+import cmpWords from './i18n/compare.js';
 
 t.add(words);
+t.add(cmpWords);
 const $ = (id) => document.getElementById(id);
 const LAYOUTS = { '1x1': [1, 1], '1x2': [1, 2], '2x1': [2, 1], '2x2': [2, 2] };
 
@@ -65,12 +68,16 @@ function makeCell(i) {
   align.type = 'button';
   align.dataset.i18nTitle = 'tip.align';
   align.title = t('tip.align');
-  head.append(title, link, align);
+  const rep = el('button', 'btn report-btn', t('ws.report'));
+  rep.type = 'button';
+  rep.disabled = true; // until the pane shows an exam
+  head.append(title, rep, link, align);
   const body = el('div', 'ws-cell-body');
   const empty = el('div', 'ws-empty', t('ws.empty'));
   body.append(empty);
   cell.append(head, body);
-  const c = { i, cell, head, title, link, align, body, empty, kind: null, vp: null, mip: null, linked: false };
+  const c = { i, cell, head, title, link, align, body, empty, kind: null, vp: null, mip: null, linked: false, rep, reportOpen: false };
+  rep.addEventListener('click', () => { c.reportOpen = !c.reportOpen; drawCellReport(c); setActive(c.i); });
   link.addEventListener('click', () => { c.linked = !c.linked; updateCellHead(c); if (c.linked) broadcast(c, 'index'); });
   align.addEventListener('click', () => alignCell(c));
   cell.addEventListener('pointerdown', () => setActive(c.i), true);
@@ -90,7 +97,31 @@ function updateCellHead(c) {
   c.link.textContent = c.linked ? t('ws.linked') : t('ws.link');
   c.cell.dataset.linked = c.linked ? '1' : '';
   const s = c.study;
-  c.title.textContent = s ? `${s.exam_date} ${s.modality} ${c.series.description || ''}${c.kind === 'mip' ? ' · 3D' : ''}` : '';
+  c.title.textContent = s ? `${c.hang ? `[${t(`cmp.${c.hang}`)}] ` : ''}${s.exam_date} ${s.modality} ${c.series.description || ''}${c.kind === 'mip' ? ' · 3D' : ''}` : '';
+  c.rep.textContent = t('ws.report');
+  c.rep.disabled = !s;
+}
+
+/** renderReport, with the exam it belongs to named under the title (N exams side by side). */
+function showReport(box, c, opts) {
+  renderReport(box, c.study, opts);
+  const s = c.study;
+  const label = el('p', 'report-exam', `${t('cmp.report.exam')}: ${[s.exam_date, s.modality, s.description, s.accession_number].filter(Boolean).join(' · ')}`);
+  label.dataset.study = s.study_uid || '';
+  box.querySelector('.report-title').after(label);
+}
+
+/** A pane's own report over its image, while its report button is on. */
+function drawCellReport(c) {
+  if (c.reportBox) c.reportBox.remove();
+  c.reportBox = null;
+  c.rep.classList.toggle('on', c.reportOpen && !!c.study);
+  if (!c.reportOpen || !c.study) return;
+  c.reportBox = el('div', 'ws-cell-report report');
+  showReport(c.reportBox, c, { pages: false });
+  const pdf = c.reportBox.querySelector('#report-pdf');
+  if (pdf) pdf.removeAttribute('id'); // the report column's link keeps the id
+  c.body.append(c.reportBox);
 }
 
 function setActive(i) {
@@ -98,7 +129,7 @@ function setActive(i) {
   state.cells.forEach((c) => c.cell.classList.toggle('active', c.i === i));
   const c = state.cells[i];
   if (c && c.study) {
-    renderReport($('report'), c.study, { pages: true });
+    showReport($('report'), c, { pages: true });
     buildPresets();
   }
   updateCineButton();
@@ -178,6 +209,7 @@ function clearCell(c) {
 
 function assign(c, study, series, kind = 'stack') {
   clearCell(c);
+  c.hang = null;
   c.study = study;
   c.series = series;
   c.kind = kind;
@@ -204,6 +236,7 @@ function assign(c, study, series, kind = 'stack') {
     c.vp.load(study, series, { start: state.firstSlice });
   }
   updateCellHead(c);
+  drawCellReport(c);
   if (c.i === state.active) setActive(c.i);
 }
 
@@ -450,12 +483,12 @@ async function main() {
   watchSession();
   $('toolbar-end').append(langButton(() => {
     for (const c of state.cells) {
-      updateCellHead(c); c.empty.textContent = t('ws.empty'); if (c.vp) c.vp.render();
+      updateCellHead(c); drawCellReport(c); c.empty.textContent = t('ws.empty'); if (c.vp) c.vp.render();
       c.link.title = t('tip.link'); c.align.title = t('tip.align');
     }
     buildSide(); buildPresets(); setOverlay(state.overlay); updateCineButton(); tipExtras();
     if (helpOpen()) buildHelpKeys();
-    const c = activeCell(); if (c && c.study) renderReport($('report'), c.study);
+    const c = activeCell(); if (c && c.study) showReport($('report'), c);
   }));
   bindToolbar();
   let loaded;
@@ -469,15 +502,26 @@ async function main() {
   if (!state.studies.length) { fatal(t('index.empty')); return; }
   $('patient').textContent = patientLine(state.studies[0].patient);
   buildSide();
-  // first view: the exams named in the URL, else the two newest; linked when comparable
-  const picks = loaded.first.length ? loaded.first.map((u) => state.studies.find((s) => s.study_uid === u))
+  // first view: the exams named in the URL (all of them, up to 4: 1×2 or 2×2), else the two
+  // newest; one exam alone hangs beside its prior (same modality and body part); linked when comparable
+  let picks = loaded.first.length ? loaded.first.map((u) => state.studies.find((s) => s.study_uid === u)).filter(Boolean)
     : state.studies.slice(0, 2);
-  setLayout(picks.length > 1 ? '1x2' : '1x1');
+  if (picks.length > MAX_PANES) fatalToast(t('cmp.capped', { max: MAX_PANES, n: picks.length }));
+  picks = picks.slice(0, MAX_PANES);
+  const prior = loaded.first.length === 1 && picks.length === 1 ? findPrior(picks[0], state.studies) : null;
+  if (prior) picks = [picks[0], prior];
+  setLayout(layoutFor(picks.length));
   picks.slice(0, 4).forEach((s, i) => {
     if (i >= state.cells.length) return;
     const se = sortedSeries(s)[0];
     if (se) assign(state.cells[i], s, se);
   });
+  if (prior) {
+    state.cells[0].hang = 'current';
+    state.cells[1].hang = 'prior';
+    updateCellHead(state.cells[0]);
+    updateCellHead(state.cells[1]);
+  }
   const comparable = picks.length > 1 && picks.every((s) => s.modality === picks[0].modality);
   if (comparable) {
     for (const c of state.cells.slice(0, picks.length)) { c.linked = true; updateCellHead(c); }

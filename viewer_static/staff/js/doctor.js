@@ -1,12 +1,13 @@
 // Doctor workspace: find a patient, see every exam of theirs by time (those known only in
 // the PACS are marked and fetched when opened), open one or several side by side in the
-// comparison workspace (/workspace/uid1,uid2,...).
+// comparison workspace (/workspace/uid1,uid2,...): 2 exams in 1×2, 3 or 4 in 2×2; more are
+// refused here (four panes is what a screen shows readably).
 import { api, el, show, initPage, REPORT_STATUS, EXAM_STATUS } from './common.js';
 
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
 const SEX = { M: '男', F: '女', O: '其他' };
-const MAX_COMPARE = 8;
+const MAX_COMPARE = 4;   // the workspace's 2×2 (viewer_static/js/hanging.js MAX_PANES)
 let patient = null;
 let exams = [];
 let ohifViewer = null;   // '/ohif/viewer' when ohif_enabled (GET /api/ohif)
@@ -82,6 +83,10 @@ function updateCompare() {
   const n = selected().length;
   $('compare-btn').disabled = n < 2 || n > MAX_COMPARE;
   $('compare-btn').textContent = n >= 2 ? `并排对比所选 ${n} 个检查` : '并排对比所选检查';
+  show($('compare-msg'), n > MAX_COMPARE ? 'error' : '', n > MAX_COMPARE
+    ? `最多可同时对比 ${MAX_COMPARE} 个检查，已选 ${n} 个，请取消勾选 ${n - MAX_COMPARE} 个。`
+      + ` / At most ${MAX_COMPARE} exams can be compared side by side: ${n} are ticked, untick ${n - MAX_COMPARE}.`
+    : '');
 }
 
 async function retrieve(e) {
