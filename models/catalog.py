@@ -469,25 +469,41 @@ class Catalog:
         """The exam, its series and instances and its report (an exam ordered over HL7
         whose images have not arrived has no Study Instance UID and no series yet)."""
         out = exam_summary(exam)
-        series_out = []
-        for s in exam.series.order_by(Series.series_number, Series.id):
-            insts = list(s.instances.order_by(Instance.instance_number, Instance.id))
-            series_out.append({
-                "series_uid": s.series_uid, "modality": s.modality,
-                "series_number": s.series_number, "description": s.description,
-                "body_part": s.body_part, "frame_of_reference_uid": s.frame_of_reference_uid,
-                "num_instances": len(insts),
-                "num_frames": sum(i.frames for i in insts),
-                "instances": [{
-                    "sop_uid": i.sop_uid, "instance_number": i.instance_number,
-                    "frames": i.frames, "rows": i.rows, "columns": i.columns,
-                    "transfer_syntax": i.transfer_syntax, "photometric": i.photometric,
-                    "image_position": _floats(i.image_position),
-                    "image_orientation": _floats(i.image_orientation),
-                    "pixel_spacing": _floats(i.pixel_spacing),
-                    "slice_location": i.slice_location,
-                } for i in insts],
-            })
+        # plain rows, two queries (no model objects: a 220-slice exam is built ~5x faster;
+        # the film view asks for it at every share open, issue 17)
+        series_out, by_id = [], {}
+        for sid, uid, modality, number, desc, body_part, frame_ref in (
+                Series.select(Series.id, Series.series_uid, Series.modality,
+                              Series.series_number, Series.description, Series.body_part,
+                              Series.frame_of_reference_uid)
+                .where(Series.exam == exam).order_by(Series.series_number, Series.id)
+                .tuples()):
+            by_id[sid] = {
+                "series_uid": uid, "modality": modality, "series_number": number,
+                "description": desc, "body_part": body_part,
+                "frame_of_reference_uid": frame_ref, "num_instances": 0, "num_frames": 0,
+                "instances": []}
+            series_out.append(by_id[sid])
+        if by_id:
+            for (sid, sop, number, frames, rows, cols, ts, photometric, position, orientation,
+                 spacing, location) in (
+                    Instance.select(Instance.series, Instance.sop_uid, Instance.instance_number,
+                                    Instance.frames, Instance.rows, Instance.columns,
+                                    Instance.transfer_syntax, Instance.photometric,
+                                    Instance.image_position, Instance.image_orientation,
+                                    Instance.pixel_spacing, Instance.slice_location)
+                    .where(Instance.series.in_(list(by_id)))
+                    .order_by(Instance.series, Instance.instance_number, Instance.id)
+                    .tuples()):
+                se = by_id[sid]
+                se["num_instances"] += 1
+                se["num_frames"] += frames
+                se["instances"].append({
+                    "sop_uid": sop, "instance_number": number, "frames": frames,
+                    "rows": rows, "columns": cols, "transfer_syntax": ts,
+                    "photometric": photometric, "image_position": _floats(position),
+                    "image_orientation": _floats(orientation),
+                    "pixel_spacing": _floats(spacing), "slice_location": location})
         out["series"] = series_out
         report = Report.get_or_none(Report.exam == exam)
         out["report"] = report_summary(report) if report else None

@@ -8,10 +8,12 @@ fraction of a second. Share expiry is checked exactly on every request.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import threading
 import time
 
+from models.clock import utcnow
 from models.db import connection
 from models.sessions import load_api_token, load_session
 from models.shares import share_or_none
@@ -22,7 +24,14 @@ from .policy import Principal
 COOKIE = "cf_session"
 KEEP_COOKIE = "cf_keep"        # the browser's other patient and share sessions, '.'-joined
 MAX_KEPT = 8
-CACHE_TTL_S = 1.0
+# How long a resolved cookie or token is trusted without asking the database again (never
+# past the session's expiry, idle limit or the share's expiry). Every change that ends
+# access (a session ended, a share revoked, an account locked, a token revoked) is announced
+# through the change marker and empties this cache on every node within change_poll_ms
+# (server/changes.py), so the lifetime only bounds a change the marker missed. Was 1 s: a
+# session row and a share row read for nearly every frame (issue 17's profile: 88% of the
+# database time of a process under 500 phones).
+CACHE_TTL_S = 15.0
 # A credential that resolves to nothing never comes back (sessions and tokens only end), so
 # a browser still sending an ended session in cf_keep costs no lookup per request.
 DEAD_TTL_S = 300.0
@@ -85,10 +94,12 @@ class PrincipalResolver:
         """Database lookup (blocking: run it in the db pool)."""
         epoch = self._epoch
         with connection():
+            ends: list = []                   # UTC times after which p must not be used
             if bearer:
                 t = load_api_token(credential)
                 p = None
                 if t is not None:
+                    ends.append(getattr(t, "expires_at", None))
                     u = t.staff_user
                     # a token skips nothing its owner could not: a required password
                     # change (or an expired password) blocks it as it blocks a sign-in
@@ -98,6 +109,9 @@ class PrincipalResolver:
             else:
                 s = load_session(credential)
                 p = principal_from_session(s) if s is not None else None
+                if p is not None:
+                    ends += [s.expires_at, p.share_expires_at,
+                             s.last_seen_at + dt.timedelta(seconds=s.idle_timeout_s)]
         key = hashlib.sha256(credential.encode()).hexdigest()
         with self._lock:
             if epoch != self._epoch:
@@ -105,6 +119,11 @@ class PrincipalResolver:
             if len(self._cache) > 50_000:
                 self._cache.clear()
             ttl = CACHE_TTL_S if p is not None else DEAD_TTL_S
+            if p is not None:
+                now = utcnow()
+                for end in ends:
+                    if end is not None:
+                        ttl = min(ttl, max(0.0, (end - now).total_seconds()))
             self._cache[key] = (time.monotonic() + ttl, p)
         return p
 

@@ -171,3 +171,50 @@ def test_admin_routes_of_every_module_honour_the_allow_list(live):
     for p in paths:
         st, _, body = live.get(p, headers=hdrs, auth=False)
         assert st == 403 and b"allow-list" in body, (p, st, body)
+
+
+def test_a_session_is_looked_up_once_not_per_request(live, ctx, monkeypatch):
+    """Was (issue 17's profile): a session row and a share row were read for nearly every
+    frame (88% of a process's database time under 500 phones), since a resolved cookie was
+    trusted for 1 s only. Ending access is announced on every node (change marker), so the
+    cookie is now trusted for CACHE_TTL_S, never past the session's own limits."""
+    import time
+
+    import server.auth as auth
+    from models.db import connection
+    from models.sessions import create_session, end_session
+    from models.staff import staff_user_or_none
+    make_staff("doc_cache", ("doctor",), "Good-Pass-9")
+    s, r = login(live, "doc_cache", "Good-Pass-9")
+    assert r.status_code == 200
+    lookups = []
+    real = auth.load_session
+    monkeypatch.setattr(auth, "load_session", lambda tok, **kw: lookups.append(1) or real(tok, **kw))
+    for _ in range(3):
+        assert s.get(live.url + "/api/auth/me").status_code == 200
+        time.sleep(0.6)
+    assert len(lookups) <= 1                      # 1.8 s, one lookup (was one a second)
+    # ... never past the session's own end: one that expires in 2 s is cached ≤ 2 s
+    with connection():
+        u = staff_user_or_none(StaffUser.get(StaffUser.username == "doc_cache").id)
+        short = create_session("staff", staff_user=u, lifetime_s=2)
+    cookies = {"cf_session": short.token}
+    assert requests.get(live.url + "/api/auth/me", cookies=cookies, timeout=30).status_code == 200
+    time.sleep(3.1)
+    assert requests.get(live.url + "/api/auth/me", cookies=cookies, timeout=30).status_code == 401
+    # ... and a session ended by another node stops within change_poll_ms (the marker)
+    from models.schema import Session
+    from models.sessions import token_hash
+    from server.changes import ChangeWatch
+    watch = ChangeWatch(ctx, 0.25).start()
+    try:
+        assert s.get(live.url + "/api/auth/me").status_code == 200      # cached again
+        with connection():
+            end_session(Session.get(Session.token_hash == token_hash(s.cookies["cf_session"])))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5 and s.get(live.url + "/api/auth/me").status_code == 200:
+            time.sleep(0.05)
+        assert time.monotonic() - t0 < 1.0
+        assert s.get(live.url + "/api/auth/me").status_code == 401
+    finally:
+        watch.stop()
