@@ -170,7 +170,7 @@ class Recorder:
         if s is None:
             return
         s.requests += 1
-        if status == 503 and priority == 2:
+        if status in (429, 503) and priority == 2:
             s.shed += 1                       # a preview refused while busy: asked later
         elif status >= 400:
             s.errors += 1
@@ -254,19 +254,22 @@ async def phone_visit(pool: Pool, share: dict, rnd: random.Random, think: float)
     if st == 200 and REC.stage is stage and stage is not None:
         stage.first_frame_ms.append((time.monotonic() - t_code) * 1000)
         stage.frame0_ms.append((time.monotonic() - t0) * 1000)
+    previews_until = 0.0          # as the viewer's loader: a 429 holds previews 2 s
     for _step in range(20):
         k = min(k + 1, len(sops) - 1)
         t0 = time.monotonic()
         jobs = [get(pool, frame_path(su, ser, sops[k], 720, 88), hdr, "frame", 0)]
-        for ahead in (1, 2):
-            j = min(k + ahead + 2, len(sops) - 1)
-            jobs.append(get(pool, frame_path(su, ser, sops[j], 256, 55), hdr, "frame", 2))
+        if t0 >= previews_until:
+            for ahead in (1, 2):
+                j = min(k + ahead + 2, len(sops) - 1)
+                jobs.append(get(pool, frame_path(su, ser, sops[j], 256, 55), hdr, "frame", 2))
         first = asyncio.ensure_future(jobs[0])
         rest = asyncio.gather(*jobs[1:])
         st, _ = await first
         if st == 200 and stage is not None and REC.stage is stage:
             stage.frame_ms.append((time.monotonic() - t0) * 1000)
-        await rest
+        if any(r[0] in (429, 503) for r in await rest):
+            previews_until = time.monotonic() + 2.0
         await asyncio.sleep(rnd.uniform(0.2, 0.6) * think)
 
 
@@ -275,6 +278,7 @@ async def doctor(n: int, target, token: str, study: dict, stop: asyncio.Event) -
     await asyncio.sleep(rnd.uniform(0, 10))
     hdr = {"Accept": "*/*", "Authorization": f"Bearer {token}", "User-Agent": "cfload-doctor"}
     pool = Pool(*target)
+    previews_until = 0.0
     try:
         while not stop.is_set():
             st, data = await get(pool, f"/api/studies/{study['study_uid']}", hdr, "study")
@@ -290,12 +294,14 @@ async def doctor(n: int, target, token: str, study: dict, stop: asyncio.Event) -
                 t0 = time.monotonic()
                 stage = REC.stage
                 jobs = [get(pool, frame_path(su, ser, sops[min(k + a, len(sops) - 1)],
-                                             256, 55), hdr, "frame", 2) for a in (3, 4)]
+                                             256, 55), hdr, "frame", 2) for a in (3, 4)] \
+                    if t0 >= previews_until else []
                 rest = asyncio.gather(*jobs)
                 st, _ = await get(pool, frame_path(su, ser, sops[k], 1024, 88), hdr, "frame", 0)
                 if st == 200 and stage is not None and REC.stage is stage:
                     stage.doctor_frame_ms.append((time.monotonic() - t0) * 1000)
-                await rest
+                if any(r[0] in (429, 503) for r in await rest):
+                    previews_until = time.monotonic() + 2.0
                 await asyncio.sleep(0.08)
             await asyncio.sleep(rnd.uniform(1, 3))
     finally:
@@ -521,7 +527,8 @@ def write_results(rows: list[dict], a, argv) -> Path:
     out = RESULTS / f"load_{stamp}"
     meta = {"command": "PYTHONPATH=. .venv/bin/python -m bench.load_bench " + " ".join(argv),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "db": a.db, "exams": a.exams, "slices": a.slices, "think": a.think}
+            "db": a.db, "exams": a.exams, "slices": a.slices, "think": a.think,
+            "settings": a.set}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Load bench {stamp}", "", f"`{meta['command']}`", "",
              f"{a.exams} CT exams of {a.slices} slices (512²) for the phones, one 220-slice CT "
@@ -565,6 +572,8 @@ def main(argv=None) -> int:
                     help="py-spy to profile one server process during the last stage "
                          "(python3 -m venv /tmp/pyspy && /tmp/pyspy/bin/pip install py-spy)")
     ap.add_argument("--gil", action="store_true", help="profile GIL holders only")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a server setting for every node (e.g. render_shed_loop_lag_ms=50)")
     a = ap.parse_args(argv)
     users_list = [int(u) for u in a.users.split(",")]
     dirs, studies, doc_study = prepare_data(a)
@@ -580,6 +589,9 @@ def main(argv=None) -> int:
                    "CLOUDFILM_DATA_DIR": str(shared / "data"),
                    "CLOUDFILM_SECRET_KEY_FILE": str(shared / "key"),
                    "CLOUDFILM_TRUSTED_PROXIES": "127.0.0.1/32"}
+            for item in a.set:
+                name_, _, value = item.partition("=")
+                env["CLOUDFILM_" + name_.strip().upper()] = value.strip()
             dep = {"direct": lambda: Deployment(name, work, env, 1, a.processes, False, False),
                    "nginx1": lambda: Deployment(name, work, env, 1, 1, True, True),
                    "nginx2": lambda: Deployment(name, work, env, 2, 1, True, True)}[name]()

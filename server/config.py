@@ -70,10 +70,15 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1, maximum=64),
     Setting("render_shed_background_ms", 2000, int,
             "Background renders (previews and prefetches a viewer asks for with "
-            "X-Render-Priority: 2) are refused with 503 + Retry-After when the render queue "
+            "X-Render-Priority: 2) are refused with 429 + Retry-After when the render queue "
             "would keep them waiting longer than this many milliseconds; the viewer asks "
             "again later. The frame a person is waiting for is never refused.",
             minimum=100, maximum=600000),
+    Setting("render_shed_loop_lag_ms", 100, int,
+            "Background renders (X-Render-Priority: 2) are also refused with 429 + Retry-After "
+            "while this process's event loop runs this many milliseconds late (more requests "
+            "than it can serve in time), so the first frames of people who are waiting get "
+            "the server.", minimum=10, maximum=600000),
     Setting("processes", 1, int,
             "Server processes sharing the port (SO_REUSEPORT). 0 means one per CPU core.",
             minimum=0, maximum=64),

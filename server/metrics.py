@@ -63,9 +63,10 @@ INBOUND = Counter("cloudfilm_inbound_messages_total",
                   "(applied, duplicate, conflict, error, rejected, failed: not recorded)",
                   ("channel", "result"))
 RENDERS_SHED = Counter("cloudfilm_renders_shed_total",
-                       "Background renders (previews, prefetches) answered 503 + "
+                       "Background renders (previews, prefetches) answered 429 + "
                        "Retry-After because the render queue was longer than "
-                       "render_shed_background_ms")
+                       "render_shed_background_ms or the event loop ran later than "
+                       "render_shed_loop_lag_ms")
 CACHE_HITS = Counter("cloudfilm_cache_hits_total", "Render cache hits", ("cache",))
 CACHE_MISSES = Counter("cloudfilm_cache_misses_total", "Render cache misses", ("cache",))
 CACHE_BYTES = Gauge("cloudfilm_cache_bytes", "Bytes held by a render cache", ("cache",),

@@ -115,6 +115,7 @@ class FrameRenderer:
         self.max_decoded_bytes = config.max_decoded_mb << 20
         self.scheduler = FairScheduler(config.render_threads,
                                        config.render_heavy_per_principal)
+        self.loop_lag = LoopLag()
 
     # lookups (database, cached for a few seconds) ------------------------------------------
     def _ref(self, inst, series, exam) -> InstanceRef:
@@ -427,6 +428,29 @@ class FrameRenderer:
     def stats(self) -> dict:
         return {"decoded": self.decoded.stats(), "volumes": self.volumes.stats(),
                 "encoded": self.encoded.stats()}
+
+
+class LoopLag:
+    """How far behind this process's event loop runs: a tick every `interval_s` notes how
+    late it came (kept as a maximum that decays by half every few ticks). A loop that is
+    late by 100 ms has more requests than it can serve in time, whatever the render queue
+    says (issue 17: under 500 phones the requests themselves, not the renders, were the
+    queue)."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.lag_s = 0.0
+        self.started = False
+
+    def start(self, loop) -> None:
+        if not self.started:
+            self.started = True
+            loop.call_later(self.interval_s, self._tick, loop, loop.time() + self.interval_s)
+
+    def _tick(self, loop, due: float) -> None:
+        now = loop.time()
+        self.lag_s = max(now - due, self.lag_s * 0.8)
+        loop.call_later(self.interval_s, self._tick, loop, now + self.interval_s)
 
 
 def _timed(call):

@@ -275,7 +275,7 @@ class BaseHandler(tornado.web.RequestHandler):
             retry = getattr(exc_info[1], "retry_after_s", None)
             if status_code == 503 and unavailable(exc_info[1]):
                 retry = DatabaseUnavailable.retry_after_s
-            if status_code == 503 and retry:
+            if status_code in (429, 503) and retry:
                 self.set_header("Retry-After", str(retry))
         code = getattr(exc_info[1], "code", None) if exc_info else None
         send_error_body(self, status_code, message, code if isinstance(code, str) else None)

@@ -31,12 +31,15 @@ THUMBNAIL_SIZE = 128
 
 
 class RenderBusy(ApiError):
-    """A background render refused while the render queue is long (issue 17)."""
+    """A background render refused while this process is behind (issue 17). 429, not 503:
+    nginx's passive health check counts 503 as a failed node (conf/nginx/cloudfilm-cluster.conf
+    max_fails) and took a busy node out of the upstream, failing every request of its
+    studies with 502 (found by bench/load_bench.py)."""
 
     retry_after_s = 2
 
     def __init__(self):
-        super().__init__(503, "服务器繁忙，预览稍后加载 / the server is busy: previews load a "
+        super().__init__(429, "服务器繁忙，预览稍后加载 / the server is busy: previews load a "
                               "little later", log_message="background render shed")
 
 
@@ -64,15 +67,25 @@ class RenderedHandler(BaseHandler):
         hint = self.request.headers.get("X-Render-Priority", "")
         return int(hint) if hint in ("0", "1", "2") else FairScheduler.NEAR
 
-    async def run_queued(self, heavy: bool, fn, *args, **kwargs):
-        """renders.run_fair for this request; None when its client left before it ran.
-        A background render is refused (503 + Retry-After) when the queue is too long."""
-        priority = self.render_priority()
-        if priority == FairScheduler.BACKGROUND and not heavy and \
-                self.renders.scheduler.backlog_s() * 1000 > \
-                self.ctx.config.render_shed_background_ms:
+    def shed_background(self, queued: bool) -> None:
+        """Refuse a background request (429 + Retry-After) while this process is behind:
+        its event loop runs late, or (queued: it needs a render) the render queue is longer
+        than render_shed_background_ms. The frame a person waits for is never refused."""
+        if self.render_priority() != FairScheduler.BACKGROUND:
+            return
+        renders, config = self.renders, self.ctx.config
+        renders.loop_lag.start(asyncio.get_running_loop())
+        if renders.loop_lag.lag_s * 1000 > config.render_shed_loop_lag_ms or (
+                queued and renders.scheduler.backlog_s() * 1000 >
+                config.render_shed_background_ms):
             metrics.RENDERS_SHED.inc()
             raise RenderBusy()
+
+    async def run_queued(self, heavy: bool, fn, *args, **kwargs):
+        """renders.run_fair for this request; None when its client left before it ran."""
+        priority = self.render_priority()
+        if not heavy:
+            self.shed_background(queued=True)
         task = asyncio.ensure_future(self.renders.run_fair(self.render_principal(), heavy,
                                                            fn, *args, priority=priority,
                                                            **kwargs))
@@ -89,6 +102,7 @@ class RenderedHandler(BaseHandler):
         # anonymous callers get one answer (401) before any lookup, so the answer never
         # tells an existing Study/Series/SOP UID from a made-up one
         self.require_principal()
+        self.shed_background(queued=False)      # before any lookup or check
 
     def check_uids(self, *uids: str) -> None:
         for uid in uids:

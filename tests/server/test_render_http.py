@@ -289,16 +289,17 @@ def test_the_frame_on_screen_goes_before_queued_previews(live, ctx, series, monk
     assert sorted(c[0] for c in calls[slots + 1:]) == [sop(1), sop(2), sop(3)]
 
 
-def test_previews_get_503_while_the_queue_is_long(live, ctx, series, monkeypatch):
+def test_previews_get_429_while_the_queue_is_long(live, ctx, series, monkeypatch):
     """A background render that would wait longer than render_shed_background_ms is refused
-    at once (503 + Retry-After; the viewer asks again later) instead of queueing without
-    bound; the frame on screen and requests without a hint are never refused."""
+    at once (429 + Retry-After; the viewer asks again later) instead of queueing without
+    bound; the frame on screen and requests without a hint are never refused. Not 503:
+    nginx's health check takes a node answering 503 out of the upstream."""
     from server import metrics
     before = metrics.RENDERS_SHED._value.get()
     monkeypatch.setattr(ctx.renders.scheduler, "backlog_s", lambda: 5.0)
     st, hdrs, body = live.get(frame_url(1, query="window=40,401"),
                               headers={"X-Render-Priority": "2"})
-    assert st == 503 and hdrs["Retry-After"] == "2"
+    assert st == 429 and hdrs["Retry-After"] == "2"
     assert "繁忙" in json.loads(body)["error"]
     assert metrics.RENDERS_SHED._value.get() == before + 1
     for hint in ("0", "1", None, "junk"):
@@ -308,3 +309,38 @@ def test_previews_get_503_while_the_queue_is_long(live, ctx, series, monkeypatch
     monkeypatch.setattr(ctx.renders.scheduler, "backlog_s", lambda: 0.5)
     st, _, _ = live.get(frame_url(2), headers={"X-Render-Priority": "2"})
     assert st == 200                                      # a short queue: served
+
+
+def test_previews_get_429_while_the_event_loop_runs_late(live, ctx, series, monkeypatch):
+    """Under 500 phones the queue was the requests themselves (the renders were cached):
+    while the event loop runs later than render_shed_loop_lag_ms, previews are refused
+    before any lookup; the frame on screen is served."""
+    lag = ctx.renders.loop_lag
+    monkeypatch.setattr(lag, "started", True)          # no ticks: the lag stays as set
+    monkeypatch.setattr(lag, "lag_s", 0.5)
+    st, hdrs, _ = live.get(frame_url(1, query="window=40,403"), headers={"X-Render-Priority": "2"})
+    assert st == 429 and hdrs["Retry-After"] == "2"
+    st, _, body = live.get(frame_url(1, query="window=40,403"), headers={"X-Render-Priority": "0"})
+    assert st == 200 and body[:2] == b"\xff\xd8"
+    monkeypatch.setattr(lag, "lag_s", 0.01)
+    st, _, _ = live.get(frame_url(1, query="window=40,403"), headers={"X-Render-Priority": "2"})
+    assert st == 200
+
+
+def test_loop_lag_measures_a_blocked_loop():
+    import asyncio
+
+    from server.render_service import LoopLag
+
+    async def run():
+        lag = LoopLag(0.02)
+        lag.start(asyncio.get_running_loop())
+        await asyncio.sleep(0.1)
+        quiet = lag.lag_s
+        time.sleep(0.3)                                  # the loop is blocked
+        await asyncio.sleep(0.005)
+        blocked = lag.lag_s
+        await asyncio.sleep(1.0)
+        return quiet, blocked, lag.lag_s
+    quiet, blocked, later = asyncio.run(run())
+    assert quiet < 0.05 and blocked > 0.2 and later < 0.1, (quiet, blocked, later)

@@ -87,3 +87,27 @@ test('an exclusive head that failed does not block the rest while it waits for i
   await tick();
   assert.equal(net.pending.at(-1).url, '/u/p1');
 });
+
+test('a busy server (429 on a preview) holds every preview for Retry-After, not the frame on screen', async () => {
+  const net = fakeNet();
+  const timers = [];
+  const l = new FrameLoader({ fetchBlob: net.fetchBlob, concurrency: 2, setTimer: (fn, ms) => timers.push({ fn, ms }) });
+  const full = { key: 'f0', url: '/u/f0', kind: 'full', index: 0 };
+  l.want([...tasks(['p1', 'p2', 'p3', 'p4'])]);
+  assert.deepEqual(net.pending.map((p) => p.url), ['/u/p1', '/u/p2']);
+  const busy = Object.assign(new Error('busy'), { status: 429, retryAfter: 3 });
+  net.pending[0].reject(busy);
+  await tick();
+  // no other preview is asked for (no storm of refusals), none is marked failed
+  assert.deepEqual(net.pending.map((p) => p.url), ['/u/p1', '/u/p2']);
+  assert.equal(l.failure('p1'), null);
+  assert.ok(timers.some((t) => t.ms >= 2900 && t.ms <= 3100));
+  // the frame on screen still goes
+  l.want([full, ...tasks(['p1', 'p2', 'p3', 'p4'])]);
+  assert.deepEqual(net.pending.map((p) => p.url), ['/u/p1', '/u/p2', '/u/f0']);
+  // after Retry-After the previews go again
+  l.previewsUntil = Date.now() - 1;
+  net.pending[2].resolve({ size: 5 });
+  await tick();
+  assert.ok(net.pending.map((p) => p.url).includes('/u/p1'));
+});

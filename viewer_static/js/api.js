@@ -75,13 +75,16 @@ export async function request(method, url, body, o = {}, retried = false) {
   if (resp.status === 401 && typeof window !== 'undefined') {
     window.dispatchEvent(new CustomEvent('cf-session-expired', { detail: { message, url } }));
   }
-  throw new ApiError(resp.status, message, code);
+  const err = new ApiError(resp.status, message, code);
+  const retry = Number(resp.headers.get('Retry-After'));
+  if (retry > 0) err.retryAfter = retry; // seconds (a busy server's 429 or 503)
+  throw err;
 }
 
 export const getJSON = (url, signal, priority) => request('GET', url, undefined, { signal, priority });
 /** An image as a blob; ApiError on HTTP errors, TypeError on network failure. renderPriority:
  *  the server's render queue (0 the frame a person waits for, 1 near it, 2 a preview or
- *  prefetch that may wait, or get 503 while the server is busy); the browser's own fetch
+ *  prefetch that may wait, or get 429 while the server is busy); the browser's own fetch
  *  priority follows it. */
 export const getImage = (url, signal, renderPriority) => request('GET', url, undefined, {
   signal, accept: 'image/jpeg,image/png;q=0.9', as: 'blob', renderPriority,

@@ -26,6 +26,7 @@ export class FrameLoader {
     this.networkFailures = 0;
     this.retryTimer = null;
     this.pinned = new Set();
+    this.previewsUntil = 0; // a busy server refused a preview: previews wait until then
     this.tick = 0;
     this.bytes = 0;
   }
@@ -88,6 +89,10 @@ export class FrameLoader {
       if (this.inflight.size >= this.concurrency) break;
       if (blocks && task !== this.wanted[0]) break;
       if (this.done.has(task.key) || this.inflight.has(task.key)) continue;
+      if (task.kind === 'preview' && this.previewsUntil > now) {
+        nextRetry = Math.min(nextRetry, this.previewsUntil);
+        continue;
+      }
       const f = this.failed.get(task.key);
       if (f && !f.permanent && f.until > now) nextRetry = Math.min(nextRetry, f.until);
       if (f && (f.permanent || f.until > now)) continue;
@@ -147,6 +152,15 @@ export class FrameLoader {
       if (this.inflight.get(task.key)?.controller !== controller) return;
       this.inflight.delete(task.key);
       if (err && err.name === 'AbortError') return;
+      if (err && (err.status === 429 || err.status === 503) && task.kind === 'preview') {
+        // the server sheds background work while busy (429 + Retry-After; a 503 of a node
+        // that is going away likewise): no preview is asked
+        // for until then, so the frames people wait for get the server; not a failure
+        this.previewsUntil = Date.now() + 1000 * (err.retryAfter || 2);
+        this.scheduleRetry(this.previewsUntil - Date.now());
+        this.pump();
+        return;
+      }
       const network = !(err && typeof err.status === 'number');
       const permanent = !network && err.status !== 429 && err.status < 500;
       const prev = this.failed.get(task.key);
