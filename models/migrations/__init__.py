@@ -34,6 +34,19 @@ LOCK_ROW_TABLE = "cloudfilm_migration_lock"
 LOCK_ROW_S = 60            # a Galera lock row not renewed for this long is free again
 
 
+def add_index(db, model, name: str, columns: str) -> None:
+    """CREATE INDEX `name` ON the model's table (columns: SQL), unless it exists."""
+    table = model._meta.table_name
+    if name not in {i.name for i in db.get_indexes(table)}:
+        db.execute_sql(f"CREATE INDEX {name} ON {table} ({columns})")
+
+
+def drop_index(db, model, name: str) -> None:
+    table = model._meta.table_name
+    if name in {i.name for i in db.get_indexes(table)}:
+        db.execute_sql(f"DROP INDEX {name} ON {table}" if is_mysql() else f"DROP INDEX {name}")
+
+
 class MigrationLockTimeout(RuntimeError):
     """Another node (or process) held the migration lock for longer than we would wait."""
 

@@ -6,22 +6,15 @@ thousands of rows per share open under load (issue 17's load bench: a third of t
 database time). With the outcome in the index the count reads the failures only.
 
 Idempotent: the index is created only when it is missing."""
-from ..db import is_mysql
 from ..schema import AuditEvent
+from . import add_index, drop_index
 
 INDEX = "auditevent_ip_outcome_time"
 
 
 def up(db):
-    table = AuditEvent._meta.table_name
-    if INDEX not in {i.name for i in db.get_indexes(table)}:
-        db.execute_sql(f"CREATE INDEX {INDEX} ON {table} (ip, outcome, time)")
+    add_index(db, AuditEvent, INDEX, "ip, outcome, time")
 
 
 def down(db):
-    table = AuditEvent._meta.table_name
-    if INDEX in {i.name for i in db.get_indexes(table)}:
-        if is_mysql():
-            db.execute_sql(f"DROP INDEX {INDEX} ON {table}")
-        else:
-            db.execute_sql(f"DROP INDEX {INDEX}")
+    drop_index(db, AuditEvent, INDEX)

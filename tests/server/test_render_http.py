@@ -209,27 +209,34 @@ def test_healthz_answers_while_renders_run(live, catalog):
     assert lat[len(lat) // 2] < 0.25, lat
 
 
-def test_a_render_whose_client_left_is_never_started(live, ctx, series, monkeypatch):
-    """Was (issue 17): a phone that scrolled on left its requests in the render queue, and
-    they were rendered for nobody, ahead of the frame someone was waiting for."""
-    import socket
+def _hold_every_render_slot(live, ctx, monkeypatch, record=lambda ref, kw: ref.sop_uid):
+    """Renders wait at a gate; one request per render slot is sent and started. Returns
+    (calls: what each render was asked for, in order; gate; the busy request threads)."""
     calls, gate = [], threading.Event()
     real = ctx.renders.render
 
     def slow(ref, *a, **kw):
-        calls.append(ref.sop_uid)
+        calls.append(record(ref, kw))
         gate.wait(20)
         return real(ref, *a, **kw)
     monkeypatch.setattr(ctx.renders, "render", slow)
     slots = ctx.renders.scheduler.slots
     busy = [threading.Thread(target=live.get, args=(frame_url(0, query=f"window=40,{400 + k}"),))
-            for k in range(slots)]                     # every render slot taken
+            for k in range(slots)]
     for t in busy:
         t.start()
     deadline = time.monotonic() + 20
     while len(calls) < slots and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(calls) == slots
+    return calls, gate, busy
+
+
+def test_a_render_whose_client_left_is_never_started(live, ctx, series, monkeypatch):
+    """Was (issue 17): a phone that scrolled on left its requests in the render queue, and
+    they were rendered for nobody, ahead of the frame someone was waiting for."""
+    import socket
+    calls, gate, busy = _hold_every_render_slot(live, ctx, monkeypatch)
     # a client asks for three more frames, which queue, and leaves
     for i in (1, 2, 3):
         s = socket.create_connection(("127.0.0.1", live.port), timeout=5)
@@ -251,27 +258,14 @@ def test_the_frame_on_screen_goes_before_queued_previews(live, ctx, series, monk
     for the first image, queued behind other patients' background prefetches. The viewer
     says which request is which (X-Render-Priority); the render queue serves the frame a
     person waits for first, whoever asked for the previews first."""
-    calls, gate = [], threading.Event()
-    real = ctx.renders.render
-
-    def slow(ref, *a, **kw):
-        calls.append((ref.sop_uid, kw.get("window")))
-        gate.wait(20)
-        return real(ref, *a, **kw)
-    monkeypatch.setattr(ctx.renders, "render", slow)
+    calls, gate, threads = _hold_every_render_slot(
+        live, ctx, monkeypatch, record=lambda ref, kw: (ref.sop_uid, kw.get("window")))
     slots = ctx.renders.scheduler.slots
     got = {}
 
     def ask(name, path, priority):
         got[name] = live.get(path, headers={"X-Render-Priority": str(priority)})[0]
-    threads = [threading.Thread(target=ask, args=(f"busy{k}", frame_url(0, query=f"window=40,{400 + k}"), 1))
-               for k in range(slots)]                     # every render slot taken
-    for t in threads:
-        t.start()
     deadline = time.monotonic() + 20
-    while len(calls) < slots and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(calls) == slots
     for i in (1, 2, 3):                                   # previews queue first ...
         threads.append(threading.Thread(target=ask, args=(f"bg{i}", frame_url(i), 2)))
         threads[-1].start()
@@ -284,7 +278,7 @@ def test_the_frame_on_screen_goes_before_queued_previews(live, ctx, series, monk
     gate.set()
     for t in threads:
         t.join(20)
-    assert set(got.values()) == {200}
+    assert set(got.values()) == {200} and len(got) == 4
     assert calls[slots][0] == sop(3) and calls[slots][1] is not None, calls   # served first
     assert sorted(c[0] for c in calls[slots + 1:]) == [sop(1), sop(2), sop(3)]
 
