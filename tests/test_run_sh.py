@@ -1,5 +1,6 @@
 """`./run.sh` end to end: first start builds the database and demo data and serves;
 the second start reuses everything and serves within seconds."""
+import collections
 import json
 import os
 import signal
@@ -92,9 +93,16 @@ def test_first_and_second_start(tmp_path):
             studies = get_json(port, "/api/studies", token)["studies"]
             assert {s["category"] for s in studies} == {"radiology", "ultrasound", "endoscopy",
                                                         "pathology"}
+            # a patient with a CT and its prior (the hanging protocol) ...
             ct = [s for s in studies if s["modality"] == "CT"]
-            assert len(ct) == 2 and ct[0]["patient"]["patient_id"] == ct[1]["patient"][
-                "patient_id"] and ct[0]["exam_date"] != ct[1]["exam_date"]
+            per_patient = collections.Counter(s["patient"]["patient_id"] for s in ct)
+            pair = [s for s in ct if per_patient[s["patient"]["patient_id"]] == 2]
+            assert len(pair) == 2 and pair[0]["exam_date"] != pair[1]["exam_date"]
+            # ... and one with all four kinds of image (R2.5 out of the box)
+            kinds = collections.defaultdict(set)
+            for s in studies:
+                kinds[s["patient"]["patient_id"]].add(s["category"])
+            assert {"radiology", "ultrasound", "endoscopy", "pathology"} in kinds.values()
             assert all(s["status"] == "reported" for s in studies)
         finally:
             stop(proc)
