@@ -19,6 +19,8 @@ the figures of a stage are of requests that started in it. Configurations, all i
   nginx1  one node (1 process) pinned to CPU 0 (taskset) behind nginx
   nginx2  two nodes (1 process each) pinned to CPU 0 and CPU 1 behind nginx with
           conf/nginx/cloudfilm-cluster.conf, one database and one storage folder
+  nginx1p one node with `--processes` processes (not pinned) behind nginx
+  nginx2u nginx2 without pinning (nginx1p and nginx2u tell study affinity from pinning)
 The load generator runs in this process (asyncio, keep-alive HTTP/1.1 over TLS through nginx,
 plain HTTP direct) on the same 2 cores, which the figures include. Results go to
 bench/results/load_<date>.json and .md with the load average and the server's CPU and RSS.
@@ -460,6 +462,69 @@ async def run_stage(dep: Deployment, users: int, shares, token, doc_study, think
     }
 
 
+def fd_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def process_tree(pid: int) -> list[int]:
+    from server.cli import child_pids
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += child_pids(p)
+    return out
+
+
+def cache_budget_mb(a) -> int:
+    """What one server process may hold: its cache budgets (the node's settings) + 256 MiB."""
+    from server.config import SETTINGS_BY_NAME
+    mb = {n: SETTINGS_BY_NAME[n].default for n in ("decoded_cache_mb", "volume_cache_mb",
+                                                    "jpeg_cache_mb")}
+    for item in a.set:
+        name, _, value = item.partition("=")
+        if name.strip() in mb:
+            mb[name.strip()] = int(value)
+    return sum(mb.values()) + 256
+
+
+async def soak(dep: Deployment, users: int, seconds: float, a, phones_running,
+               doctors_running, shares, token, doc_study, stop) -> dict:
+    """`users` users for `seconds`: every process's RSS and open files every 15 s. The first
+    sample is taken a minute in (caches filling is not growth); the verdict compares the end
+    with it: RSS of each server process within its cache budgets + 256 MiB, no fd growth."""
+    row = await run_stage(dep, users, shares, token, doc_study, a.think, 5, a.doctor_every,
+                          phones_running, doctors_running, stop)
+    samples, t0 = [], time.monotonic()
+    while True:
+        el = time.monotonic() - t0
+        pids = [p for n in dep.nodes for p in process_tree(n.proc.pid)]
+        samples.append({"t_s": round(el), "rss_mb": {str(p): round(rss_mb(p), 1) for p in pids},
+                        "fds": {str(p): fd_count(p) for p in pids}})
+        log(f"  soak {el:5.0f} s: RSS {sum(samples[-1]['rss_mb'].values()):.0f} MiB, "
+            f"fds {sum(samples[-1]['fds'].values())}")
+        if el >= seconds:
+            break
+        await asyncio.sleep(min(15.0, seconds - el + 0.1))
+    base = next((x for x in samples if x["t_s"] >= 60), samples[0])
+    end = samples[-1]
+    budget = cache_budget_mb(a)
+    servers = [str(p) for n in dep.nodes for p in (n.workers() if n.processes > 1
+                                                    else [n.proc.pid])]
+    over = {p: end["rss_mb"].get(p) for p in servers if end["rss_mb"].get(p, 0) > budget}
+    fd_growth = {p: end["fds"][p] - base["fds"].get(p, 0) for p in end["fds"]}
+    return {"config": dep.name, "users": users, "seconds": round(seconds),
+            "budget_mb_per_server_process": budget, "server_pids": servers,
+            "rss_end_mb": end["rss_mb"], "rss_max_mb": {p: max(x["rss_mb"].get(p, 0)
+                                                               for x in samples) for p in end["rss_mb"]},
+            "fds_base": base["fds"], "fds_end": end["fds"], "fd_growth": fd_growth,
+            "rss_within_budget": not over, "fds_grew": any(g > 16 for g in fd_growth.values()),
+            "errors_first_5s": row["errors"], "samples": samples}
+
+
 async def run_config(dep: Deployment, users_list, a, doc_study, studies) -> list[dict]:
     token = dep.nodes[0].provision_token()
     shares = await make_shares(dep.target, token, studies, max(users_list))
@@ -485,6 +550,10 @@ async def run_config(dep: Deployment, users_list, a, doc_study, studies) -> list
             f"errors {row['errors']}, shed {row['previews_shed']}, "
             f"server CPU {row['server_cpu_pct']}%")
         rows.append(row)
+    if a.soak_s:
+        log(f"{dep.name}: soak, {a.soak_users} users for {a.soak_s:.0f} s …")
+        REC_SOAK.append(await soak(dep, a.soak_users, a.soak_s, a, phones_running,
+                                   doctors_running, shares, token, doc_study, stop))
     stop.set()
     ends = await asyncio.gather(*phones_running, *doctors_running, return_exceptions=True)
     failed = [repr(e)[:200] for e in ends if isinstance(e, BaseException)]
@@ -521,6 +590,28 @@ def database_url(a, work: Path, name: str) -> str:
     return f"mysql://root@127.0.0.1:3306/{db}"
 
 
+REC_SOAK: list[dict] = []
+
+
+def soak_lines(soaks: list[dict]) -> list[str]:
+    if not soaks:
+        return []
+    lines = ["", "Soak: RSS and open files of every process (server processes, their decode "
+             "workers, the parent), from a minute in to the end.", "",
+             "| config | users | seconds | server process RSS at 60 s → end (max) MiB | "
+             "budget per server process MiB | fds at 60 s → end (all processes) | verdict |",
+             "|---|---:|---:|---|---:|---|---|"]
+    for s in soaks:
+        base = next((x for x in s["samples"] if x["t_s"] >= 60), s["samples"][0])
+        rss = "; ".join(f"{base['rss_mb'].get(p, 0):.0f} → {s['rss_end_mb'].get(p, 0):.0f} "
+                        f"({s['rss_max_mb'].get(p, 0):.0f})" for p in s["server_pids"])
+        ok = s["rss_within_budget"] and not s["fds_grew"]
+        lines.append(f"| {s['config']} | {s['users']} | {s['seconds']} | {rss} | "
+                     f"{s['budget_mb_per_server_process']} | {sum(s['fds_base'].values())} → "
+                     f"{sum(s['fds_end'].values())} | {'pass' if ok else 'FAIL'} |")
+    return lines
+
+
 def write_results(rows: list[dict], a, argv) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -529,7 +620,8 @@ def write_results(rows: list[dict], a, argv) -> Path:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "db": a.db, "exams": a.exams, "slices": a.slices, "think": a.think,
             "settings": a.set}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows,
+                                                    "soak": REC_SOAK}, indent=1))
     lines = [f"# Load bench {stamp}", "", f"`{meta['command']}`", "",
              f"{a.exams} CT exams of {a.slices} slices (512²) for the phones, one 220-slice CT "
              f"for the doctors; database {a.db}; {os.cpu_count()} cores shared by the servers, "
@@ -550,6 +642,7 @@ def write_results(rows: list[dict], a, argv) -> Path:
     errs = {f"{r['config']} {r['users']}": r["error_kinds"] for r in rows if r["error_kinds"]}
     if errs:
         lines += ["", "Errors by kind: " + json.dumps(errs, ensure_ascii=False)]
+    lines += soak_lines(REC_SOAK)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return out
 
@@ -565,6 +658,10 @@ def main(argv=None) -> int:
     ap.add_argument("--doctor-every", type=int, default=25, help="one doctor per N users")
     ap.add_argument("--exams", type=int, default=40)
     ap.add_argument("--slices", type=int, default=80)
+    ap.add_argument("--soak-s", type=float, default=0.0,
+                    help="after the stages, keep --soak-users users this long and sample every "
+                         "process's RSS and open files (the 10-minute soak: 600)")
+    ap.add_argument("--soak-users", type=int, default=200)
     ap.add_argument("--db", choices=("sqlite", "mysql"), default="sqlite")
     ap.add_argument("--data-dir", default="/tmp/cfbench-data")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
@@ -594,7 +691,9 @@ def main(argv=None) -> int:
                 env["CLOUDFILM_" + name_.strip().upper()] = value.strip()
             dep = {"direct": lambda: Deployment(name, work, env, 1, a.processes, False, False),
                    "nginx1": lambda: Deployment(name, work, env, 1, 1, True, True),
-                   "nginx2": lambda: Deployment(name, work, env, 2, 1, True, True)}[name]()
+                   "nginx2": lambda: Deployment(name, work, env, 2, 1, True, True),
+                   "nginx1p": lambda: Deployment(name, work, env, 1, a.processes, False, True),
+                   "nginx2u": lambda: Deployment(name, work, env, 2, 1, False, True)}[name]()
             log(f"{name}: importing {len(dirs)} series …")
             dep.nodes[0].import_paths(dirs)
             dep.start()

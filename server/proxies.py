@@ -31,7 +31,10 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address (an IPv4-mapped IPv6 one as IPv4), None for garbage. Cached: parsing one
+    cost more than the rest of the request's routing under load (bench/load_bench.py)."""
     try:
         addr = ipaddress.ip_address((text or "").strip().split("%")[0])
     except ValueError:
@@ -51,6 +54,10 @@ def forwarded_client(peer: str, headers: Any, networks: tuple[Network, ...]) -> 
     (a spoofed header from anyone else is never read)."""
     if not networks or not _trusted(_address(peer), networks):
         return None
+    return _client_from(headers, networks)
+
+
+def _client_from(headers: Any, networks: tuple[Network, ...]) -> str | None:
     hops = [h.strip() for v in headers.get_list("X-Forwarded-For") for h in v.split(",")]
     hops = [h for h in hops if h]
     client = None
@@ -71,8 +78,22 @@ def forwarded_proto(peer: str, headers: Any, networks: tuple[Network, ...]) -> s
     """'https' / 'http' from X-Forwarded-Proto (its last entry) of a trusted proxy."""
     if not networks or not _trusted(_address(peer), networks):
         return None
+    return _proto_from(headers)
+
+
+def _proto_from(headers: Any) -> str | None:
     proto = headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
     return proto if proto in ("http", "https") else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _peer_trusted(peer: str, trusted_proxies: str) -> tuple[Network, ...]:
+    """The trusted networks if `peer` is in one of them, else (): once per peer and setting."""
+    try:
+        networks = parse_networks(trusted_proxies)
+    except ValueError:         # load_config refuses these; a bad override trusts no one
+        return ()
+    return networks if networks and _trusted(_address(peer), networks) else ()
 
 
 def resolve(request, trusted_proxies: str) -> None:
@@ -82,14 +103,13 @@ def resolve(request, trusted_proxies: str) -> None:
         return
     peer = request.remote_ip or ""
     request.proxy_peer = peer
-    try:
-        networks = parse_networks(trusted_proxies or "")
-    except ValueError:         # load_config refuses these; a bad override trusts no one
-        networks = ()
-    client = forwarded_client(peer, request.headers, networks)
+    networks = _peer_trusted(peer, trusted_proxies or "")
+    if not networks:
+        return
+    client = _client_from(request.headers, networks)
     if client is not None:
         request.remote_ip = client
-    proto = forwarded_proto(peer, request.headers, networks)
+    proto = _proto_from(request.headers)
     if proto is not None:
         request.protocol = proto
 

@@ -285,6 +285,8 @@ class BaseHandler(tornado.web.RequestHandler):
             outage.failed(value)          # one line per outage (models/db.py), not per request
             return
         mapped = error_status(value) if value is not None else None
+        if mapped and mapped[0] < 500 and getattr(value, "quiet", False):
+            return                        # expected and frequent (RenderBusy under load)
         from ..logmask import masked_path
         if mapped and mapped[0] < 500:
             log.info("%s %s -> %d: %s", self.request.method, masked_path(self), mapped[0],

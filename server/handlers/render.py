@@ -37,6 +37,7 @@ class RenderBusy(ApiError):
     studies with 502 (found by bench/load_bench.py)."""
 
     retry_after_s = 2
+    quiet = True            # the access log's 429 line says it all: no second line per shed
 
     def __init__(self):
         super().__init__(429, "服务器繁忙，预览稍后加载 / the server is busy: previews load a "
