@@ -27,6 +27,9 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+# Structured Reports (1.2.840.10008.5.1.4.1.1.88.x: measurement reports such as CloudFilm's
+# own export, adapters/measurement_sr.py; dose reports) hold no pixel data either
+SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 TEXT_TAGS = (0x00100010, 0x00081030, 0x0008103E, 0x00080080, 0x00080090, 0x00180015)
 CJK_RE = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff]")
 # ISO 2022 designator escapes (ESC $ ) A for GB2312 in ISO 2022 IR 58) that pydicom leaves
@@ -199,7 +202,7 @@ def extract_meta(data: bytes, *, charset_fallback: str = "GB18030",
         ds.decode()
     except Exception as exc:  # noqa: BLE001
         log.info("character set decoding problem: %s", exc)
-    if sop_class != ENCAPSULATED_PDF:
+    if sop_class != ENCAPSULATED_PDF and not sop_class.startswith(SR_CLASS_PREFIX):
         if "PixelData" not in ds and (b"\xe0\x7f\x10\x00" in data
                                       or b"\x7f\xe0\x00\x10" in data):
             raise DicomRejected("Pixel Data (7FE0,0010) truncated: the file ends before the "

@@ -504,7 +504,13 @@ class Catalog:
                     "photometric": photometric, "image_position": _floats(position),
                     "image_orientation": _floats(orientation),
                     "pixel_spacing": _floats(spacing), "slice_location": location})
-        out["series"] = series_out
+        # a series without pixels (a Structured Report of measurements) is no picture: the
+        # viewers list it apart instead of showing a thumbnail that cannot render
+        pictures = [se for se in series_out if any(i["rows"] for i in se["instances"])]
+        out["series"] = pictures
+        out["documents"] = [{k: se[k] for k in ("series_uid", "modality", "series_number",
+                                                "description", "num_instances")}
+                            for se in series_out if se["instances"] and se not in pictures]
         report = Report.get_or_none(Report.exam == exam)
         out["report"] = report_summary(report) if report else None
         return out

@@ -353,3 +353,29 @@ class InstanceVersion(BaseModel):
 
 VERSION_MODELS = [InstanceVersion]
 ALL_MODELS.extend(VERSION_MODELS)
+
+
+class Measurement(BaseModel):
+    """A doctor's saved measurement on one image of an exam (issue 18, m0063): kind,
+    points in image pixel coordinates (JSON [[x, y], ...]), an optional note and the values
+    the viewer computed (JSON). Each staff user sees and edits only their own
+    (models/measurements.py); exported as a DICOM Structured Report (adapters/measurement_sr.py).
+    """
+    staff_user = pw.ForeignKeyField(StaffUser, backref="measurements", on_delete="CASCADE")
+    exam = pw.ForeignKeyField(Exam, backref="measurements", on_delete="CASCADE")
+    series_uid = pw.CharField(max_length=64)
+    sop_uid = pw.CharField(max_length=64)
+    frame = pw.IntegerField(default=1)                 # 1-based
+    kind = pw.CharField(max_length=16)                 # length / ellipse / rect / angle ...
+    points = pw.TextField()                            # JSON [[x, y], ...]
+    text = pw.TextField(default="")                    # at most 500 characters
+    values = pw.TextField(default="{}")                # JSON {length_mm, mean, ...}
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("exam", "staff_user"), False),)
+
+
+MEASUREMENT_MODELS = [Measurement]
+ALL_MODELS.extend(MEASUREMENT_MODELS)

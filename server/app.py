@@ -22,7 +22,7 @@ from .handlers.base import UID, NotFoundHandler
 # with its error. Order matters only for overlapping patterns (none so far).
 ROUTE_MODULES = ("render", "dicomweb", "wado_uri", "report", "pages", "visitor", "auth",
                  "staff", "shares", "patient", "patient_qr", "ohif", "download", "integration",
-                 "wechat", "admin", "security", "send", "openapi", "ops")
+                 "wechat", "admin", "security", "send", "measurements", "openapi", "ops")
 
 
 def route_modules() -> list:

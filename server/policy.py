@@ -28,7 +28,7 @@ PERMISSIONS: dict[str, set[str]] = {
                   "share.manage", "download.read", "patient.unmask", "exam.import"},
     "doctor": {"exam.search", "exam.report", "exam.images", "exam.download",
                "patient.history", "share.manage", "patient.unmask", "exam.import",
-               "exam.send"},
+               "exam.send", "exam.measure"},
     "sysadmin": {"user.manage", "settings.manage", "integration.manage", "health.read",
                  "verification.manage"},
     "secadmin": {"security.manage"},

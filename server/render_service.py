@@ -597,6 +597,11 @@ def geometry_json(geo) -> dict:
 class RenderService(FrameRenderer):
     """Adds series volumes (MPR, 3D MIP), tiles and image facts."""
 
+    def warm_up(self) -> None:
+        super().warm_up()
+        from render.vr import warm_up_kernels
+        warm_up_kernels()   # the 3D kernels: the first 3D view would load them otherwise
+
     def volume(self, refs: list[InstanceRef]):
         """The series as a volume, built once from its decoded slices (cached)."""
         from render.volume import build_volume
@@ -638,14 +643,22 @@ class RenderService(FrameRenderer):
                 "irregular": bool(vol.irregular)}
 
     def mip(self, refs, *, yaw=0.0, pitch=0.0, size=256, window=None, mode="mip",
-            quality=85, fmt="jpeg", invert=False) -> bytes:
+            preset=None, quality=85, fmt="jpeg", invert=False) -> bytes:
+        """A 3D projection: MIP/MinIP/average (grey) or, mode "vr", volume rendering with a
+        preset (RGB; the window moves the preset's opacity ramp)."""
         from render.encode import encode_jpeg, encode_png
         from render.volume import mip_projection
+        from render.vr import vr_projection
         vol = self.volume(refs)
         t0 = time.perf_counter()
-        arr = mip_projection(vol, yaw, pitch, size, window=window, mode=mode, invert=invert)
+        if mode == "vr":
+            arr = vr_projection(vol, yaw, pitch, size, preset=preset or "bone", window=window,
+                                invert=invert)
+        else:
+            arr = mip_projection(vol, yaw, pitch, size, window=window, mode=mode,
+                                 invert=invert)
         out = encode_png(arr) if fmt == "png" else encode_jpeg(arr, quality)
-        metrics.RENDER.labels("mip").observe(time.perf_counter() - t0)
+        metrics.RENDER.labels("vr" if mode == "vr" else "mip").observe(time.perf_counter() - t0)
         return out
 
     def tile(self, ref, frame, level, tx, ty, *, tile_size=256, window=None, quality=85,
@@ -662,6 +675,29 @@ class RenderService(FrameRenderer):
     def pyramid(self, ref, tile_size=256) -> dict:
         from render.tiles import pyramid_info
         return pyramid_info(self.image(ref), tile_size)
+
+    def frame_values(self, ref, frame: int) -> tuple[bytes, dict]:
+        """The stored values of one grey frame for the viewer's pixel read-out and region
+        statistics: little-endian int16 when every value fits, else float32; with the
+        rescale (slope, intercept) that gives modality values (HU for CT). A modality LUT is
+        applied here (values then float32, rescale 1, 0). A colour image: 400."""
+        import numpy as np
+
+        from render.pipeline import apply_modality_lut
+        img = self.image(ref)
+        if img.is_color:
+            raise RenderError("彩色图像没有单一像素值 / a colour image has no single value per "
+                              "pixel", status=400)
+        slope, intercept = img.rescale(frame)
+        px = img.pixels[frame]
+        if img.modality_lut is not None:
+            px = apply_modality_lut(px, slope, intercept, img.modality_lut)
+            slope, intercept = 1.0, 0.0
+        lo, hi = (int(px.min()), int(px.max())) if px.dtype.kind in "iu" else (0, 1 << 16)
+        kind = "int16" if -32768 <= lo and hi <= 32767 else "float32"
+        body = np.ascontiguousarray(px, dtype="<i2" if kind == "int16" else "<f4").tobytes()
+        return body, {"type": kind, "rows": img.rows, "columns": img.cols, "slope": slope,
+                      "intercept": intercept, "modality": img.modality or ""}
 
     def image_info(self, ref) -> dict:
         img = self.image(ref)

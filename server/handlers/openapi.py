@@ -48,7 +48,9 @@ SUMMARIES = {
     "/api/render/studies/{study}/series/{series}/mpr/{plane}/geometry":
         "Geometry of an MPR slice (positions, spacing, patient orientation).",
     "/api/render/studies/{study}/series/{series}/mip":
-        "3D maximum-intensity projection at a rotation, as JPEG.",
+        "3D projection at a rotation, as JPEG: maximum-intensity (mode=mip/minip/avg) or "
+        "volume rendering (mode=vr, preset=bone|cta|lung|soft; the window moves the opacity "
+        "ramp).",
     "/api/render/studies/{study}/series/{series}/volume": "Volume facts of a series.",
     "/api/studies/{study_uid}/report.pdf": "The exam's report as PDF.",
     "/api/studies/{study_uid}/report/pages": "Number and size of the report's pages.",

@@ -334,13 +334,34 @@ class MprGeometryHandler(SeriesRenderHandler):
         self.write_json(out)
 
 
+PROJECTION_MODES = ("mip", "minip", "avg", "vr")
+
+
 class MipHandler(SeriesRenderHandler):
+    """3D projections: MIP/MinIP/average, or volume rendering (mode=vr, preset=...)."""
+
+    def projection_mode(self) -> tuple[str, str | None]:
+        """mode=mip|minip|avg|vr and, for vr, preset=bone|cta|lung|soft (default bone)."""
+        from render.vr import PRESET_NAMES
+        mode = (self.get_query_argument("mode", "mip") or "mip").strip().lower()
+        if mode not in PROJECTION_MODES:
+            raise ApiError(400, "未知的三维显示方式 / unknown 3D mode; use "
+                                + ", ".join(PROJECTION_MODES))
+        if mode != "vr":
+            return mode, None             # a preset means nothing here: one cache entry
+        preset = (self.get_query_argument("preset", "bone") or "bone").strip().lower()
+        if preset not in PRESET_NAMES:
+            raise ApiError(400, "未知的容积再现预设 / unknown volume rendering preset; use "
+                                + ", ".join(PRESET_NAMES))
+        return mode, preset
+
     async def get(self, study, series) -> None:
         p = self.render_params()
+        mode, preset = self.projection_mode()
         params = dict(yaw=_float_arg(self, "yaw", 0.0, -360, 360),
                       pitch=_float_arg(self, "pitch", 0.0, -360, 360),
                       size=min(self.int_arg("size", 256, 16, 2048), self.max_render_px()),
-                      mode=(self.get_query_argument("mode", "mip") or "mip")[:8],
+                      mode=mode, preset=preset,
                       window=p["window"], quality=p["quality"], fmt=p["fmt"],
                       invert=p["invert"])
         refs = await self.series_refs(study, series)
@@ -384,6 +405,48 @@ class ImageInfoHandler(RenderedHandler):
         self.write_json(info)
 
 
+class FrameValuesHandler(RenderedHandler):
+    """Stored pixel values of one grey frame (the workspace's CT value at the pointer and
+    its region statistics): application/octet-stream, int16 or float32 little-endian, row by
+    row; headers X-Value-Type, X-Rows, X-Columns, X-Rescale-Slope, X-Rescale-Intercept,
+    X-Modality. Same access as the rendered frame."""
+
+    MAX_PIXELS = 4096 * 4096
+
+    async def get(self, study, series, sop, frame) -> None:
+        self.check_uids(study, series, sop)
+        n = int(frame)
+        if n < 1:
+            raise ApiError(400, "帧号从 1 开始 / frame numbers start at 1")
+        ref = await self.instance(study, series, sop)
+        if n > max(ref.frames, 1):
+            raise ApiError(404, f"帧 {n} 不存在 / frame {n} does not exist: this instance has "
+                                f"{ref.frames} frame(s), numbered from 1")
+        if ref.rows * ref.columns > self.MAX_PIXELS:
+            raise ApiError(413, "图像过大，无法读取像素值 / the image is too large for pixel values")
+        etag = etag_for(ref.sha256, ("values", n))
+        self.set_header("ETag", etag)
+        self.set_header("Cache-Control", "private, max-age=3600")
+        if etag in self.request.headers.get("If-None-Match", ""):
+            self.set_status(304)
+            self.finish()
+            return
+        out = await self.run_queued(False, self.renders.frame_values, ref, n - 1)
+        if out is None:
+            self.set_status(499)
+            self.finish()
+            return
+        self.send_values(*out)
+
+    def send_values(self, body: bytes, facts: dict) -> None:
+        self.set_header("Content-Type", "application/octet-stream")
+        for name, key in (("X-Value-Type", "type"), ("X-Rows", "rows"), ("X-Columns", "columns"),
+                          ("X-Rescale-Slope", "slope"), ("X-Rescale-Intercept", "intercept"),
+                          ("X-Modality", "modality")):
+            self.set_header(name, str(facts[key]))
+        self.finish(body)
+
+
 def routes(ctx) -> list:
     d = {"ctx": ctx}
     inst = rf"{BASE}/series/{UID}/instances/{UID}"
@@ -396,6 +459,8 @@ def routes(ctx) -> list:
         (rf"{inst}/frames/([0-9]{{1,7}})/tiles/([0-9]{{1,2}})/([0-9]{{1,5}})/([0-9]{{1,5}})",
          TileHandler, d),
         (rf"/api/render/studies/{UID}/series/{UID}/instances/{UID}/info", ImageInfoHandler, d),
+        (rf"/api/render/studies/{UID}/series/{UID}/instances/{UID}/frames/([0-9]{{1,7}})/values",
+         FrameValuesHandler, d),
         (rf"/api/render/studies/{UID}/series/{UID}/mpr/([a-z]{{1,16}})", MprHandler, d),
         (rf"/api/render/studies/{UID}/series/{UID}/mpr/([a-z]{{1,16}})/geometry",
          MprGeometryHandler, d),

@@ -67,6 +67,23 @@ def test_mip_rotates(live, volume_series):
     assert img(a).shape == img(b).shape and not np.array_equal(img(a), img(b))
 
 
+def test_volume_rendering_presets(live, volume_series):
+    st, headers, body = live.get(base("/mip?size=64&mode=vr&preset=bone"))
+    assert st == 200 and headers["Content-Type"] == "image/jpeg"
+    bone = img(body).astype(int)
+    assert bone.ndim == 3 and bone.shape[2] == 3          # colour
+    h, w, _ = bone.shape
+    # bone fills the right half of the volume (yaw 0: x to the right), the rest is clear
+    right, left = bone[h // 3:2 * h // 3, w // 2 + 6:w // 2 + 12], bone[:, :w // 2 - 12]
+    assert right.mean() > 150 and left.mean() < 10
+    st, _, body = live.get(base("/mip?size=64&mode=vr&preset=soft"))
+    assert st == 200 and np.abs(img(body).astype(int) - bone).mean() > 3
+    st, _, same = live.get(base("/mip?size=64&mode=vr"))     # bone by default
+    assert st == 200 and np.abs(img(same).astype(int) - bone).mean() < 1
+    st, _, shifted = live.get(base("/mip?size=64&mode=vr&preset=bone&window=2000,700"))
+    assert st == 200 and img(shifted).mean() < 2              # ramp above 1000 HU
+
+
 def test_tiles_and_info(live, volume_series):
     inst = f"/series/{SERIES}/instances/1.2.55.3.0"
     st, info = live.json(f"/api/render/studies/{STUDY}{inst}/info?tile_size=64")
@@ -87,6 +104,9 @@ def test_tiles_and_info(live, volume_series):
     ("/mpr/axial?slab=5&mode=median", 400, "mode"),
     ("/mip?size=5", 400, "size"),
     ("/mip?mode=max", 400, "mode"),
+    ("/mip?mode=vr&preset=kidney", 400, "preset"),
+    ("/mip?mode=vr&preset=kidney", 400, "未知的容积再现预设"),
+    ("/mip?mode=vr&preset=bone&window=40,0.5", 400, "width"),
 ])
 def test_bad_mpr_requests(live, volume_series, path, status, needle):
     st, _, raw = live.get(base(path))

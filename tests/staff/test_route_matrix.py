@@ -180,6 +180,7 @@ EXPECTED = {
     ('GET', '/ohif/(.+)'): (404, 404, 404, 404, 404, 404),
     ('GET', '/api/ohif'): (401, 200, 200, 200, 200, 200),
     ('GET', '/api/render/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/instances/([0-9][0-9.]{0,63})/info'): (401, 200, 200, 403, 403, 403),
+    ('GET', '/api/render/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/instances/([0-9][0-9.]{0,63})/frames/([0-9]{1,7})/values'): (401, 200, 200, 403, 403, 403),
     ('GET', '/api/render/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/mpr/([a-z]{1,16})'): (401, 200, 200, 403, 403, 403),
     ('GET', '/api/render/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/mpr/([a-z]{1,16})/geometry'): (401, 200, 200, 403, 403, 403),
     ('GET', '/api/render/studies/([0-9][0-9.]{0,63})/series/([0-9][0-9.]{0,63})/mip'): (401, 200, 200, 403, 403, 403),
@@ -222,6 +223,13 @@ EXPECTED = {
     ('GET', '/api/staff/dicom-destinations'): (401, 403, 200, 403, 403, 403),
     ('POST', '/api/staff/studies/([0-9][0-9.]{0,63})/send'): (401, 403, 400, 403, 403, 403),
     ('GET', '/api/staff/sends'): (401, 403, 200, 403, 403, 403),
+    # saved measurements and their SR export (server/handlers/measurements.py): doctors only;
+    # no study_uid / an empty body: 400; measurement 999999: 404
+    ('GET', '/api/measurements'): (401, 403, 400, 403, 403, 403),
+    ('POST', '/api/measurements'): (401, 403, 400, 403, 403, 403),
+    ('PUT', '/api/measurements/([0-9]{1,12})'): (401, 403, 404, 403, 403, 403),
+    ('DELETE', '/api/measurements/([0-9]{1,12})'): (401, 403, 404, 403, 403, 403),
+    ('POST', '/api/measurements/sr'): (401, 403, 400, 403, 403, 403),
     ('POST', '/api/staff/patients/([^/]{1,64})/unmask'): (401, 400, 400, 403, 403, 403),
     ('POST', '/api/staff/patients/([^/]{1,64})/check-id'): (401, 400, 400, 403, 403, 403),
     ('GET', '/api/admin/settings'): (401, 403, 403, 200, 403, 403),

@@ -2,12 +2,14 @@
 // server's endpoints. DOM.
 import { urls, api, getImage } from './api.js';
 import { crossLine, pixelToPatient, stepAlong } from './crossref.js';
-import { windowParam } from './presets.js';
+import { windowParam, presetWindow, dragWindow, cssFilter, sameWindow } from './presets.js';
 import { el } from './ui.js';
 
 const SVGNS = 'http://www.w3.org/2000/svg';
 export const PLANES = ['axial', 'coronal', 'sagittal'];
 const LINE_CLASS = { axial: 'xline-c', coronal: 'xline-a', sagittal: 'xline-b' };
+/** Slab projections of the MPR route (render/volume.py SLAB_MODES). */
+export const SLAB_MODES = ['mip', 'minip', 'avg'];
 
 /** Latest-only image loader for one pane: a new request cancels the one before. */
 class LatestImage {
@@ -34,14 +36,17 @@ class LatestImage {
 }
 
 export class MprSet {
-  /** panes: {axial: element, coronal: element, sagittal: element} */
-  constructor(panes, study, series, { t, window: win, point, dpr, onChange } = {}) {
+  /** panes: {axial: element, coronal: element, sagittal: element}; tool: the workspace's
+   *  left-button tool ('window': left drag windows; the right button always does). */
+  constructor(panes, study, series, { t, window: win, point, dpr, onChange, tool, slab, slabMode } = {}) {
     this.study = study;
     this.series = series;
     this.t = t;
     this.win = win;
     this.dpr = dpr || window.devicePixelRatio || 1;
-    this.slab = 0;
+    this.slab = slab || 0;
+    this.slabMode = SLAB_MODES.includes(slabMode) ? slabMode : 'mip';
+    this.tool = tool || 'scroll';
     this.point = point || null;
     this.onChange = onChange || (() => {});
     this.geo = {};
@@ -55,7 +60,7 @@ export class MprSet {
       const svg = document.createElementNS(SVGNS, 'svg');
       const label = el('div', 'pane-label', t(`mpr.${plane}`));
       root.append(img, svg, label);
-      this.panes[plane] = { root, img, svg, label, loader: new LatestImage(img) };
+      this.panes[plane] = { root, img, svg, label, loader: new LatestImage(img), seq: 0, shownWin: null };
       this.bind(plane);
     }
   }
@@ -63,7 +68,8 @@ export class MprSet {
   async start() {
     const vol = await api.getVolume(this.study.study_uid, this.series.series_uid);
     this.volume = vol;
-    if (!this.win && vol.default_window) this.win = { c: vol.default_window[0], w: vol.default_window[1] };
+    this.fileWin = vol.default_window ? { c: vol.default_window[0], w: vol.default_window[1] } : null;
+    if (!this.win) this.win = this.fileWin;
     if (!this.point) {
       const [nz, ny, nx] = vol.shape;
       const [dz, dy, dx] = vol.spacing;
@@ -80,25 +86,72 @@ export class MprSet {
       viewport: `${Math.round(W * this.dpr)},${Math.round(H * this.dpr)}`,
       window: this.win ? windowParam(this.win) : '',
       slab: this.slab || '',
-      mode: this.slab ? 'mip' : '',
+      mode: this.slab ? this.slabMode : '',
       quality: 85,
     };
+  }
+
+  /** Panes whose render is on its way ('loading') or shown ('done'): data-state, for tests. */
+  markLoading(planes) {
+    for (const plane of planes) {
+      const pane = this.panes[plane];
+      pane.seq++; // a render still on its way is no longer the latest
+      pane.root.dataset.state = 'loading';
+    }
   }
 
   async update(only) {
     const s = this.study.study_uid;
     const se = this.series.series_uid;
+    const planes = only || PLANES;
+    for (const plane of planes) this.panes[plane].root.dataset.state = 'loading';
     const jobs = PLANES.map(async (plane) => {
       const pane = this.panes[plane];
       const p = this.params(pane);
       const { slab, mode, quality, window: w, ...gp } = p;
       const geo = api.mprGeometry(s, se, plane, gp);
-      if (!only || only.includes(plane)) await pane.loader.load(urls.mpr(s, se, plane, p)).catch(() => {});
+      if (planes.includes(plane)) {
+        const seq = ++pane.seq;
+        const win = this.win ? { ...this.win } : null;
+        pane.root.dataset.slab = this.slab ? `${this.slabMode}:${this.slab}` : '';
+        const shown = await pane.loader.load(urls.mpr(s, se, plane, p)).catch(() => false);
+        if (shown) pane.shownWin = win;
+        if (seq === pane.seq) pane.root.dataset.state = 'done';
+        this.filter(plane);
+      }
       this.geo[plane] = await geo;
     });
     await Promise.all(jobs);
     this.drawLines();
     this.onChange(this);
+  }
+
+  /** The instant approximation of the current window on an image rendered with another. */
+  filter(plane) {
+    const pane = this.panes[plane];
+    const from = pane.shownWin;
+    pane.img.style.filter = from && this.win && !sameWindow(from, this.win) ? cssFilter(from, this.win) : 'none';
+    pane.root.dataset.window = this.win ? windowParam(this.win) : '';
+  }
+
+  /** A new window on every plane: shown at once (CSS), rendered exactly now (immediate: a
+   *  preset) or after the drag pauses. */
+  setWindow(win, immediate = false) {
+    this.win = win ? { c: win.c, w: win.w } : null;
+    for (const plane of PLANES) this.filter(plane);
+    if (immediate) {
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.pending = null;
+      return this.update();
+    }
+    this.schedule(PLANES);
+    return null;
+  }
+
+  /** A window preset ('default': the volume's own window). */
+  applyPreset(id) {
+    return this.setWindow(id === 'default' ? this.fileWin : presetWindow(id, this.fileWin), true);
   }
 
   layout(plane) {
@@ -109,6 +162,11 @@ export class MprSet {
     const [ow, oh] = g.output_size;
     const s = Math.min(W / ow, H / oh);
     return { s, left: (W - ow * s) / 2, top: (H - oh * s) / 2, ow, oh };
+  }
+
+  /** 'MIP 10mm', 'MinIP 5mm', '平均 20mm' (none without a slab). */
+  slabLabel() {
+    return this.slab ? `${this.t(`mpr.mode.${this.slabMode}`)} ${this.slab}mm` : '';
   }
 
   drawLines() {
@@ -132,7 +190,8 @@ export class MprSet {
         pane.svg.append(line);
       }
       pane.root.dataset.index = String(g.index);
-      pane.label.textContent = `${this.t(`mpr.${plane}`)}  ${g.index + 1}/${this.countOf(plane)}${this.slab ? `  MIP ${this.slab}mm` : ''}`;
+      const slab = this.slabLabel();
+      pane.label.textContent = `${this.t(`mpr.${plane}`)}  ${g.index + 1}/${this.countOf(plane)}${slab ? `  ${slab}` : ''}`;
     }
   }
 
@@ -144,7 +203,7 @@ export class MprSet {
   bind(plane) {
     const pane = this.panes[plane];
     const r = pane.root;
-    let down = false;
+    let drag = null;
     const pick = (e) => {
       const g = this.geo[plane];
       if (!g) return;
@@ -156,9 +215,23 @@ export class MprSet {
       this.drawLines();
       this.schedule(PLANES.filter((p) => p !== plane));
     };
-    r.addEventListener('pointerdown', (e) => { down = true; r.setPointerCapture?.(e.pointerId); pick(e); });
-    r.addEventListener('pointermove', (e) => { if (down) pick(e); });
-    r.addEventListener('pointerup', () => { down = false; });
+    r.addEventListener('contextmenu', (e) => e.preventDefault());
+    r.addEventListener('pointerdown', (e) => {
+      r.setPointerCapture?.(e.pointerId);
+      // right button, or the window tool: drag the window (right widens, down raises the centre)
+      const windowing = e.button === 2 || (this.tool === 'window' && e.button === 0);
+      drag = windowing ? { x: e.clientX, y: e.clientY, start: this.win || this.fileWin || { c: 40, w: 400 } } : { pick: true };
+      if (!windowing) pick(e);
+      e.preventDefault();
+    });
+    r.addEventListener('pointermove', (e) => {
+      if (!drag) return;
+      if (drag.pick) pick(e);
+      else this.setWindow(dragWindow(drag.start, e.clientX - drag.x, e.clientY - drag.y));
+    });
+    const up = () => { drag = null; };
+    r.addEventListener('pointerup', up);
+    r.addEventListener('pointercancel', up);
     r.addEventListener('wheel', (e) => {
       e.preventDefault();
       const g = this.geo[plane];
@@ -171,6 +244,7 @@ export class MprSet {
 
   schedule(planes) {
     this.pending = new Set([...(this.pending || []), ...planes]);
+    this.markLoading(planes);
     if (this.timer) return;
     this.timer = setTimeout(async () => {
       this.timer = null;
@@ -180,15 +254,26 @@ export class MprSet {
     }, 60);
   }
 
-  setSlab(mm) {
-    this.slab = mm;
-    this.update();
+  /** Slab thickness (mm, 0: none) and projection (mip / minip / avg). */
+  setSlab(mm, mode = this.slabMode) {
+    this.slab = mm > 0 ? mm : 0;
+    if (SLAB_MODES.includes(mode)) this.slabMode = mode;
+    return this.update();
   }
 }
 
-/** A 3D MIP that rotates with a drag: small previews while dragging, full size after. */
+/** 3D renderings offered in a 3D pane: MIP, or volume rendering with a preset. */
+export const MIP_MODES = ['mip', 'bone', 'cta', 'lung', 'soft'];
+/** The presets' own opacity windows (render/vr.py PRESETS): where a right-drag starts. */
+export const VR_WINDOWS = { bone: { c: 500, w: 700 }, cta: { c: 350, w: 500 }, lung: { c: -650, w: 700 }, soft: { c: 150, w: 500 } };
+
+/** A 3D MIP or volume rendering that rotates with a drag: small previews (256 px at most)
+ * while dragging, the full size on release (or after a pause). A mode/preset selector sits
+ * in the pane's corner; a right-drag moves a VR preset's opacity ramp (window).
+ * `onUserChange(kind, view)`: 'rotate' while dragging, 'settle' on release, 'mode' on a new
+ * rendering; the workspace repeats them in linked 3D panes. */
 export class MipView {
-  constructor(root, study, series, { t, window: win, dpr, onUserChange } = {}) {
+  constructor(root, study, series, { t, window: win, dpr, onUserChange, mode } = {}) {
     this.root = root;
     this.study = study;
     this.series = series;
@@ -196,25 +281,85 @@ export class MipView {
     this.dpr = dpr || window.devicePixelRatio || 1;
     this.yaw = 30;
     this.pitch = 10;
+    this.mode = MIP_MODES.includes(mode) ? mode : 'mip';
+    this.t = t;
     this.onUserChange = onUserChange || (() => {});
     root.classList.add('pane', 'mip');
     this.img = el('img');
     this.img.alt = '';
-    this.label = el('div', 'pane-label', t('mip.title'));
-    root.append(this.img, this.label);
+    this.label = el('div', 'pane-label');
+    this.select = this.modeSelect(t);
+    root.append(this.img, this.label, this.select);
+    this.setLabel();
+    this.root.dataset.mode = this.mode;
     this.loader = new LatestImage(this.img);
     this.busy = false;
+    this.vrWin = null; // the user's opacity window of a VR preset (null: the preset's own)
     let last = null;
-    root.addEventListener('pointerdown', (e) => { last = { x: e.clientX, y: e.clientY }; root.setPointerCapture?.(e.pointerId); });
+    let moved = false;
+    root.addEventListener('contextmenu', (e) => e.preventDefault());
+    root.addEventListener('pointerdown', (e) => {
+      if (e.target === this.select) return; // the selector keeps its own clicks
+      // right button on a VR preset: move the opacity ramp (like windowing a 2D image)
+      const win = e.pointerType === 'mouse' && e.button === 2 && this.mode !== 'mip';
+      last = { x: e.clientX, y: e.clientY, x0: e.clientX, y0: e.clientY, win, start: win ? (this.vrWin || VR_WINDOWS[this.mode]) : null };
+      moved = false;
+      root.setPointerCapture?.(e.pointerId);
+    });
     root.addEventListener('pointermove', (e) => {
       if (!last) return;
+      moved = true;
+      if (last.win) {
+        this.vrWin = dragWindow(last.start, e.clientX - last.x0, e.clientY - last.y0);
+        this.refresh(true);
+        return;
+      }
       this.rotate((e.clientX - last.x) * 0.6, (e.clientY - last.y) * 0.6, true);
-      last = { x: e.clientX, y: e.clientY };
+      last.x = e.clientX; last.y = e.clientY;
     });
-    const up = () => { last = null; };
+    const up = () => {
+      if (last && moved) { this.settle(); if (!last.win) this.onUserChange('settle', this); }
+      last = null;
+    };
     root.addEventListener('pointerup', up);
     root.addEventListener('pointercancel', up);
     new ResizeObserver(() => this.refresh(false)).observe(root);
+  }
+
+  modeSelect(t) {
+    const sel = el('select', 'btn mip-mode');
+    sel.setAttribute('aria-label', t('mip.mode'));
+    sel.dataset.i18nTitle = 'tip.vr';
+    sel.title = t('tip.vr');
+    for (const m of MIP_MODES) {
+      const o = el('option', '', t(`mip.${m}`));
+      o.value = m;
+      o.dataset.i18n = `mip.${m}`;
+      sel.append(o);
+    }
+    sel.value = this.mode;
+    Object.assign(sel.style, { position: 'absolute', right: '6px', top: '4px', zIndex: '2', minHeight: '28px' });
+    sel.addEventListener('pointerdown', (e) => e.stopPropagation());
+    sel.addEventListener('change', () => this.setMode(sel.value, true));
+    return sel;
+  }
+
+  setLabel() {
+    const key = this.mode === 'mip' ? 'mip.title' : 'vr.title';
+    this.label.dataset.i18n = key;
+    this.label.textContent = this.t(key);
+  }
+
+  /** 'mip' or a volume rendering preset (bone, cta, lung, soft). */
+  setMode(mode, user = false) {
+    if (!MIP_MODES.includes(mode) || mode === this.mode) return;
+    this.mode = mode;
+    this.vrWin = null; // each preset starts from its own ramp
+    this.select.value = mode;
+    this.root.dataset.mode = mode;
+    this.setLabel();
+    this.show(false);
+    if (user) this.onUserChange('mode', this);
   }
 
   rotate(dyaw, dpitch, user) {
@@ -228,6 +373,12 @@ export class MipView {
     if (user) this.onUserChange('rotate', this);
   }
 
+  /** The drag ended: the full size now rather than after the pause. */
+  settle() {
+    clearTimeout(this.fullTimer);
+    this.show(false);
+  }
+
   size(preview) {
     const W = this.root.clientWidth || 256;
     const H = this.root.clientHeight || 256;
@@ -236,9 +387,13 @@ export class MipView {
   }
 
   url(preview) {
+    const vr = this.mode !== 'mip';
+    // volume rendering: the preset's opacity window, or the one right-dragged; MIP: the 2D view's
+    const win = vr ? this.vrWin : this.win;
     return urls.mip(this.study.study_uid, this.series.series_uid, {
       yaw: this.yaw.toFixed(1), pitch: this.pitch.toFixed(1), size: this.size(preview),
-      window: this.win ? windowParam(this.win) : '', quality: preview ? 60 : 85,
+      window: win ? windowParam(win) : '', quality: preview ? 60 : 85,
+      mode: vr ? 'vr' : '', preset: vr ? this.mode : '',
     });
   }
 
@@ -255,7 +410,10 @@ export class MipView {
     if (preview) this.busy = true;
     else this.again = false; // the full render supersedes any preview still wanted
     try {
-      await this.loader.load(this.url(preview));
+      const mode = this.mode;
+      if (await this.loader.load(this.url(preview)) === false) throw new Error('superseded');
+      this.root.dataset.shown = mode;
+      this.root.dataset.window = mode !== 'mip' && this.vrWin ? windowParam(this.vrWin) : '';
       this.root.dataset.yaw = this.yaw.toFixed(1);
       this.root.dataset.pitch = this.pitch.toFixed(1);
       this.root.dataset.quality = preview ? 'preview' : 'full';

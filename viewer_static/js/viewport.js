@@ -11,6 +11,7 @@ import {
   rotateView, screenToImage, imageToScreen, unrotatedSize, dot, orientationMarkers, pixelsPerMm, scaleBar,
 } from './viewport_math.js';
 import { el } from './ui.js';
+import { TileLayer, wantsTiles } from './tiles.js';
 
 const SETTLE_MS = 140;
 // Measurement labels (desktop only): loaded when the first measurement needs one, so the
@@ -59,6 +60,7 @@ export class StackViewport {
     this.invert = false;
     this.offset = 0;
     this.measures = new Map();
+    this.measureTools = null; // desktop workspace: a MeasureLayer (measure_tools.js) takes the measurement tools
     this.settled = true;
     this.direction = 1;
     this.shown = null;
@@ -140,6 +142,10 @@ export class StackViewport {
     const inst = items[this.index]?.instance || series.instances[0];
     this.geom = imageGeometry(inst);
     this.color = isColor(inst);
+    this.tiles?.destroy(); // big pictures (pathology, > 2048 px): drawn from the tile pyramid
+    this.tiles = wantsTiles(this.geom, series.modality || study.modality) ? new TileLayer({
+      stage: this.stage, root: this.root, onChange: () => this.requestRender(false),
+      fetchTile: (url, signal, priority) => getImage(url, signal, priority) }) : null;
     this.view = initialView(this.geom);
     this.win = null;
     this.fileWin = null;
@@ -220,6 +226,7 @@ export class StackViewport {
 
   /** Full-quality task for frame i at the current view. */
   fullTask(i) {
+    if (this.tiles) return null; // tiles instead of server-rendered regions
     const { W, H } = this.size();
     const req = renderRequest(this.view, this.geom, W, H, this.dpr);
     if (!req) return null;
@@ -338,9 +345,12 @@ export class StackViewport {
       s.filter = this.color ? (this.shown.invert !== this.invert ? 'invert(1)' : 'none')
         : cssFilter(from, this.currentWindow(), this.shown.invert, this.invert);
     }
-    const exact = b && b.task.kind === 'full' && b.task.key === this.fullTask(this.index)?.key;
+    const tiled = this.tiles && this.tiles.draw({ view: this.view, geom: this.geom, W, H, dpr: this.dpr,
+      base: urls.rendered(this.study.study_uid, this.series.series_uid, this.item().sop, this.item().frame).replace(/\/rendered$/, ''),
+      win: this.win, fileWin: this.fileWin, invert: this.invert, color: this.color, settled: this.settled });
+    const exact = tiled ? tiled.complete : b && b.task.kind === 'full' && b.task.key === this.fullTask(this.index)?.key;
     this.root.dataset.index = String(this.index);
-    this.root.dataset.loaded = b ? (exact ? 'exact' : b.task.kind) : 'none';
+    this.root.dataset.loaded = exact ? 'exact' : b ? b.task.kind : 'none';
     this.root.dataset.zoom = this.view.zoom.toFixed(3);
     this.root.dataset.center = `${this.view.cx.toFixed(1)},${this.view.cy.toFixed(1)}`;
     const w = this.currentWindow();
@@ -351,7 +361,7 @@ export class StackViewport {
       this.firstShown = true;
       this.onFirstImage(b.task);
     }
-    this.renderMessage(b);
+    this.renderMessage(b || (tiled && tiled.drawn ? tiled : null));
     this.renderOverlay();
     this.renderMeasures();
     this.updateProgress();
@@ -601,7 +611,10 @@ export class StackViewport {
       if (e.pointerType === 'mouse' && e.button === 1) tool = 'pan';
       if (tool === 'window' && this.color) tool = this.desktop ? 'pan' : 'scroll';
       this.drag = { tool, x: p.x, y: p.y, startWin: this.currentWindow() || { c: 128, w: 256 }, acc: 0, view: this.view };
-      if (tool === 'measure') {
+      if (this.measureTools && this.measureTools.handles(tool)) {
+        this.drag.tool = 'annotate';
+        this.measureTools.down(p, e);
+      } else if (tool === 'measure') {
         loadMeasure();
         const ip = screenToImage(p.x, p.y, this.view, this.geom, ...Object.values(this.size()));
         this.drag.measure = { a: ip, b: ip };
@@ -621,6 +634,7 @@ export class StackViewport {
 
   pointerMove(e) {
     const ptr = this.pointers.get(e.pointerId);
+    if (!ptr && this.measureTools && !this.pointers.size) this.measureTools.hover(this.local(e));
     if (!ptr || !this.drag) return;
     const p = this.local(e);
     const dx = p.x - ptr.x;
@@ -651,6 +665,8 @@ export class StackViewport {
       this.setView(panBy(this.view, dx, dy, this.geom, W, H), true);
     } else if (d.tool === 'zoom') {
       this.setView(zoomAt(this.view, Math.exp(-dy / 150), ptr.x0, ptr.y0, this.geom, W, H), true);
+    } else if (d.tool === 'annotate') {
+      this.measureTools.move(p);
     } else if (d.tool === 'measure') {
       d.measure.b = screenToImage(p.x, p.y, this.view, this.geom, W, H);
       this.renderMeasures(d.measure);
@@ -663,6 +679,7 @@ export class StackViewport {
     if (!ptr) return;
     this.pointers.delete(e.pointerId);
     const d = this.drag;
+    if (d && d.tool === 'annotate') this.measureTools.up(this.local(e));
     if (d && d.tool === 'measure' && d.measure) {
       const list = this.measures.get(this.index) || [];
       if (Math.hypot(d.measure.a.x - d.measure.b.x, d.measure.a.y - d.measure.b.y) > 1) list.push(d.measure);
@@ -712,6 +729,10 @@ export class StackViewport {
 
   // ---------------------------------------------------------------- measurement overlay
   renderMeasures(active) {
+    if (this.measureTools) {
+      this.measureTools.render();
+      return;
+    }
     const svg = this.svg;
     while (svg.firstChild) svg.firstChild.remove();
     const list = [...(this.measures.get(this.index) || [])];
@@ -740,6 +761,10 @@ export class StackViewport {
   }
 
   clearMeasures() {
+    if (this.measureTools) {
+      this.measureTools.clearImage();
+      return;
+    }
     this.measures = new Map();
     this.renderMeasures();
   }
@@ -747,6 +772,7 @@ export class StackViewport {
   destroy() {
     this.stop();
     this.loader.clear();
+    this.tiles?.destroy();
     this.resizeObserver.disconnect();
   }
 }

@@ -13,9 +13,13 @@ import words from './i18n/workspace.js';
 import { initSend } from './send.js';
 import { MAX_PANES, layoutFor, findPrior } from './hanging.js';
 import cmpWords from './i18n/compare.js';
+import measWords from './i18n/measure.js';
+import { MeasureStore, MeasureLayer, ValueCache } from './measure_tools.js';
+import { formatValues } from './measure.js';
 
 t.add(words);
 t.add(cmpWords);
+t.add(measWords);
 const $ = (id) => document.getElementById(id);
 const LAYOUTS = { '1x1': [1, 1], '1x2': [1, 2], '2x1': [2, 1], '2x2': [2, 2] };
 
@@ -31,6 +35,9 @@ const state = {
   firstSlice: readPref('cf-ws-first', 'first') === 'middle' ? 'middle' : 'first',
   fps: null,
 };
+// measurements of every pane (drawn wherever the same image is shown), raw values of frames
+const measures = new MeasureStore({ onError: (e) => fatalToast(t('meas.failed', { msg: e.message || String(e) })) });
+const frameValues = new ValueCache();
 
 function readPref(key, dflt) {
   try { return localStorage.getItem(key) || dflt; } catch (e) { return dflt; }
@@ -173,7 +180,7 @@ function stepFps(d) {
 }
 
 const HELP_KEYS = [
-  ['S W P Z M', 'help.k.tools'], ['↑ ↓ ← →', 'help.k.scroll'], ['Home End', 'help.k.ends'],
+  ['S W P Z M', 'help.k.tools'], ['E B A C X T', 'help.k.meas'], ['L', 'help.k.measlist'], ['Esc', 'help.k.cancel'], ['↑ ↓ ← →', 'help.k.scroll'], ['Home End', 'help.k.ends'],
   ['key.space', 'help.k.cine'], ['[ ]', 'help.k.fps'], ['I', 'help.k.invert'], ['R', 'help.k.rotate'],
   ['H', 'help.k.fliph'], ['V', 'help.k.flipv'], ['O', 'help.k.overlay'], ['0', 'help.k.reset'],
   ['Delete', 'help.k.clear'], ['1 2 3 4', 'help.k.layout'], ['? Esc', 'help.k.help'],
@@ -222,7 +229,10 @@ function assign(c, study, series, kind = 'stack') {
     root.append(el('p', 'notice-text', t('state.noimages')));
   } else if (kind === 'mip') {
     const win = c.lastWindow || null;
-    c.mip = new MipView(root, study, series, { t, window: win, onUserChange: () => broadcast(c, 'rotate') });
+    // a second linked 3D pane starts at the first one's rotation and rendering
+    const lead = c.linked && state.cells.find((x) => x !== c && x.linked && x.mip);
+    c.mip = new MipView(root, study, series, { t, window: win, mode: lead ? lead.mip.mode : c.mipMode, onUserChange: (k) => { c.mipMode = c.mip.mode; broadcast(c, k); } });
+    if (lead) { c.mip.yaw = lead.mip.yaw; c.mip.pitch = lead.mip.pitch; }
     c.mip.refresh(true);
   } else {
     c.vp = new StackViewport(root, {
@@ -232,6 +242,7 @@ function assign(c, study, series, kind = 'stack') {
       onChange: (k) => { if (k === 'cine' && c === activeCell()) updateCineButton(); },
     });
     c.vp.root.classList.toggle('ov-off', !state.overlay);
+    c.vp.measureTools = new MeasureLayer(c.vp, { store: measures, values: frameValues, t });
     c.vp.userFps = state.fps;
     c.vp.load(study, series, { start: state.firstSlice });
   }
@@ -249,7 +260,10 @@ function broadcast(src, kind) {
   if (!src.linked) return;
   for (const c of state.cells) {
     if (c === src || !c.linked) continue;
+    // linked 3D panes (two exams side by side) turn together and show the same rendering
     if (kind === 'rotate' && src.mip && c.mip) c.mip.setAngles(src.mip.yaw, src.mip.pitch);
+    if (kind === 'settle' && src.mip && c.mip) c.mip.settle();
+    if (kind === 'mode' && src.mip && c.mip) { c.mip.setMode(src.mip.mode); c.mipMode = src.mip.mode; }
     if (!src.vp || !c.vp || !src.vp.stack || !c.vp.stack) continue;
     const a = src.vp;
     const b = c.vp;
@@ -327,17 +341,21 @@ function enterMpr() {
     const sp = inst.pixel_spacing || [1, 1];
     point = [0, 1, 2].map((k) => pos[k] + o[k] * sp[1] * vp.view.cx + o[3 + k] * sp[0] * vp.view.cy);
   }
-  state.mpr = new MprSet(panes, c.study, c.series, { t, window: vp.currentWindow(), point });
-  state.mpr.slab = Number($('slab').value) || 0;
+  state.mpr = new MprSet(panes, c.study, c.series, {
+    t, window: vp.currentWindow(), point, tool: state.tool,
+    slab: Number($('slab').value) || 0, slabMode: $('slab-mode').value,
+  });
   state.mpr.start().catch((e) => fatalToast(t('state.error', { msg: e.message })));
   $('mpr').classList.add('on');
   $('slab').classList.remove('hidden');
+  $('slab-mode').classList.remove('hidden');
 }
 
 function exitMpr() {
   state.mpr = null;
   $('mpr').classList.remove('on');
   $('slab').classList.add('hidden');
+  $('slab-mode').classList.add('hidden');
   const name = state.layout;
   state.layout = null;
   setLayout(name);
@@ -395,7 +413,10 @@ function bindToolbar() {
   for (const b of document.querySelectorAll('[data-layout]')) b.addEventListener('click', () => setLayout(b.dataset.layout));
   for (const b of document.querySelectorAll('[data-tool]')) b.addEventListener('click', () => setTool(b.dataset.tool));
   const vpDo = (fn) => () => { const c = activeCell(); if (c && c.vp) fn(c.vp); };
-  $('preset').addEventListener('change', (e) => { const c = activeCell(); if (c && c.vp) c.vp.applyPreset(e.target.value); });
+  $('preset').addEventListener('change', (e) => {
+    if (state.mpr) { state.mpr.applyPreset(e.target.value); return; } // MPR: the planes, not the hidden pane
+    const c = activeCell(); if (c && c.vp) c.vp.applyPreset(e.target.value);
+  });
   $('invert').addEventListener('click', vpDo((v) => v.toggleInvert()));
   $('rotate').addEventListener('click', vpDo((v) => v.rotate()));
   $('reset').addEventListener('click', vpDo((v) => v.reset()));
@@ -405,6 +426,7 @@ function bindToolbar() {
   // the speed applies at once; the keys go back to the panes (arrows would change the select)
   $('cine-fps').addEventListener('change', (e) => { setFps(Number(e.target.value)); e.target.blur(); });
   $('clear').addEventListener('click', vpDo((v) => v.clearMeasures()));
+  bindMeasPanel();
   $('overlay').addEventListener('click', () => setOverlay(!state.overlay));
   setOverlay(state.overlay);
   $('help-btn').addEventListener('click', () => toggleHelp());
@@ -419,7 +441,9 @@ function bindToolbar() {
     box.addEventListener('change', () => { state.sync[k] = box.checked; });
   }
   $('mpr').addEventListener('click', () => (state.mpr ? exitMpr() : enterMpr()));
-  $('slab').addEventListener('change', (e) => state.mpr && state.mpr.setSlab(Number(e.target.value) || 0));
+  const slabChange = () => state.mpr && state.mpr.setSlab(Number($('slab').value) || 0, $('slab-mode').value);
+  $('slab').addEventListener('change', slabChange);
+  $('slab-mode').addEventListener('change', slabChange);
   $('mip').addEventListener('click', () => {
     if (state.mpr) exitMpr();
     const c = activeCell();
@@ -433,12 +457,16 @@ function bindToolbar() {
 }
 
 function setTool(name) {
+  if (name !== state.tool) cancelPending();
   state.tool = name;
   for (const x of document.querySelectorAll('[data-tool]')) x.classList.toggle('on', x.dataset.tool === name);
   for (const c of state.cells) if (c.vp) c.vp.mode = name;
+  if (state.mpr) state.mpr.tool = name;
 }
 
-const TOOL_KEYS = { s: 'scroll', w: 'window', p: 'pan', z: 'zoom', m: 'measure' };
+const TOOL_KEYS = {
+  s: 'scroll', w: 'window', p: 'pan', z: 'zoom', m: 'measure', e: 'ellipse', b: 'rect', a: 'angle', c: 'cobb', x: 'arrow', t: 'text',
+};
 const LAYOUT_KEYS = { 1: '1x1', 2: '1x2', 3: '2x1', 4: '2x2' };
 
 /** Keyboard shortcuts (listed in the help, shown in the toolbar's tooltips). */
@@ -450,6 +478,9 @@ function onKey(e) {
   const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
   const done = () => e.preventDefault();
   if (TOOL_KEYS[key]) { setTool(TOOL_KEYS[key]); return done(); }
+  if (key === 'l') { toggleMeasPanel(); return done(); }
+  if (key === 'Escape') { if (cancelPending()) return done(); return undefined; }
+  if (key === 'Delete' && measures.selected) { measures.remove(measures.selected); return done(); }
   if (LAYOUT_KEYS[key]) { setLayout(LAYOUT_KEYS[key]); return done(); }
   if (key === 'o') { setOverlay(!state.overlay); return done(); }
   if (key === '[' || key === ']') { stepFps(key === ']' ? 1 : -1); return done(); }
@@ -470,6 +501,123 @@ function onKey(e) {
   return done();
 }
 
+// ---------------------------------------------------------------- measurements (issue 18)
+function cancelPending() {
+  let any = false;
+  for (const c of state.cells) if (c.vp && c.vp.measureTools && c.vp.measureTools.cancel()) any = true;
+  return any;
+}
+
+/** The saved measurements of every exam on the page (none while the server has no API). */
+async function loadMeasurements() {
+  for (const s of state.studies) {
+    await measures.load(s.study_uid);
+    if (measures.remote === false) break;
+  }
+  renderMeasList();
+}
+
+function measOpen() {
+  return !$('meas-panel').classList.contains('hidden');
+}
+
+function toggleMeasPanel(open = !measOpen()) {
+  $('meas-panel').classList.toggle('hidden', !open);
+  $('meas-btn').classList.toggle('on', open);
+  $('meas-btn').setAttribute('aria-pressed', String(open));
+  renderMeasList();
+}
+
+function bindMeasPanel() {
+  $('meas-btn').addEventListener('click', () => toggleMeasPanel());
+  $('meas-close').addEventListener('click', () => toggleMeasPanel(false));
+  $('meas-sr').addEventListener('click', exportSr);
+  measures.subscribe(() => {
+    for (const c of state.cells) if (c.vp && c.vp.stack) c.vp.renderMeasures();
+    renderMeasList();
+  });
+}
+
+async function exportSr() {
+  const c = activeCell();
+  const study = c && c.study ? c.study : state.studies[0];
+  if (!study) return;
+  try {
+    const out = await measures.exportSr(study.study_uid);
+    fatalToast(t('meas.sr.done', { count: out && out.count !== undefined ? out.count : 0 }));
+  } catch (e) {
+    fatalToast(e.status === 404 || e.status === 405 ? t('meas.sr.none') : t('meas.failed', { msg: e.message }));
+  }
+}
+
+/** Where a measurement is: the series' description and the image's number in it. */
+function measWhere(m) {
+  const study = state.studies.find((s) => s.study_uid === m.study_uid);
+  const se = study && (study.series || []).find((x) => x.series_uid === m.series_uid);
+  let n = '';
+  const cell = state.cells.find((c) => c.vp && c.vp.stack && c.series && c.series.series_uid === m.series_uid);
+  if (cell) n = cell.vp.stack.items.findIndex((it) => it.sop === m.sop_uid && it.frame === m.frame) + 1;
+  else if (se) n = (se.instances || []).findIndex((i) => i.sop_uid === m.sop_uid) + 1 || '';
+  const name = se ? `${study.exam_date || ''} ${se.description || se.modality || ''}`.trim() : '';
+  return t('meas.image', { series: name, n: n || '?' });
+}
+
+function renderMeasList() {
+  const list = $('meas-list');
+  if (!list) return;
+  $('meas-local').classList.toggle('hidden', measures.remote !== false);
+  if (!measOpen()) return;
+  list.textContent = '';
+  if (!measures.items.length) { list.append(el('li', 'meas-empty', t('meas.none'))); return; }
+  for (const m of measures.items) {
+    const li = el('li', `meas-row${m === measures.selected ? ' sel' : ''}`);
+    li.dataset.cid = String(m.cid);
+    li.dataset.kind = m.kind;
+    li.title = t('meas.goto');
+    const value = m.kind === 'text' || m.kind === 'arrow' ? '' : formatValues(m.kind, m.values || {}, m.text);
+    const del = el('button', 'btn meas-del', '×');
+    del.type = 'button';
+    del.title = t('meas.delete');
+    del.setAttribute('aria-label', t('meas.delete'));
+    del.addEventListener('click', (e) => { e.stopPropagation(); measures.remove(m); });
+    li.append(el('span', 'meas-kind', t(`kind.${m.kind}`)), del, el('span', 'meas-value', value), el('span', 'meas-where', measWhere(m)));
+    if (m.kind === 'text' || m.kind === 'arrow') {
+      const input = el('input', 'meas-text');
+      input.type = 'text';
+      input.maxLength = 500;
+      input.value = m.text || '';
+      input.placeholder = t('meas.note');
+      input.setAttribute('aria-label', t('meas.note'));
+      input.addEventListener('click', (e) => e.stopPropagation());
+      input.addEventListener('change', () => { m.text = input.value.trim(); measures.update(m); });
+      li.append(input);
+    }
+    li.addEventListener('click', () => jumpTo(m));
+    list.append(li);
+  }
+}
+
+/** Show a measurement's image: in a pane with its series (the active one first), else the
+ *  active pane switches to its series. */
+function jumpTo(m) {
+  const go = (c) => {
+    const i = c.vp.stack.items.findIndex((it) => it.sop === m.sop_uid && it.frame === m.frame);
+    if (i >= 0) c.vp.setIndex(i, true);
+    setActive(c.i);
+    measures.select(m);
+  };
+  const shows = (c) => c && c.vp && c.vp.stack && c.series && c.series.series_uid === m.series_uid;
+  const c = shows(activeCell()) ? activeCell() : state.cells.find(shows);
+  if (c) { go(c); return; }
+  const study = state.studies.find((s) => s.study_uid === m.study_uid);
+  const se = study && (study.series || []).find((x) => x.series_uid === m.series_uid);
+  if (!se) return;
+  if (state.mpr) exitMpr();
+  const target = activeCell();
+  assign(target, study, se);
+  if (target.vp && target.vp.stack) go(target);
+}
+
 /** Tooltips of the toolbar buttons that other modules make (language, send). */
 function tipExtras() {
   const lang = $('lang-switch');
@@ -487,7 +635,9 @@ async function main() {
       c.link.title = t('tip.link'); c.align.title = t('tip.align');
     }
     buildSide(); buildPresets(); setOverlay(state.overlay); updateCineButton(); tipExtras();
+    if (state.mpr) state.mpr.drawLines();
     if (helpOpen()) buildHelpKeys();
+    renderMeasList();
     const c = activeCell(); if (c && c.study) showReport($('report'), c);
   }));
   bindToolbar();
@@ -528,12 +678,14 @@ async function main() {
     broadcast(state.cells[0], 'index');
   }
   setActive(0);
+  loadMeasurements();
   initSend($('toolbar-end'), () => {
     const c = activeCell();
     return c && c.study ? { study: c.study, series: c.series } : { study: state.studies[0], series: null };
   }, fatalToast);
   tipExtras();
   window.cfWorkspace = state; // for tests and the benchmark
+  window.cfMeasures = measures;
 }
 
 main();
