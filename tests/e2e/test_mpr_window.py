@@ -39,7 +39,8 @@ def wait_panes(page, timeout=20000):
 
 
 def pane(plane):
-    return f"[data-plane='{plane}']"
+    # the exam opened (row 0; its linked prior is the MPR's second row)
+    return f"[data-row='0'][data-plane='{plane}']"
 
 
 def open_mpr(page, server):

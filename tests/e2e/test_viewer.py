@@ -265,15 +265,16 @@ def test_workspace_linked_mpr_3d_measure(desktop, demo_server):
     assert label.endswith(" mm") and float(label.split()[0]) > 10
     page.click("[data-tool='scroll']")
 
-    # MPR 1×3 with cross-reference lines
+    # MPR with cross-reference lines: the two linked exams in 2 rows of 3 planes (row 0: the active one)
     page.click("#mpr")
+    assert page.locator("#grid .pane").count() == 6
     for plane in ("axial", "coronal", "sagittal"):
-        page.wait_for_function(f"() => document.querySelectorAll(\"[data-plane='{plane}'] line\").length === 2 "
-                               f"&& document.querySelector(\"[data-plane='{plane}'] img\").complete "
-                               f"&& document.querySelector(\"[data-plane='{plane}'] img\").naturalWidth > 0",
+        page.wait_for_function(f"() => document.querySelectorAll(\"[data-row='0'][data-plane='{plane}'] line\").length === 2 "
+                               f"&& document.querySelector(\"[data-row='0'][data-plane='{plane}'] img\").complete "
+                               f"&& document.querySelector(\"[data-row='0'][data-plane='{plane}'] img\").naturalWidth > 0",
                                timeout=20000)
-    cor = "[data-plane='coronal']"
-    ax_before = page.get_attribute("[data-plane='axial']", "data-index")
+    cor = "[data-row='0'][data-plane='coronal']"
+    ax_before = page.get_attribute("[data-row='0'][data-plane='axial']", "data-index")
     cb = page.locator(cor).bounding_box()
     page.mouse.click(cb["x"] + cb["width"] / 2, cb["y"] + cb["height"] * 0.3)
     page.wait_for_function(f"() => document.querySelector(\"[data-plane='axial']\").dataset.index !== '{ax_before}'")

@@ -1,13 +1,17 @@
 // MPR (axial / coronal / sagittal with cross-reference lines) and the 3D MIP view, on the
 // server's endpoints. DOM.
 import { urls, api, getImage } from './api.js';
-import { crossLine, pixelToPatient, stepAlong } from './crossref.js';
+import { crossLine, pixelToPatient, patientToPixel, stepAlong, obliqueAngles, pointerAngle, wrapDeg } from './crossref.js';
 import { windowParam, presetWindow, dragWindow, cssFilter, sameWindow } from './presets.js';
 import { el } from './ui.js';
 
 const SVGNS = 'http://www.w3.org/2000/svg';
 export const PLANES = ['axial', 'coronal', 'sagittal'];
 const LINE_CLASS = { axial: 'xline-c', coronal: 'xline-a', sagittal: 'xline-b' };
+/** Rotation handles: where on a crosshair line (fraction of the pane's half size from the
+ *  centre) and how near (CSS px) a press must be to grab one. */
+const HANDLE_AT = 0.75;
+const HANDLE_GRAB = 12;
 /** Slab projections of the MPR route (render/volume.py SLAB_MODES). */
 export const SLAB_MODES = ['mip', 'minip', 'avg'];
 
@@ -38,8 +42,15 @@ class LatestImage {
 export class MprSet {
   /** panes: {axial: element, coronal: element, sagittal: element}; tool: the workspace's
    *  left-button tool ('window': left drag windows; the right button always does). */
-  constructor(panes, study, series, { t, window: win, point, dpr, onChange, tool, slab, slabMode } = {}) {
+  constructor(panes, study, series, { t, window: win, point, dpr, onChange, tool, slab, slabMode, row, examLabel, onUser } = {}) {
     this.study = study;
+    this.row = row || 0;
+    this.examLabel = examLabel || '';
+    // the user moved the crosshair ('point'), windowed ('window') or turned the crosshair
+    // ('angle'): the workspace repeats it in the other exam's MPR
+    this.onUser = onUser || (() => {});
+    this.angle = 0; // crosshair rotation in the axial plane (degrees): oblique coronal/sagittal
+    this.headUp = false;
     this.series = series;
     this.t = t;
     this.win = win;
@@ -55,12 +66,24 @@ export class MprSet {
       const root = panes[plane];
       root.classList.add('pane');
       root.dataset.plane = plane;
+      root.dataset.row = String(this.row);
       const img = el('img');
       img.alt = '';
       const svg = document.createElementNS(SVGNS, 'svg');
       const label = el('div', 'pane-label', t(`mpr.${plane}`));
       root.append(img, svg, label);
+      if (this.examLabel) root.append(el('div', 'mpr-exam', this.examLabel));
       this.panes[plane] = { root, img, svg, label, loader: new LatestImage(img), seq: 0, shownWin: null };
+      if (plane === 'axial') {
+        const reset = el('button', 'btn mpr-reset hidden', t('mpr.angle.reset'));
+        reset.type = 'button';
+        reset.dataset.i18n = 'mpr.angle.reset';
+        reset.title = t('tip.mpr.rotate');
+        reset.addEventListener('pointerdown', (e) => e.stopPropagation());
+        reset.addEventListener('click', (e) => { e.stopPropagation(); this.setAngle(0, true); });
+        root.append(reset);
+        this.panes[plane].reset = reset;
+      }
       this.bind(plane);
     }
   }
@@ -70,6 +93,9 @@ export class MprSet {
     this.volume = vol;
     this.fileWin = vol.default_window ? { c: vol.default_window[0], w: vol.default_window[1] } : null;
     if (!this.win) this.win = this.fileWin;
+    // head up: the volume's slices run towards the feet from the top (render/volume.py head_up)
+    const ortho = await api.mprGeometry(this.study.study_uid, this.series.series_uid, 'coronal', {});
+    this.headUp = ortho.column_vector[0] * vol.normal[0] + ortho.column_vector[1] * vol.normal[1] + ortho.column_vector[2] * vol.normal[2] < 0;
     if (!this.point) {
       const [nz, ny, nx] = vol.shape;
       const [dz, dy, dx] = vol.spacing;
@@ -78,10 +104,19 @@ export class MprSet {
     await this.update();
   }
 
+  /** The route's plane of a pane: its own, or 'oblique' (with yaw / pitch) while the
+   *  crosshair is turned. */
+  routePlane(plane) {
+    const a = this.angle ? obliqueAngles(plane, this.angle, this.headUp) : null;
+    return a ? { name: 'oblique', yaw: a.yaw.toFixed(2), pitch: a.pitch.toFixed(2) } : { name: plane };
+  }
+
   params(pane) {
     const W = pane.root.clientWidth || 100;
     const H = pane.root.clientHeight || 100;
+    const rp = this.routePlane(pane.root.dataset.plane);
     return {
+      ...(rp.name === 'oblique' ? { yaw: rp.yaw, pitch: rp.pitch } : {}),
       position: this.point.map((v) => v.toFixed(2)).join(','),
       viewport: `${Math.round(W * this.dpr)},${Math.round(H * this.dpr)}`,
       window: this.win ? windowParam(this.win) : '',
@@ -109,17 +144,27 @@ export class MprSet {
       const pane = this.panes[plane];
       const p = this.params(pane);
       const { slab, mode, quality, window: w, ...gp } = p;
-      const geo = api.mprGeometry(s, se, plane, gp);
+      const route = this.routePlane(plane).name;
+      const geo = api.mprGeometry(s, se, route, gp);
       if (planes.includes(plane)) {
         const seq = ++pane.seq;
         const win = this.win ? { ...this.win } : null;
         pane.root.dataset.slab = this.slab ? `${this.slabMode}:${this.slab}` : '';
-        const shown = await pane.loader.load(urls.mpr(s, se, plane, p)).catch(() => false);
+        pane.root.dataset.yaw = p.yaw || '';
+        pane.root.dataset.pitch = p.pitch || '';
+        const shown = await pane.loader.load(urls.mpr(s, se, route, p)).catch(() => false);
         if (shown) pane.shownWin = win;
         if (seq === pane.seq) pane.root.dataset.state = 'done';
         this.filter(plane);
       }
-      this.geo[plane] = await geo;
+      // a point outside this volume (the other exam's, through the offset): the plane's
+      // last geometry stays, the pane says so
+      try {
+        this.geo[plane] = await geo;
+        pane.root.dataset.out = '';
+      } catch (e) {
+        pane.root.dataset.out = '1';
+      }
     });
     await Promise.all(jobs);
     this.drawLines();
@@ -136,8 +181,9 @@ export class MprSet {
 
   /** A new window on every plane: shown at once (CSS), rendered exactly now (immediate: a
    *  preset) or after the drag pauses. */
-  setWindow(win, immediate = false) {
+  setWindow(win, immediate = false, user = false) {
     this.win = win ? { c: win.c, w: win.w } : null;
+    if (user) this.onUser('window', this);
     for (const plane of PLANES) this.filter(plane);
     if (immediate) {
       clearTimeout(this.timer);
@@ -188,16 +234,90 @@ export class MprSet {
         line.setAttribute('class', LINE_CLASS[other]);
         line.dataset.other = other;
         pane.svg.append(line);
+        if (plane === 'axial') for (const h of this.handles(ln, L)) pane.svg.append(this.handleDot(h, other));
       }
-      pane.root.dataset.index = String(g.index);
-      const slab = this.slabLabel();
-      pane.label.textContent = `${this.t(`mpr.${plane}`)}  ${g.index + 1}/${this.countOf(plane)}${slab ? `  ${slab}` : ''}`;
+      pane.root.dataset.index = g.index === null || g.index === undefined ? '' : String(g.index);
+      pane.root.dataset.angle = this.angle.toFixed(1);
+      pane.label.textContent = this.paneLabel(plane, g);
     }
+    if (this.panes.axial.reset) this.panes.axial.reset.classList.toggle('hidden', !this.angle);
+  }
+
+  paneLabel(plane, g) {
+    const slab = this.slabLabel();
+    const oblique = this.angle && plane !== 'axial';
+    const where = oblique ? `${this.t('mpr.oblique')} ${this.angle.toFixed(1)}°` : `${g.index + 1}/${this.countOf(plane)}`;
+    const turned = this.angle && plane === 'axial' ? `  ∠${this.angle.toFixed(1)}°` : '';
+    return `${this.t(`mpr.${plane}`)}  ${where}${turned}${slab ? `  ${slab}` : ''}`;
+  }
+
+  /** Rotation handles on a crosshair line of the axial pane (CSS px of the pane): both
+   *  sides of the centre, HANDLE_AT of the pane's half size away. */
+  handles(ln, L) {
+    const c = this.screenPoint('axial', L);
+    const dx = ln.x2 - ln.x1;
+    const dy = ln.y2 - ln.y1;
+    const n = Math.hypot(dx, dy) || 1;
+    const r = HANDLE_AT * Math.min(L.ow, L.oh) * L.s / 2;
+    return [1, -1].map((k) => ({ x: c.x + (k * r * dx) / n, y: c.y + (k * r * dy) / n }));
+  }
+
+  handleDot(h, other) {
+    const dot = document.createElementNS(SVGNS, 'circle');
+    dot.setAttribute('cx', h.x.toFixed(2)); dot.setAttribute('cy', h.y.toFixed(2)); dot.setAttribute('r', '5');
+    dot.setAttribute('class', `xhandle ${LINE_CLASS[other]}`);
+    dot.dataset.other = other;
+    return dot;
+  }
+
+  /** The crosshair centre in a pane (CSS px from the pane's top-left). */
+  screenPoint(plane, L = this.layout(plane)) {
+    const px = patientToPixel(this.geo[plane], this.point);
+    return { x: L.left + px.u * L.s, y: L.top + px.v * L.s };
+  }
+
+  /** The crosshair's turn (degrees, 0: orthogonal planes): the coronal and sagittal panes
+   *  show oblique planes through the point. */
+  setAngle(deg, user = false) {
+    const a = Math.abs(wrapDeg(deg)) < 0.05 ? 0 : Math.round(wrapDeg(deg) * 10) / 10;
+    if (a === this.angle) return;
+    this.angle = a;
+    if (!this.volume) return; // started later: the first renders use the angle
+    this.drawLines();
+    this.schedule(['coronal', 'sagittal']);
+    if (user) this.onUser('angle', this);
+  }
+
+  rotateTo(drag, e) {
+    const b = this.panes.axial.root.getBoundingClientRect();
+    const a = pointerAngle(drag.cx, drag.cy, e.clientX - b.left, e.clientY - b.top);
+    this.setAngle(drag.angle0 + a - drag.a0, true);
+  }
+
+  /** A press on a rotation handle (or with Shift) in the axial pane: a rotation drag. */
+  rotateStart(plane, e) {
+    if (plane !== 'axial' || !this.geo.axial || !this.geo.coronal) return null;
+    const b = this.panes.axial.root.getBoundingClientRect();
+    const x = e.clientX - b.left;
+    const y = e.clientY - b.top;
+    const near = [...this.panes.axial.svg.querySelectorAll('.xhandle')]
+      .some((h) => Math.hypot(Number(h.getAttribute('cx')) - x, Number(h.getAttribute('cy')) - y) <= HANDLE_GRAB);
+    if (!near && !e.shiftKey) return null;
+    const c = this.screenPoint('axial');
+    return { rotate: true, cx: c.x, cy: c.y, a0: pointerAngle(c.x, c.y, x, y), angle0: this.angle };
   }
 
   countOf(plane) {
     const [nz, ny, nx] = this.volume.shape;
     return plane === 'axial' ? nz : plane === 'coronal' ? ny : nx;
+  }
+
+  /** A new crosshair point (from the other exam's MPR): every plane follows. */
+  setPoint(p) {
+    this.point = p.slice();
+    if (!this.volume) return;
+    this.drawLines();
+    this.schedule(PLANES);
   }
 
   bind(plane) {
@@ -214,20 +334,23 @@ export class MprSet {
       this.point = pixelToPatient(g, u, v);
       this.drawLines();
       this.schedule(PLANES.filter((p) => p !== plane));
+      this.onUser('point', this);
     };
     r.addEventListener('contextmenu', (e) => e.preventDefault());
     r.addEventListener('pointerdown', (e) => {
       r.setPointerCapture?.(e.pointerId);
       // right button, or the window tool: drag the window (right widens, down raises the centre)
       const windowing = e.button === 2 || (this.tool === 'window' && e.button === 0);
-      drag = windowing ? { x: e.clientX, y: e.clientY, start: this.win || this.fileWin || { c: 40, w: 400 } } : { pick: true };
-      if (!windowing) pick(e);
+      const rot = !windowing && e.button === 0 ? this.rotateStart(plane, e) : null;
+      drag = rot || (windowing ? { x: e.clientX, y: e.clientY, start: this.win || this.fileWin || { c: 40, w: 400 } } : { pick: true });
+      if (drag.pick) pick(e);
       e.preventDefault();
     });
     r.addEventListener('pointermove', (e) => {
       if (!drag) return;
       if (drag.pick) pick(e);
-      else this.setWindow(dragWindow(drag.start, e.clientX - drag.x, e.clientY - drag.y));
+      else if (drag.rotate) this.rotateTo(drag, e);
+      else this.setWindow(dragWindow(drag.start, e.clientX - drag.x, e.clientY - drag.y), false, true);
     });
     const up = () => { drag = null; };
     r.addEventListener('pointerup', up);
@@ -239,6 +362,7 @@ export class MprSet {
       const step = Math.max(...(g.pixel_spacing || [1])) * Math.sign(e.deltaY);
       this.point = stepAlong(this.point, g.normal, -step);
       this.schedule([plane]);
+      this.onUser('point', this);
     }, { passive: false });
   }
 

@@ -94,6 +94,10 @@ export class StackViewport {
     this.stage.append(this.img);
     this.svg = document.createElementNS(SVGNS, 'svg');
     this.svg.classList.add('vp-measure');
+    // reference (localizer) lines of the other panes' images (desktop workspace)
+    this.refSvg = document.createElementNS(SVGNS, 'svg');
+    this.refSvg.classList.add('vp-ref');
+    this.refLines = [];
     this.ov = {
       tl: el('div', 'ov ov-tl'), tr: el('div', 'ov ov-tr'), bl: el('div', 'ov ov-bl'), br: el('div', 'ov ov-br'),
     };
@@ -105,7 +109,7 @@ export class StackViewport {
     this.bar = el('div', 'vp-progress');
     this.barFill = el('div', 'vp-progress-fill');
     this.bar.append(this.barFill);
-    r.append(this.stage, this.svg, this.ov.tl, this.ov.tr, this.ov.bl, this.ov.br, this.msg, this.bar);
+    r.append(this.stage, this.refSvg, this.svg, this.ov.tl, this.ov.tr, this.ov.bl, this.ov.br, this.msg, this.bar);
     if (this.desktop) {
       // orientation letters at the edges and a scale bar (desktop workspace only)
       this.dirs = {};
@@ -363,8 +367,32 @@ export class StackViewport {
     }
     this.renderMessage(b || (tiled && tiled.drawn ? tiled : null));
     this.renderOverlay();
+    this.renderRefLines();
     this.renderMeasures();
     this.updateProgress();
+  }
+
+  /** Reference lines [{x1, y1, x2, y2 (source pixels), cls, key}] drawn over the image. */
+  setRefLines(lines) {
+    this.refLines = lines || [];
+    if (this.stack && this.view) this.renderRefLines();
+  }
+
+  renderRefLines() {
+    const svg = this.refSvg;
+    while (svg.firstChild) svg.firstChild.remove();
+    const { W, H } = this.size();
+    for (const ln of this.refLines) {
+      const a = imageToScreen(ln.x1, ln.y1, this.view, this.geom, W, H);
+      const b = imageToScreen(ln.x2, ln.y2, this.view, this.geom, W, H);
+      const line = document.createElementNS(SVGNS, 'line');
+      line.setAttribute('x1', a.x.toFixed(2)); line.setAttribute('y1', a.y.toFixed(2));
+      line.setAttribute('x2', b.x.toFixed(2)); line.setAttribute('y2', b.y.toFixed(2));
+      line.setAttribute('class', `ref-line ${ln.cls || ''}`.trim());
+      if (ln.key !== undefined) line.dataset.from = String(ln.key);
+      svg.append(line);
+    }
+    this.root.dataset.refLines = String(this.refLines.length);
   }
 
   swap(url) {
@@ -477,6 +505,7 @@ export class StackViewport {
     this.direction = j > this.index ? 1 : -1;
     this.index = j;
     this.requestRender(true);
+    this.onChange('index');
     if (user) this.onUserChange('index', this);
   }
 

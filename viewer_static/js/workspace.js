@@ -8,6 +8,8 @@ import { presetsFor } from './presets.js';
 import { sortedSeries, byDateDesc } from './series.js';
 import { syncIndex, alignOffset, parallel } from './sync.js';
 import { transferView } from './viewport_math.js';
+import { imagePlane, referenceLine, offsetVector, shiftPoint } from './crossref.js';
+import refWords from './i18n/refline.js';
 import { el, t, initI18n, langButton, renderReport, watchSession, fatal, patientLine, applyI18n } from './ui.js';
 import words from './i18n/workspace.js';
 import { initSend } from './send.js';
@@ -20,6 +22,7 @@ import { formatValues } from './measure.js';
 t.add(words);
 t.add(cmpWords);
 t.add(measWords);
+t.add(refWords);
 const $ = (id) => document.getElementById(id);
 const LAYOUTS = { '1x1': [1, 1], '1x2': [1, 2], '2x1': [2, 1], '2x2': [2, 2] };
 
@@ -30,7 +33,9 @@ const state = {
   layout: '1x2',
   tool: 'scroll',
   sync: { scroll: true, zoom: true, window: true },
-  mpr: null,
+  mpr: null, // the active exam's MprSet (the first row)
+  mprs: [], // every exam's MprSet: two linked exams side by side → 2 rows of 3 planes
+  refLines: readPref('cf-ws-reflines', 'on') !== 'off',
   overlay: readPref('cf-ws-overlay', 'on') !== 'off',
   firstSlice: readPref('cf-ws-first', 'first') === 'middle' ? 'middle' : 'first',
   fps: null,
@@ -182,7 +187,7 @@ function stepFps(d) {
 const HELP_KEYS = [
   ['S W P Z M', 'help.k.tools'], ['E B A C X T', 'help.k.meas'], ['L', 'help.k.measlist'], ['Esc', 'help.k.cancel'], ['↑ ↓ ← →', 'help.k.scroll'], ['Home End', 'help.k.ends'],
   ['key.space', 'help.k.cine'], ['[ ]', 'help.k.fps'], ['I', 'help.k.invert'], ['R', 'help.k.rotate'],
-  ['H', 'help.k.fliph'], ['V', 'help.k.flipv'], ['O', 'help.k.overlay'], ['0', 'help.k.reset'],
+  ['H', 'help.k.fliph'], ['V', 'help.k.flipv'], ['O', 'help.k.overlay'], ['G', 'help.k.reflines'], ['0', 'help.k.reset'],
   ['Delete', 'help.k.clear'], ['1 2 3 4', 'help.k.layout'], ['? Esc', 'help.k.help'],
 ];
 
@@ -239,13 +244,17 @@ function assign(c, study, series, kind = 'stack') {
       t, desktop: true, concurrency: 6, mode: state.tool,
       onUserChange: (k) => broadcast(c, k),
       onForbidden: () => { root.textContent = ''; root.append(el('p', 'notice-text', t('state.noimages'))); },
-      onChange: (k) => { if (k === 'cine' && c === activeCell()) updateCineButton(); },
+      onChange: (k) => {
+        if (k === 'cine' && c === activeCell()) updateCineButton();
+        if (k === 'index') scheduleRefLines();
+      },
     });
     c.vp.root.classList.toggle('ov-off', !state.overlay);
     c.vp.measureTools = new MeasureLayer(c.vp, { store: measures, values: frameValues, t });
     c.vp.userFps = state.fps;
     c.vp.load(study, series, { start: state.firstSlice });
   }
+  scheduleRefLines();
   updateCellHead(c);
   drawCellReport(c);
   if (c.i === state.active) setActive(c.i);
@@ -290,7 +299,55 @@ function alignCell(c) {
   const pos = c.vp.position();
   if (!leader || !pos || !leader.vp.stack.normal) return;
   c.vp.offset = alignOffset(leader.vp.position(), leader.vp.stack.normal, leader.vp.offset, pos);
+  c.vp.offsetAxis = leader.vp.stack.normal; // the offset as a vector in patient coordinates
   c.vp.render();
+  scheduleRefLines();
+}
+
+// ---------------------------------------------------------------- reference lines
+/** A pane's manual offset (对齐) as a vector in patient coordinates. */
+function offsetOf(c) {
+  return c && c.vp ? offsetVector(c.vp.offset, c.vp.offsetAxis || (c.vp.stack && c.vp.stack.normal)) : [0, 0, 0];
+}
+
+/** Two panes share coordinates: the same frame of reference, or linked (their manual
+ *  offsets then map one onto the other). */
+function sameFrame(a, b) {
+  const fa = a.series && a.series.frame_of_reference_uid;
+  if (fa && fa === (b.series && b.series.frame_of_reference_uid)) return true;
+  return a.linked && b.linked;
+}
+
+function scheduleRefLines() {
+  if (scheduleRefLines.raf) return;
+  scheduleRefLines.raf = requestAnimationFrame(() => { scheduleRefLines.raf = null; updateRefLines(); });
+}
+
+/** Each 2D pane shows where the other panes' current images cut it (none when parallel). */
+function updateRefLines() {
+  const shown = state.mpr ? [] : state.cells.slice(0, (LAYOUTS[state.layout] || [1, 1]).reduce((x, y) => x * y, 1));
+  const cells = shown.filter((c) => c.vp && c.vp.stack && c.vp.stack.items.length);
+  for (const dst of state.cells) {
+    if (!dst.vp || !dst.vp.stack) continue;
+    const lines = [];
+    const dPlane = state.refLines && cells.includes(dst) ? imagePlane(dst.vp.item().instance) : null;
+    for (const src of dPlane ? cells : []) {
+      if (src === dst || !sameFrame(src, dst)) continue;
+      // the source image in the destination's coordinates (its offset off, the destination's on)
+      const off = shiftPoint([0, 0, 0], offsetOf(src), offsetOf(dst));
+      const sPlane = imagePlane(src.vp.item().instance, off);
+      const ln = sPlane && referenceLine(dPlane, sPlane);
+      if (ln) lines.push({ ...ln, key: src.i, cls: `ref-${src.i}` });
+    }
+    dst.vp.setRefLines(lines);
+  }
+}
+
+function setRefLines(on) {
+  state.refLines = on;
+  writePref('cf-ws-reflines', on ? 'on' : 'off');
+  $('ref-lines').checked = on;
+  updateRefLines();
 }
 
 function setLayout(name) {
@@ -308,51 +365,92 @@ function setLayout(name) {
   if (state.active >= n) setActive(0);
   for (const b of document.querySelectorAll('[data-layout]')) b.classList.toggle('on', b.dataset.layout === name);
   grid.dataset.layout = name;
+  scheduleRefLines();
 }
 
 function activeCell() {
   return state.cells[state.active];
 }
 
+/** The crosshair point of a 2D pane: its image's centre of view, in patient coordinates. */
+function viewPoint(vp) {
+  const pos = vp.position();
+  if (!pos) return null;
+  const inst = vp.item().instance;
+  const o = inst.image_orientation;
+  const sp = inst.pixel_spacing || [1, 1];
+  return [0, 1, 2].map((k) => pos[k] + o[k] * sp[1] * vp.view.cx + o[3 + k] * sp[0] * vp.view.cy);
+}
+
+/** The panes MPR shows: the active one, and beside it the first other linked pane showing a
+ *  reformattable stack (two exams compared: 2 rows of axial / coronal / sagittal). */
+function mprCells(c) {
+  const ok = (x) => x.vp && x.vp.stack && x.vp.stack.normal;
+  const shown = state.cells.slice(0, (LAYOUTS[state.layout] || [1, 1]).reduce((x, y) => x * y, 1));
+  const other = c.linked ? shown.find((x) => x !== c && x.linked && ok(x)) : null;
+  return other ? [c, other] : [c];
+}
+
 function enterMpr() {
   const c = activeCell();
   if (!c || !c.vp || !c.vp.stack || !c.vp.stack.normal) { if (c && c.vp) fatalToast(t('mpr.none')); return; }
+  const cells = mprCells(c);
   const grid = $('grid');
   grid.textContent = '';
-  grid.style.gridTemplateRows = 'minmax(0, 1fr)';
+  grid.style.gridTemplateRows = `repeat(${cells.length}, minmax(0, 1fr))`;
   grid.style.gridTemplateColumns = 'repeat(3, minmax(0, 1fr))';
-  grid.dataset.layout = 'mpr';
-  const panes = {};
-  for (const p of PLANES) {
-    const cell = el('div', 'ws-cell');
-    const body = el('div', 'ws-cell-body');
-    const pane = el('div');
-    body.append(pane);
-    cell.append(body);
-    grid.append(cell);
-    panes[p] = pane;
-  }
-  const vp = c.vp;
-  const pos = vp.position();
-  let point = null;
-  if (pos) {
-    const inst = vp.item().instance;
-    const o = inst.image_orientation;
-    const sp = inst.pixel_spacing || [1, 1];
-    point = [0, 1, 2].map((k) => pos[k] + o[k] * sp[1] * vp.view.cx + o[3 + k] * sp[0] * vp.view.cy);
-  }
-  state.mpr = new MprSet(panes, c.study, c.series, {
-    t, window: vp.currentWindow(), point, tool: state.tool,
-    slab: Number($('slab').value) || 0, slabMode: $('slab-mode').value,
+  grid.dataset.layout = cells.length > 1 ? 'mpr2' : 'mpr';
+  const point = viewPoint(c.vp);
+  const win = c.vp.currentWindow();
+  state.mprs = cells.map((cc, row) => {
+    const panes = {};
+    for (const p of PLANES) {
+      const cell = el('div', 'ws-cell');
+      const body = el('div', 'ws-cell-body');
+      const pane = el('div');
+      body.append(pane);
+      cell.append(body);
+      grid.append(cell);
+      panes[p] = pane;
+    }
+    const off = offsetOf(cc);
+    const set = new MprSet(panes, cc.study, cc.series, {
+      t, window: win, point: point && shiftPoint(point, offsetOf(c), off), tool: state.tool, row,
+      examLabel: cells.length > 1 ? mprExamText(cc) : '',
+      slab: Number($('slab').value) || 0, slabMode: $('slab-mode').value,
+      onUser: (kind, src) => mprLinked(kind, src),
+    });
+    set.cell = cc;
+    set.offsetVec = off;
+    return set;
   });
-  state.mpr.start().catch((e) => fatalToast(t('state.error', { msg: e.message })));
+  state.mpr = state.mprs[0];
+  for (const set of state.mprs) set.start().catch((e) => fatalToast(t('state.error', { msg: e.message })));
   $('mpr').classList.add('on');
   $('slab').classList.remove('hidden');
   $('slab-mode').classList.remove('hidden');
 }
 
+/** 'Exam 2026-03-12 (offset 6.0 mm)': which exam a row of the MPR of two exams shows. */
+function mprExamText(c) {
+  const mm = c.vp && c.vp.offset ? t('mpr.offset', { mm: c.vp.offset.toFixed(1) }) : '';
+  return t('mpr.exam', { date: c.study.exam_date || '', offset: mm });
+}
+
+/** One exam's MPR changed by the user: the other exam's follows — the same patient point
+ *  (through both panes' manual offsets), window and crosshair turn. */
+function mprLinked(kind, src) {
+  for (const set of state.mprs) {
+    if (set === src) continue;
+    if (kind === 'point') set.setPoint(shiftPoint(src.point, src.offsetVec, set.offsetVec));
+    else if (kind === 'window') set.setWindow(src.win);
+    else if (kind === 'angle') set.setAngle(src.angle);
+  }
+}
+
 function exitMpr() {
   state.mpr = null;
+  state.mprs = [];
   $('mpr').classList.remove('on');
   $('slab').classList.add('hidden');
   $('slab-mode').classList.add('hidden');
@@ -414,12 +512,15 @@ function bindToolbar() {
   for (const b of document.querySelectorAll('[data-tool]')) b.addEventListener('click', () => setTool(b.dataset.tool));
   const vpDo = (fn) => () => { const c = activeCell(); if (c && c.vp) fn(c.vp); };
   $('preset').addEventListener('change', (e) => {
-    if (state.mpr) { state.mpr.applyPreset(e.target.value); return; } // MPR: the planes, not the hidden pane
+    if (state.mpr) { for (const m of state.mprs) m.applyPreset(e.target.value); return; } // MPR: the planes, not the hidden pane
     const c = activeCell(); if (c && c.vp) c.vp.applyPreset(e.target.value);
   });
   $('invert').addEventListener('click', vpDo((v) => v.toggleInvert()));
   $('rotate').addEventListener('click', vpDo((v) => v.rotate()));
-  $('reset').addEventListener('click', vpDo((v) => v.reset()));
+  $('reset').addEventListener('click', () => {
+    if (state.mpr) { for (const m of state.mprs) m.setAngle(0); return; } // MPR: the crosshair's turn
+    const c = activeCell(); if (c && c.vp) c.vp.reset();
+  });
   $('flip-h').addEventListener('click', vpDo((v) => v.flip(true)));
   $('flip-v').addEventListener('click', vpDo((v) => v.flip(false)));
   $('cine').addEventListener('click', vpDo((v) => (v.playing ? v.stop() : v.play())));
@@ -435,13 +536,15 @@ function bindToolbar() {
   const first = $('first-slice');
   first.value = state.firstSlice;
   first.addEventListener('change', () => { state.firstSlice = first.value; writePref('cf-ws-first', first.value); });
+  $('ref-lines').checked = state.refLines;
+  $('ref-lines').addEventListener('change', (e) => setRefLines(e.target.checked));
   for (const k of ['scroll', 'zoom', 'window']) {
     const box = $(`sync-${k}`);
     box.checked = state.sync[k];
     box.addEventListener('change', () => { state.sync[k] = box.checked; });
   }
   $('mpr').addEventListener('click', () => (state.mpr ? exitMpr() : enterMpr()));
-  const slabChange = () => state.mpr && state.mpr.setSlab(Number($('slab').value) || 0, $('slab-mode').value);
+  const slabChange = () => { for (const m of state.mprs) m.setSlab(Number($('slab').value) || 0, $('slab-mode').value); };
   $('slab').addEventListener('change', slabChange);
   $('slab-mode').addEventListener('change', slabChange);
   $('mip').addEventListener('click', () => {
@@ -461,7 +564,7 @@ function setTool(name) {
   state.tool = name;
   for (const x of document.querySelectorAll('[data-tool]')) x.classList.toggle('on', x.dataset.tool === name);
   for (const c of state.cells) if (c.vp) c.vp.mode = name;
-  if (state.mpr) state.mpr.tool = name;
+  for (const m of state.mprs) m.tool = name;
 }
 
 const TOOL_KEYS = {
@@ -483,6 +586,7 @@ function onKey(e) {
   if (key === 'Delete' && measures.selected) { measures.remove(measures.selected); return done(); }
   if (LAYOUT_KEYS[key]) { setLayout(LAYOUT_KEYS[key]); return done(); }
   if (key === 'o') { setOverlay(!state.overlay); return done(); }
+  if (key === 'g') { setRefLines(!state.refLines); return done(); }
   if (key === '[' || key === ']') { stepFps(key === ']' ? 1 : -1); return done(); }
   const c = activeCell();
   if (!c || !c.vp || !c.vp.stack) return undefined;
@@ -635,7 +739,12 @@ async function main() {
       c.link.title = t('tip.link'); c.align.title = t('tip.align');
     }
     buildSide(); buildPresets(); setOverlay(state.overlay); updateCineButton(); tipExtras();
-    if (state.mpr) state.mpr.drawLines();
+    for (const m of state.mprs) {
+      m.drawLines();
+      m.panes.axial.reset.textContent = t('mpr.angle.reset');
+      m.panes.axial.reset.title = t('tip.mpr.rotate');
+      if (state.mprs.length > 1) for (const p of PLANES) m.panes[p].root.querySelector('.mpr-exam').textContent = mprExamText(m.cell);
+    }
     if (helpOpen()) buildHelpKeys();
     renderMeasList();
     const c = activeCell(); if (c && c.study) showReport($('report'), c);
