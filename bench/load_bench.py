@@ -312,6 +312,17 @@ async def doctor(n: int, target, token: str, study: dict, stop: asyncio.Event) -
 
 # --------------------------------------------------------------------- the server side
 
+def listen_drops() -> int:
+    """The machine's dropped connection attempts so far (TcpExt ListenDrops: a full listen
+    queue). Each one costs its client a SYN retry after 1 s or more."""
+    try:
+        head, values = [line.split() for line in Path("/proc/net/netstat").read_text()
+                        .splitlines() if line.startswith("TcpExt:")][:2]
+        return int(values[head.index("ListenDrops")])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def cpu_seconds(pids: list[int]) -> float:
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
@@ -425,7 +436,7 @@ async def run_stage(dep: Deployment, users: int, shares, token, doc_study, think
         doctors_running.append(asyncio.ensure_future(doctor(n, dep.target, token, doc_study,
                                                             stop)))
     await asyncio.sleep(12)                                   # the new users arrive
-    cpu0, t0 = cpu_seconds(dep.pids()), time.monotonic()
+    cpu0, t0, drops0 = cpu_seconds(dep.pids()), time.monotonic(), listen_drops()
     own0 = sum(os.times()[:2])
     s = REC.begin()
     spy = None
@@ -456,6 +467,7 @@ async def run_stage(dep: Deployment, users: int, shares, token, doc_study, think
         "doctor_frame_p95_ms": pct(s.doctor_frame_ms, 0.95),
         "requests_per_s": round(s.requests / wall, 1), "frames_per_s": round(s.frames / wall, 1),
         "errors": s.errors, "error_kinds": s.error_kinds, "previews_shed": s.shed,
+        "listen_drops": listen_drops() - drops0,
         "server_cpu_pct": server_cpu, "generator_cpu_pct": round(gen_cpu, 1),
         "loadavg": os.getloadavg()[0],
         "rss_mb": {str(p): round(rss_mb(p), 1) for p in dep.server_pids()},
@@ -548,6 +560,7 @@ async def run_config(dep: Deployment, users_list, a, doc_study, studies) -> list
         log(f"  first frame p50/p95 {row['first_frame_p50_ms']}/{row['first_frame_p95_ms']} "
             f"ms, {row['requests_per_s']} req/s, {row['frames_per_s']} frames/s, "
             f"errors {row['errors']}, shed {row['previews_shed']}, "
+            f"listen drops {row['listen_drops']}, "
             f"server CPU {row['server_cpu_pct']}%")
         rows.append(row)
     if a.soak_s:
@@ -629,8 +642,8 @@ def write_results(rows: list[dict], a, argv) -> Path:
              "| config | users (phones+doctors) | code → first frame p50 / p95 / p99 ms | "
              "code's answer p50 / p95 ms | first frame's request p50 / p95 ms | "
              "scroll frame p95 ms | doctor frame p95 ms | requests/s | frames/s | errors | "
-             "previews shed | server CPU % | generator CPU % | load avg |",
-             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "previews shed | listen drops | server CPU % | generator CPU % | load avg |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['users']} ({r['phones']}+{r['doctors']}) | "
                      f"{r['first_frame_p50_ms']} / {r['first_frame_p95_ms']} / "
@@ -638,6 +651,7 @@ def write_results(rows: list[dict], a, argv) -> Path:
                      f"{r['frame0_p50_ms']} / {r['frame0_p95_ms']} | {r['scroll_frame_p95_ms']} | "
                      f"{r['doctor_frame_p95_ms']} | {r['requests_per_s']} | "
                      f"{r['frames_per_s']} | {r['errors']} | {r['previews_shed']} | "
+                     f"{r.get('listen_drops', '')} | "
                      f"{r['server_cpu_pct']} | {r['generator_cpu_pct']} | {r['loadavg']:.2f} |")
     errs = {f"{r['config']} {r['users']}": r["error_kinds"] for r in rows if r["error_kinds"]}
     if errs:

@@ -247,7 +247,8 @@ def serve_forever(config, args) -> int:
         except Exception:  # noqa: BLE001 - the first render pays for it instead
             logging.getLogger(__name__).exception("render warm-up failed")
         sockets = tornado.netutil.bind_sockets(config.port, config.host,
-                                               reuse_port=nproc > 1)
+                                               reuse_port=nproc > 1,
+                                               backlog=config.listen_backlog)
         server.add_sockets(sockets)
         # Listeners (DICOM, HL7) bind their ports in one process per machine: the first
         # worker, or the only process. Singleton jobs (outbox, scrub, watched folder, WeChat

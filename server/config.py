@@ -82,6 +82,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("processes", 1, int,
             "Server processes sharing the port (SO_REUSEPORT). 0 means one per CPU core.",
             minimum=0, maximum=64),
+    Setting("listen_backlog", 2048, int,
+            "Connections the kernel queues on the server's port before they are accepted "
+            "(listen(2) backlog, capped by net.core.somaxconn). Tornado's default of 128 "
+            "overflowed when hundreds of phones connected at once: each dropped connection "
+            "waited 1 s or more for its retry (bench/load_bench.py, 'listen drops').",
+            minimum=16, maximum=65535),
     Setting("shutdown_grace_s", 30, int,
             "On SIGTERM (systemctl stop, a deploy) the server stops accepting connections and "
             "lets what is in flight finish: HTTP requests and downloads, C-STORE associations, "
