@@ -3,11 +3,11 @@
 // comparison workspace (/workspace/uid1,uid2,...): 2 exams in 1×2, 3 or 4 in 2×2; more are
 // refused here (four panes is what a screen shows readably).
 import { api, el, show, initPage, REPORT_STATUS, EXAM_STATUS } from './common.js';
+import { MAX_PANES as MAX_COMPARE } from '../../js/hanging.js';   // the workspace's 2×2
 
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
 const SEX = { M: '男', F: '女', O: '其他' };
-const MAX_COMPARE = 4;   // the workspace's 2×2 (viewer_static/js/hanging.js MAX_PANES)
 let patient = null;
 let exams = [];
 let ohifViewer = null;   // '/ohif/viewer' when ohif_enabled (GET /api/ohif)
