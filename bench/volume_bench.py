@@ -6,10 +6,12 @@ One run against our server started from this working tree (scratch database and 
 `--processes` server processes, 2 by default like production), with the viewer's own
 requests, over keep-alive connections like a browser's:
 
-  * MPR triple: a fresh server (nothing decoded, no volume), then what MprSet does: GET
-    /volume, then the three planes (viewport 512², q85) and their geometry in parallel.
-    "any quality" is when every pane shows an image, "full" when every pane shows its full
-    quality one (the viewer asks full quality at once today, so the two are the same).
+  * MPR triple: a fresh server (nothing decoded, no volume), then what MprSet does
+    (progressive, issue 18): GET /volume?coarse=1 and GET /volume together; when the coarse
+    answer comes first, the three planes with coarse=1; when the full one comes, the planes
+    (viewport 512², q85) and their geometry in parallel; over a browser's six keep-alive
+    connections. "any quality" is when every pane shows an image (coarse or full), "full"
+    when every pane shows its full-quality one (X-Quality says which one came).
   * first 3D view: the server restarted again (never viewed), then what MipView does on the
     3D button: a 256-px preview MIP, and the 512-px one 250 ms later.
   * after releasing a rotation: MIP and VR (each preset) at 512 px, new angles (uncached).
@@ -18,7 +20,10 @@ requests, over keep-alive connections like a browser's:
   * oblique plane: HTTP latency of a 512² oblique MPR at new angles, and in this process the
     plane's kernel alone (`mpr_image(..., 'oblique')`) on the same phantom.
   * in-process kernels on the phantom volume (no HTTP, no JPEG): MIP / VR at 512 and 256 px.
-  * HU at the pointer: skipped, the server has no endpoint for it (noted in the results).
+  * HU at the pointer: the values endpoint (.../frames/1/values) on a restarted server: a
+    never-viewed slice (decode + transfer) and a slice whose image was just shown (decoded);
+    afterwards the viewer reads the value from the cached array (the same lookup in Python
+    on the answer is reported, microseconds).
 
 The load average is recorded before and after. Results: bench/results/volume_<date>.json and
 .md (with the command).
@@ -27,13 +32,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import json
 import os
 import platform
+import queue
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,6 +65,8 @@ TARGETS = {
     "drag_mip_256_img_per_s": (10.0, ">=", "img/s"),
     "drag_vr_256_img_per_s": (10.0, ">=", "img/s"),
     "oblique_kernel_ms": (5.0, "<=", "ms"),
+    "hu_first_never_viewed_ms": (50.0, "<=", "ms"),
+    "hu_first_after_image_ms": (50.0, "<=", "ms"),
 }
 LABELS = {
     "mpr_triple_any_s": "MPR triple on screen, any quality",
@@ -69,6 +79,9 @@ LABELS = {
     "drag_vr_256_img_per_s": "during a drag: VR (bone) images/s at 256 px",
     "oblique_http_ms": "oblique plane 512² over HTTP (median)",
     "oblique_kernel_ms": "oblique plane kernel (in process, median)",
+    "hu_first_never_viewed_ms": "HU at the pointer: first values of a never-viewed slice (median)",
+    "hu_first_after_image_ms": "HU at the pointer: first values of a slice just shown (median)",
+    "hu_lookup_cached_us": "HU at the pointer once the values are cached (one array read)",
 }
 
 
@@ -81,8 +94,25 @@ class Browser:
 
     def __init__(self, base: str, token: str | None, n: int = 6):
         h = {"Authorization": f"Bearer {token}"} if token else {}
+        self.headers = h
         self.clients = [Client(base, h) for _ in range(n)]
         self.pool = ThreadPoolExecutor(n)
+        self.free: "queue.Queue[Client]" = queue.Queue()
+        for c in self.clients:
+            self.free.put(c)
+        self.tasks = ThreadPoolExecutor(4 * n)
+
+    def fetch(self, path: str) -> tuple[bytes, dict]:
+        """GET on the next free connection (waits for one, as a browser queues): body and
+        response headers."""
+        client = self.free.get()
+        try:
+            st, body, headers = _get_with_headers(client, path)
+        finally:
+            self.free.put(client)
+        if st != 200:
+            raise RuntimeError(f"GET {path} -> {st}: {body[:300]!r}")
+        return body, headers
 
     def get(self, path: str, conn: int = 0) -> float:
         t0 = time.perf_counter()
@@ -103,22 +133,96 @@ class Browser:
 
     def close(self) -> None:
         self.pool.shutdown()
+        self.tasks.shutdown()
+
+
+def _get_with_headers(client: Client, path: str) -> tuple[int, bytes, dict]:
+    """Client.get, keeping the response headers (X-Quality)."""
+    for attempt in (0, 1):
+        try:
+            client.c.request("GET", path, headers=client.headers)
+            r = client.c.getresponse()
+            return r.status, r.read(), {k.lower(): v for k, v in r.getheaders()}
+        except (ConnectionError, OSError, http.client.HTTPException):
+            client.c.close()
+            client.c = client.__class__(client.base, client.headers).c
+            if attempt:
+                raise
+    raise AssertionError
+
+
+PLANES = ("axial", "coronal", "sagittal")
 
 
 def mpr_triple(br: Browser, base: str) -> dict:
+    """MprSet.start()/update() on a never-viewed series (see the module doc)."""
     t0 = time.perf_counter()
-    br.get(f"{base}/volume")
-    t_vol = (time.perf_counter() - t0) * 1000
     q = "viewport=512,512&window=40,400&quality=85"
-    paths = [f"{base}/mpr/{p}?{q}" for p in ("axial", "coronal", "sagittal")]
-    paths += [f"{base}/mpr/{p}/geometry?viewport=512,512" for p in ("axial", "coronal", "sagittal")]
-    done = br.parallel(paths)
-    planes = [t_vol + d for d in done[:3]]
-    total = (time.perf_counter() - t0)
-    return {"volume_ms": round(t_vol), "planes_ms": [round(x) for x in planes],
-            "mpr_triple_any_s": round(max(planes) / 1000, 3),
-            "mpr_triple_full_s": round(max(planes) / 1000, 3),
-            "with_geometry_s": round(total, 3)}
+    ms = lambda: round((time.perf_counter() - t0) * 1000)  # noqa: E731
+
+    def plane(path):
+        _, h = br.fetch(path)
+        return ms(), h.get("x-quality", "")
+
+    full_info = threading.Event()
+
+    def coarse_flow():
+        body, _ = br.fetch(f"{base}/volume?coarse=1")
+        t_info = ms()
+        if json.loads(body).get("quality") != "coarse" or full_info.is_set():
+            return t_info, {}               # the viewer shows the full planes at once
+        futs = {p: br.tasks.submit(plane, f"{base}/mpr/{p}?{q}&coarse=1") for p in PLANES}
+        return t_info, {p: f.result() for p, f in futs.items()}
+
+    def full_flow():
+        br.fetch(f"{base}/volume")
+        full_info.set()
+        t_vol = ms()
+        futs = {p: br.tasks.submit(plane, f"{base}/mpr/{p}?{q}") for p in PLANES}
+        geo = [br.tasks.submit(br.fetch, f"{base}/mpr/{p}/geometry?viewport=512,512")
+               for p in PLANES]
+        for g in geo:
+            g.result()
+        return t_vol, {p: f.result() for p, f in futs.items()}
+
+    cf, ff = br.tasks.submit(coarse_flow), br.tasks.submit(full_flow)
+    (t_cinfo, coarse), (t_vol, full) = cf.result(), ff.result()
+    if any(qual != "full" for _, qual in full.values()):
+        raise RuntimeError(f"a full-quality plane was not full: {full}")
+    # a pane shows whichever came first (a coarse one arriving later is superseded)
+    first = {p: min([full[p][0]] + ([coarse[p][0]] if p in coarse else [])) for p in PLANES}
+    return {"coarse_volume_info_ms": t_cinfo, "volume_ms": t_vol,
+            "coarse_planes": coarse, "full_planes": full,
+            "mpr_triple_any_s": round(max(first.values()) / 1000, 3),
+            "mpr_triple_full_s": round(max(t for t, _ in full.values()) / 1000, 3),
+            "with_geometry_s": round(time.perf_counter() - t0, 3)}
+
+
+def hu_values(br: Browser, base: str, sops: list[str]) -> dict:
+    """The values endpoint: five never-viewed slices, then five whose image was shown just
+    before (decoded); the lookup of one value in the answer (the viewer's, once cached)."""
+    import numpy as np
+    n = len(sops)
+    never = [sops[n // 7 + 3 * i] for i in range(5)]
+    shown = [sops[n // 2 + 3 * i] for i in range(5)]
+    inst = f"{base}/instances/{{}}/frames/1"
+    t_never = [br.get(inst.format(s) + "/values") for s in never]
+    t_shown = []
+    for s in shown:
+        br.get(inst.format(s).replace("/api/render/", "/dicomweb/") + "/rendered?quality=85")
+        t_shown.append(br.get(inst.format(s) + "/values"))
+    body, h = br.fetch(inst.format(shown[0]) + "/values")
+    t0 = time.perf_counter()
+    for i in range(1000):
+        arr = np.frombuffer(body, "<i2" if h["x-value-type"] == "int16" else "<f4")
+        v = float(arr[(i % 512) * int(h["x-columns"]) + 256]) * float(h["x-rescale-slope"]) \
+            + float(h["x-rescale-intercept"])
+    lookup_us = (time.perf_counter() - t0) * 1000   # per lookup, µs (1000 of them, in ms)
+    return {"hu_first_never_viewed_ms": round(statistics.median(t_never), 1),
+            "hu_first_after_image_ms": round(statistics.median(t_shown), 1),
+            "hu_never_viewed_ms": [round(x) for x in t_never],
+            "hu_after_image_ms": [round(x) for x in t_shown],
+            "hu_lookup_cached_us": round(lookup_us, 2), "hu_sample_value": round(v, 1)}
 
 
 def first_3d(br: Browser, base: str) -> dict:
@@ -225,12 +329,12 @@ def write_results(res: dict, argv: list[str]) -> Path:
     for name, label in LABELS.items():
         v = res["figures"].get(name)
         t = TARGETS.get(name)
-        unit = t[2] if t else ("ms" if name.endswith("_ms") else "s")
+        unit = t[2] if t else ("ms" if name.endswith("_ms") else
+                               "µs" if name.endswith("_us") else "s")
         tt = f"{t[1]} {t[0]:g} {t[2]}" if t else ""
         lines.append(f"| {label} | {v} {unit} | {tt} | {verdict(name, v)} |")
-    lines += ["", "HU at the pointer: skipped, the server has no endpoint for it (the viewer "
-              "has none either).", "",
-              "Details: MPR " + json.dumps(res["mpr"]) + "; 3D after release "
+    lines += ["", "Details: MPR " + json.dumps(res["mpr"]) + "; HU at the pointer "
+              + json.dumps(res["hu"]) + "; 3D after release "
               + json.dumps(res["release"]) + "; in process (kernel only, no JPEG) "
               + json.dumps(res["in_process"])]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -277,6 +381,11 @@ def main(argv=None) -> int:
         drag_vr = drag(br, base, a.drag_s, "&mode=vr&preset=bone")
         obl = oblique_http(br, base, 8)
         br.close()
+        srv.restart()
+        log("HU at the pointer …")
+        br = Browser(srv.base, token)
+        res["hu"] = hu_values(br, base, m["sop_uids"])
+        br.close()
     finally:
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -292,6 +401,9 @@ def main(argv=None) -> int:
         "drag_vr_256_img_per_s": drag_vr,
         "oblique_http_ms": round(statistics.median(obl)),
         "oblique_kernel_ms": ip.get("oblique_kernel_ms"),
+        "hu_first_never_viewed_ms": res["hu"]["hu_first_never_viewed_ms"],
+        "hu_first_after_image_ms": res["hu"]["hu_first_after_image_ms"],
+        "hu_lookup_cached_us": res["hu"]["hu_lookup_cached_us"],
     }
     res["figures"] = fig
     res["in_process"] = ip

@@ -41,6 +41,9 @@ IRREGULAR_TOLERANCE = 0.05  # relative deviation of one slice gap from the media
 GAP_FACTOR = 1.5  # a gap this many median spacings wide means a missing slice: reject
 
 
+_SAG_START_LOCK = threading.Lock()
+
+
 @dataclass(eq=False)
 class Volume:
     data: np.ndarray  # (z, y, x) int16 or float32 modality values (HU for CT)
@@ -54,7 +57,9 @@ class Volume:
     tilted: bool = False  # slice origins drift in-plane (gantry tilt): the volume is sheared
     min_value: float = 0.0
     slice_positions: np.ndarray | None = None  # sorted positions along the normal (mm)
+    coarse: bool = False  # a quick preview volume (coarse_volume), not the series' own
     _sag: np.ndarray | None = field(default=None, repr=False)
+    _sag_started: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -90,6 +95,20 @@ class Volume:
                     _transpose_zyx_to_xzy(self.data, sag)
                     self._sag = sag
         return self._sag
+
+    def sagittal_copy(self) -> np.ndarray | None:
+        """The sagittal copy if built; else None, and it is being built in the background
+        (about 0.3 s for 220x512x512: the first sagittal plane does not wait for it)."""
+        if self._sag is not None:
+            return self._sag
+        if self._sag_started:
+            return None
+        with _SAG_START_LOCK:    # not self._lock: the transpose holds that one
+            start = not self._sag_started
+            self._sag_started = True
+        if start:
+            _background().submit(lambda: self.sagittal_data)
+        return None
 
     def pooled(self, mode: str) -> "Volume":
         """Half-resolution copy (2x2x2 blocks reduced by max/min/mean), built once per mode:
@@ -313,6 +332,55 @@ def build_volume(images: Sequence[DecodedImage], *, allow_irregular: bool = True
         min_value=float(lo),
         slice_positions=d,
     )
+
+
+@njit(nogil=True, cache=True)
+def _pool_inplane(src, is_int, out):
+    """out[k, r, c] = mean of src[k, 2r:2r+2, 2c:2c+2] (rounded half up for integer out)."""
+    nz, ny, nx = src.shape
+    for k in range(out.shape[0]):
+        for r in range(out.shape[1]):
+            for c in range(out.shape[2]):
+                acc = 0.0
+                n = 0
+                for b in range(2 * r, min(2 * r + 2, ny)):
+                    for e in range(2 * c, min(2 * c + 2, nx)):
+                        acc += src[k, b, e]
+                        n += 1
+                v = acc / n
+                out[k, r, c] = math.floor(v + 0.5) if is_int else v
+
+
+COARSE_SLICES = 96  # a coarse volume reads about this many slices (every 2nd one at least)
+
+
+def coarse_subset(n: int) -> list[int]:
+    """Which of n slices (in series order) a coarse volume reads: every second one (every
+    third for 193..288 slices, and so on: about COARSE_SLICES), and the last, so the coarse
+    volume spans the same extent."""
+    idx = list(range(0, n, max(2, -(-n // COARSE_SLICES))))
+    if idx[-1] != n - 1:
+        idx.append(n - 1)
+    return idx
+
+
+def coarse_volume(images: Sequence[DecodedImage]) -> Volume:
+    """A quick preview volume from a subset of slices (:func:`coarse_subset`): built like
+    :func:`build_volume` (same checks, irregular spacing allowed) and then averaged 2x2
+    in-plane, so it is an eighth of the full volume or less. Its voxel (0, 0, 0) is centred
+    between the first four pixels of the first slice; ``coarse`` is True."""
+    full = build_volume(images, allow_irregular=True)
+    nz, ny, nx = full.data.shape
+    if ny < 4 or nx < 4:
+        full.coarse = True
+        return full
+    out = np.empty((nz, (ny + 1) // 2, (nx + 1) // 2), full.data.dtype)
+    _pool_inplane(full.data, full.data.dtype.kind in "iu", out)
+    dz, dy, dx = full.spacing
+    return Volume(out, (dz, dy * 2, dx * 2), full.index_to_patient(0, 0.5, 0.5), full.row_dir,
+                  full.col_dir, full.normal, full.default_window, irregular=full.irregular,
+                  tilted=full.tilted, min_value=full.min_value,
+                  slice_positions=full.slice_positions, coarse=True)
 
 
 def volume_from_array(data: np.ndarray, spacing=(1.0, 1.0, 1.0), *, origin=(0.0, 0.0, 0.0),
@@ -545,25 +613,76 @@ def _trilinear(data, k, r, c, fill):
 
 
 @njit(nogil=True, cache=True)
-def oblique_kernel(data, p0, du, dv, dn, nslab, mode, fill, out):
+def _inner_span(p, d, hi, nu):
+    """Pixels j (a..b inclusive) whose coordinate p + j*d lies strictly inside (0, hi),
+    with a pixel to spare at each end."""
+    eps = 1e-6
+    if abs(d) < 1e-12:
+        if p <= eps or p >= hi - eps:
+            return 1, 0
+        return 0, nu - 1
+    lo = (eps - p) / d
+    up = (hi - eps - p) / d
+    if lo > up:
+        lo, up = up, lo
+    return int(math.ceil(max(0.0, lo))) + 1, int(math.floor(min(nu - 1.0, up))) - 1
+
+
+@njit(nogil=True, cache=True)
+def oblique_kernel(data, p0, du, dv, dn, nslab, mode, fill, row0, row1, out):
     """Sample a (thick) plane by trilinear interpolation. Positions are (k, r, c) indices:
-    pixel (i, j), slab sample s -> p0 + i*dv + j*du + (s - (nslab-1)/2)*dn."""
-    nv, nu = out.shape
+    pixel (i, j), slab sample s -> p0 + i*dv + j*du + (s - (nslab-1)/2)*dn; rows
+    row0..row1-1. A thin plane's pixels well inside the volume skip the bounds checks
+    (the same arithmetic as _trilinear, so the same values)."""
+    nz, ny, nx = data.shape
+    nu = out.shape[1]
     half = (nslab - 1) / 2.0
-    for i in range(nv):
+    for i in range(row0, row1):
+        if nslab != 1:
+            for j in range(nu):
+                acc = _fold_start(mode)
+                cnt = 0
+                for s in range(nslab):
+                    t = s - half
+                    k = p0[0] + i * dv[0] + j * du[0] + t * dn[0]
+                    r = p0[1] + i * dv[1] + j * du[1] + t * dn[1]
+                    c = p0[2] + i * dv[2] + j * du[2] + t * dn[2]
+                    acc = _fold(mode, acc, _trilinear(data, k, r, c, fill))
+                    cnt += 1
+                if mode == 2:
+                    acc /= cnt
+                out[i, j] = acc
+            continue
+        t = 0.0 - half
+        ja, jb = 1, 0
+        if nz > 1 and ny > 1 and nx > 1:
+            ja, jb = _inner_span(p0[0] + i * dv[0] + t * dn[0], du[0], nz - 1.0, nu)
+            a, b = _inner_span(p0[1] + i * dv[1] + t * dn[1], du[1], ny - 1.0, nu)
+            ja, jb = max(ja, a), min(jb, b)
+            a, b = _inner_span(p0[2] + i * dv[2] + t * dn[2], du[2], nx - 1.0, nu)
+            ja, jb = max(ja, a), min(jb, b)
         for j in range(nu):
-            acc = _fold_start(mode)
-            cnt = 0
-            for s in range(nslab):
-                t = s - half
-                k = p0[0] + i * dv[0] + j * du[0] + t * dn[0]
-                r = p0[1] + i * dv[1] + j * du[1] + t * dn[1]
-                c = p0[2] + i * dv[2] + j * du[2] + t * dn[2]
-                acc = _fold(mode, acc, _trilinear(data, k, r, c, fill))
-                cnt += 1
-            if mode == 2:
-                acc /= cnt
-            out[i, j] = acc
+            k = p0[0] + i * dv[0] + j * du[0] + t * dn[0]
+            r = p0[1] + i * dv[1] + j * du[1] + t * dn[1]
+            c = p0[2] + i * dv[2] + j * du[2] + t * dn[2]
+            if j < ja or j > jb:
+                v = _trilinear(data, k, r, c, fill)
+            else:
+                k0 = int(k)
+                r0 = int(r)
+                c0 = int(c)
+                fk = k - k0
+                fr = r - r0
+                fc = c - c0
+                k1 = k0 + 1
+                r1 = r0 + 1
+                c1 = c0 + 1
+                a_ = data[k0, r0, c0] * (1 - fc) + data[k0, r0, c1] * fc
+                b_ = data[k0, r1, c0] * (1 - fc) + data[k0, r1, c1] * fc
+                e_ = data[k1, r0, c0] * (1 - fc) + data[k1, r0, c1] * fc
+                f_ = data[k1, r1, c0] * (1 - fc) + data[k1, r1, c1] * fc
+                v = (a_ * (1 - fr) + b_ * fr) * (1 - fk) + (e_ * (1 - fr) + f_ * fr) * fk
+            out[i, j] = v
 
 
 def _check_slab(slab_mm: Any, slab_mode: Any) -> tuple[float, str]:
@@ -601,8 +720,9 @@ def mpr_image(vol: Volume, plane: str, position_mm: Any = None, *, index: Any = 
         to_idx = lambda p: np.array([p[2], p[1], p[0]]) * scale  # noqa: E731 (x,y,z)->(k,r,c)
         nslab = max(1, int(round(slab / ds))) if slab > 0 else 1
         out = np.empty((nv, nu), np.float32)
-        oblique_kernel(vol.data, to_idx(tl), to_idx(u * ds), to_idx(v * ds), to_idx(n * ds),
-                       nslab, _MODE_CODE[mode], float(vol.min_value), out)
+        args = (vol.data, to_idx(tl), to_idx(u * ds), to_idx(v * ds), to_idx(n * ds),
+                nslab, _MODE_CODE[mode], float(vol.min_value))
+        oblique_kernel(*args, 0, nv, out)   # ~4 ms: handing bands to threads costs more
         return out, geo
     axis = _plane_axis(plane)
     i = geo.index
@@ -617,8 +737,11 @@ def mpr_image(vol: Volume, plane: str, position_mm: Any = None, *, index: Any = 
         img = vol.data[:, i, :] if w == 1 else _reduce(vol.data[:, i0:i1, :], 1, mode)
         img = img[::-1] if up else img
     else:
-        sag = vol.sagittal_data
-        img = sag[i] if w == 1 else _reduce(sag[i0:i1], 0, mode)
+        sag = vol.sagittal_copy()
+        if sag is None:     # read across the rows meanwhile (same values, a strided read)
+            img = vol.data[:, :, i] if w == 1 else _reduce(vol.data[:, :, i0:i1], 2, mode)
+        else:
+            img = sag[i] if w == 1 else _reduce(sag[i0:i1], 0, mode)
         img = img[::-1] if up else img
     return img, geo
 
@@ -647,6 +770,19 @@ def mpr_plane(vol: Volume, plane: str, position_mm: Any = None, *, index: Any = 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 MIP_THREADS = 2
+MIP_BLOCKS_MIN_PIXELS = 128 * 128   # smaller projections skip no blocks (not worth building)
+
+
+_BACKGROUND: ThreadPoolExecutor | None = None
+
+
+def _background() -> ThreadPoolExecutor:
+    """One thread for copies built ahead of need (sagittal), not queued before 3D bands."""
+    global _BACKGROUND
+    with _POOL_LOCK:
+        if _BACKGROUND is None:
+            _BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="render-copy")
+        return _BACKGROUND
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -657,54 +793,141 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def _in_bands(kernel, args, nv: int, work_per_row: int, out) -> None:
+    """kernel(*args, row0, row1, out) over all nv rows: in bands on the MIP threads when
+    there is enough work (a 512² plane or projection), else here."""
+    if nv >= 64 and MIP_THREADS > 1 and nv * work_per_row >= 1 << 17:
+        bands = np.linspace(0, nv, MIP_THREADS * 4 + 1).astype(int)
+        futs = [_pool().submit(kernel, *args, int(a), int(b), out)
+                for a, b in zip(bands[:-1], bands[1:]) if b > a]
+        for f in futs:
+            f.result()
+    else:
+        kernel(*args, 0, nv, out)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _ray_clip(sk, sr, sc, dd, nsteps, hi_k, hi_r, hi_c):
+    """[ta, tb]: the samples t of the ray s + t*dd (t in 0..nsteps-1) inside the box
+    (slab method); tb < ta when the ray misses it."""
+    t0 = 0.0
+    t1 = nsteps - 1.0
+    for ax in range(3):
+        if ax == 0:
+            s, d, hi = sk, dd[0], hi_k
+        elif ax == 1:
+            s, d, hi = sr, dd[1], hi_r
+        else:
+            s, d, hi = sc, dd[2], hi_c
+        if abs(d) < 1e-12:
+            if s < 0.0 or s > hi:
+                t0 = 1.0
+                t1 = 0.0
+        else:
+            a = (0.0 - s) / d
+            b = (hi - s) / d
+            if a > b:
+                a, b = b, a
+            t0 = max(t0, a)
+            t1 = min(t1, b)
+    return int(math.ceil(t0 - 1e-9)), int(math.floor(t1 + 1e-9))
+
+
 @njit(nogil=True, cache=True)
-def mip_kernel(data, p0, du, dv, dd, nsteps, mode, fill, row0, row1, out):
+def mip_kernel(data, blocks, shift, p0, du, dv, dd, nsteps, mode, fill, lo_sat, hi_sat,
+               row0, row1, out):
     """Ray casting in index space (k, r, c): ray of pixel (i, j) starts at p0 + i*dv + j*du
     and advances by dd for nsteps samples; only the part inside the volume is sampled.
-    mode 0 max, 1 min, 2 mean of inside samples."""
+    mode 0 max, 1 min, 2 mean of inside samples.
+
+    Exact shortcuts for the windowed image (mode 0/1): ``blocks`` (2, bz, by, bx) holds each
+    2**shift block's min/max including the voxel beyond it (all a trilinear sample in the
+    block reads); a block that cannot raise the maximum above max(running maximum, lo_sat)
+    is jumped over, and a ray stops once its maximum reaches hi_sat (values <= lo_sat all
+    show black, >= hi_sat all white; +-inf: no such bound). Mirrored for the minimum. An
+    empty ``blocks`` (bz == 0) disables the jumps."""
     nz, ny, nx = data.shape
     hi_k = nz - 1.0
     hi_r = ny - 1.0
     hi_c = nx - 1.0
     nu = out.shape[1]
+    B = 1 << shift
+    skip = mode != 2 and blocks.shape[1] > 0
     for i in range(row0, row1):
         for j in range(nu):
             sk = p0[0] + i * dv[0] + j * du[0]
             sr = p0[1] + i * dv[1] + j * du[1]
             sc = p0[2] + i * dv[2] + j * du[2]
-            # clip t in [0, nsteps-1] to the box on each axis (slab method)
-            t0 = 0.0
-            t1 = nsteps - 1.0
-            for ax in range(3):
-                if ax == 0:
-                    s, d, hi = sk, dd[0], hi_k
-                elif ax == 1:
-                    s, d, hi = sr, dd[1], hi_r
-                else:
-                    s, d, hi = sc, dd[2], hi_c
-                if abs(d) < 1e-12:
-                    if s < 0.0 or s > hi:
-                        t0 = 1.0
-                        t1 = 0.0
-                else:
-                    a = (0.0 - s) / d
-                    b = (hi - s) / d
-                    if a > b:
-                        a, b = b, a
-                    t0 = max(t0, a)
-                    t1 = min(t1, b)
-            ta = int(math.ceil(t0 - 1e-9))
-            tb = int(math.floor(t1 + 1e-9))
+            ta, tb = _ray_clip(sk, sr, sc, dd, nsteps, hi_k, hi_r, hi_c)
             if tb < ta:
                 out[i, j] = fill
                 continue
             acc = _fold_start(mode)
-            for t in range(ta, tb + 1):
-                acc = _fold(mode, acc, _trilinear(data, sk + t * dd[0], sr + t * dd[1],
-                                                  sc + t * dd[2], fill))
-            if mode == 2:
-                acc /= tb - ta + 1
+            if not skip:
+                for t in range(ta, tb + 1):
+                    acc = _fold(mode, acc, _trilinear(data, sk + t * dd[0], sr + t * dd[1],
+                                                      sc + t * dd[2], fill))
+                if mode == 2:
+                    acc /= tb - ta + 1
+                out[i, j] = acc
+                continue
+            t = ta
+            while t <= tb:
+                k = sk + t * dd[0]
+                r = sr + t * dd[1]
+                c = sc + t * dd[2]
+                kc = min(max(k, 0.0), hi_k)
+                rc = min(max(r, 0.0), hi_r)
+                cc = min(max(c, 0.0), hi_c)
+                bk = int(kc) >> shift
+                br = int(rc) >> shift
+                bc = int(cc) >> shift
+                if mode == 0:
+                    jump = blocks[1, bk, br, bc] <= max(acc, lo_sat)
+                else:
+                    jump = blocks[0, bk, br, bc] >= min(acc, hi_sat)
+                if jump:
+                    # to the first sample past this block
+                    te = 1e30
+                    for ax in range(3):
+                        if ax == 0:
+                            p, d = kc, dd[0]
+                        elif ax == 1:
+                            p, d = rc, dd[1]
+                        else:
+                            p, d = cc, dd[2]
+                        base = (int(p) >> shift) * B
+                        if d > 1e-12:
+                            te = min(te, (base + B - p) / d)
+                        elif d < -1e-12:
+                            te = min(te, (base - p) / d)
+                    t = max(t + 1, int(t + te) + 1)
+                    continue
+                acc = _fold(mode, acc, _trilinear(data, k, r, c, fill))
+                if (mode == 0 and acc >= hi_sat) or (mode == 1 and acc <= lo_sat):
+                    break
+                t += 1
+            if mode == 0 and acc == -np.inf:
+                acc = lo_sat         # every block jumped: all at or below the black level
+            elif mode == 1 and acc == np.inf:
+                acc = hi_sat
             out[i, j] = acc
+
+
+def _saturation(win: Window) -> tuple[float, float]:
+    """Values at or below lo all show black, at or above hi white (pipeline's LINEAR and
+    LINEAR_EXACT windows); (-inf, inf) for other window functions."""
+    c, w = float(win.center), float(win.width)
+    if win.function == "LINEAR":
+        c, w = c - 0.5, w - 1.0
+    elif win.function != "LINEAR_EXACT":
+        return -math.inf, math.inf
+    if not w > 0:
+        return -math.inf, math.inf
+    return c - w / 2.0, c + w / 2.0
+
+
+_NO_BLOCKS = np.zeros((2, 0, 0, 0), np.float32)
 
 
 def mip_projection(vol: Volume, yaw_deg: float = 0.0, pitch_deg: float = 0.0, size: int = 256,
@@ -759,24 +982,40 @@ def mip_projection(vol: Volume, yaw_deg: float = 0.0, pitch_deg: float = 0.0, si
     scale = np.array([1 / dz, 1 / dy, 1 / dx])
     to_idx = lambda p: np.array([p[2], p[1], p[0]]) * scale  # noqa: E731
     out = np.empty((nv, nu), np.float32)
-    args = (vol.data, to_idx(start), to_idx(u * s), to_idx(v * s), to_idx(d * step), nsteps,
-            _MODE_CODE[m], float(vol.min_value))
-    if nv >= 64 and MIP_THREADS > 1:
-        bands = np.linspace(0, nv, MIP_THREADS * 4 + 1).astype(int)
-        futs = [_pool().submit(mip_kernel, *args, int(a), int(b), out)
-                for a, b in zip(bands[:-1], bands[1:]) if b > a]
-        for f in futs:
-            f.result()
+    lo_sat, hi_sat = _saturation(win)
+    if m == "avg" or nv * nu < MIP_BLOCKS_MIN_PIXELS:
+        blocks, shift = _NO_BLOCKS, 3
     else:
-        mip_kernel(*args, 0, nv, out)
+        from .vr import BLOCK_SHIFT, block_minmax
+        blocks, shift = block_minmax(vol), BLOCK_SHIFT
+    args = (vol.data, blocks, shift, to_idx(start), to_idx(u * s), to_idx(v * s),
+            to_idx(d * step), nsteps, _MODE_CODE[m], float(vol.min_value), lo_sat, hi_sat)
+    _in_bands(mip_kernel, args, nv, nu * nsteps, out)
     return render_region(out, (0.0, 0.0, float(nu), float(nv)), nu, nv, window=win,
                          invert=invert)
+
+
+def warm_up_mpr() -> None:
+    """Load the render kernels' variants MPR planes use (a strided or reversed int16 plane,
+    float32 slabs and oblique planes), so the first planes of a server do not pay for them
+    (about 0.15 s each)."""
+    vol = volume_from_array(np.zeros((8, 16, 16), np.int16), (2.0, 1.0, 1.0))
+    for plane in ("axial", "coronal", "sagittal"):
+        mpr_plane(vol, plane, viewport=(32, 32), window=(40, 400))
+        mpr_plane(vol, plane, viewport=(32, 32), window=(40, 400), slab_mm=4, slab_mode="avg")
+    vol.sagittal_data
+    mpr_plane(vol, "sagittal", viewport=(32, 32), window=(40, 400))
+    mpr_plane(vol, "oblique", yaw=10, viewport=(32, 32), window=(40, 400))
+    for dtype in (np.int16, np.float32):        # coarse volumes' in-plane averaging
+        _pool_inplane(np.zeros((2, 4, 4), dtype), dtype is np.int16, np.empty((2, 2, 2), dtype))
 
 
 __all__ = (
     "Volume",
     "PlaneGeometry",
     "build_volume",
+    "coarse_volume",
+    "coarse_subset",
     "volume_from_array",
     "mpr_plane",
     "mpr_image",

@@ -599,24 +599,127 @@ class RenderService(FrameRenderer):
 
     def warm_up(self) -> None:
         super().warm_up()
+        from render.volume import warm_up_mpr
         from render.vr import warm_up_kernels
         warm_up_kernels()   # the 3D kernels: the first 3D view would load them otherwise
+        warm_up_mpr()       # and the first MPR planes the render kernels' plane variants
+
+    VOLUME_LOAD_THREADS = 2
+
+    def _slice_loader(self, coarse: bool = False):
+        """Threads that decode a volume's slices side by side (hashing and reading the files
+        release the GIL; pydicom's parsing does not): not the render pool, whose thread
+        builds the volume and waits for them. Coarse volumes have their own, so their few
+        slices never queue behind a full volume's (the decoded-image cache shares a slice
+        both ask for)."""
+        name = "_slice_pool_coarse" if coarse else "_slice_pool"
+        with self._pool_lock:
+            pool = self.__dict__.get(name)
+            if pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                pool = ThreadPoolExecutor(self.VOLUME_LOAD_THREADS,
+                                          thread_name_prefix="coarse" if coarse else "slices")
+                self.__dict__[name] = pool
+            return pool
+
+    def _volume_key(self, refs):
+        files = hashlib.sha1("|".join(r.relpath for r in refs).encode(),
+                             usedforsecurity=False).hexdigest()
+        return ("volume", refs[0].study_uid, refs[0].series_uid, len(refs), files)
+
+    def close(self) -> None:
+        super().close()
+        for name in ("_slice_pool", "_slice_pool_coarse"):
+            pool = self.__dict__.get(name)
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    COARSE_MIN_SLICES = 16      # fewer slices: the full volume is quick enough
+
+    def _load_slices(self, refs: list[InstanceRef]) -> list:
+        """Every slice decoded, in the order of refs; the coarse volume's slices first (a
+        coarse and a full build under way together share their decodes)."""
+        from render.volume import coarse_subset
+        first = coarse_subset(len(refs)) if len(refs) >= self.COARSE_MIN_SLICES else []
+        rest = sorted(set(range(len(refs))) - set(first))
+        order = first + rest
+        images = list(self._slice_loader().map(self.image, [refs[i] for i in order]))
+        out = [None] * len(refs)
+        for i, img in zip(order, images):
+            out[i] = img
+        return out
 
     def volume(self, refs: list[InstanceRef]):
         """The series as a volume, built once from its decoded slices (cached)."""
         from render.volume import build_volume
-        files = hashlib.sha1("|".join(r.relpath for r in refs).encode(),
-                             usedforsecurity=False).hexdigest()
-        key = ("volume", refs[0].study_uid, refs[0].series_uid, len(refs), files)
-        return self.volumes.get_or_load(key, lambda: build_volume([self.image(r)
-                                                                   for r in refs]))
+        key = self._volume_key(refs)
+
+        def build():
+            vol = build_volume(self._load_slices(refs))
+            self.volumes.pop(("coarse", *key))      # its preview is not needed any more
+            return vol
+        return self.volumes.get_or_load(key, build)
+
+    def volume_ready(self, refs: list[InstanceRef]) -> bool:
+        """Whether the full volume is built (in this process's cache)."""
+        return self._volume_key(refs) in self.volumes
+
+    def coarse_volume(self, refs: list[InstanceRef]):
+        """A quick preview volume (render/volume.py coarse_volume: every second or third...
+        slice, 2x2 averaged in-plane), cached; the full volume when it is built already, or
+        when the series is short or its chosen slices, in series order, do not make a
+        volume (then the full volume's checks and errors apply)."""
+        from render.errors import VolumeError
+        from render.volume import coarse_subset, coarse_volume
+        key = self._volume_key(refs)
+        if len(refs) < self.COARSE_MIN_SLICES or key in self.volumes:
+            return self.volume(refs)
+        sub = [refs[i] for i in coarse_subset(len(refs))]
+        ckey = ("coarse", *key)
+
+        def build():
+            with self._pool_lock:
+                self._coarse_building().add(ckey)
+            try:
+                return coarse_volume(list(self._slice_loader(coarse=True).map(self.image, sub)))
+            finally:
+                with self._pool_lock:
+                    self._coarse_building().discard(ckey)
+        try:
+            return self.volumes.get_or_load(ckey, build)
+        except VolumeError:
+            return self.volume(refs)
+
+    COARSE_BUILDS = 1           # coarse volumes built at once in a process (other series)
+
+    def _coarse_building(self) -> set:
+        return self.__dict__.setdefault("_coarse_keys", set())
+
+    def coarse_allowed(self, refs: list[InstanceRef]) -> bool:
+        """Whether a coarse=1 request may run as a light render (not behind its viewer's
+        full-quality ones): its coarse volume is built or being built, or fewer than
+        COARSE_BUILDS others are being built here. Otherwise it waits like a full-quality
+        request, so coarse requests for many series cannot fill the render slots."""
+        ckey = ("coarse", *self._volume_key(refs))
+        if ckey in self.volumes:
+            return True
+        with self._pool_lock:
+            building = self._coarse_building()
+            return ckey in building or len(building) < self.COARSE_BUILDS
+
+    def mpr_coarse(self, refs, plane, **params) -> tuple[bytes, str]:
+        """An MPR plane from the coarse volume while the full one is not built (else from
+        the full one): (encoded image, "coarse" or "full")."""
+        vol = self.coarse_volume(refs)
+        return self.mpr(refs, plane, volume=vol, **params), \
+            "coarse" if vol.coarse else "full"
 
     def mpr(self, refs, plane, *, position=None, index=None, window=None, viewport=None,
             slab_mm=0.0, slab_mode="mip", yaw=0.0, pitch=0.0, quality=85, fmt="jpeg",
-            invert=False) -> bytes:
+            invert=False, volume=None) -> bytes:
         from render.encode import encode_jpeg, encode_png
         from render.volume import mpr_plane
-        vol = self.volume(refs)
+        vol = self.volume(refs) if volume is None else volume
         t0 = time.perf_counter()
         arr = mpr_plane(vol, plane, position, index=index, window=window, viewport=viewport,
                         slab_mm=slab_mm, slab_mode=slab_mode, yaw=yaw, pitch=pitch,
@@ -640,7 +743,8 @@ class RenderService(FrameRenderer):
                 "origin": _jsonable(vol.origin), "row_dir": _jsonable(vol.row_dir),
                 "col_dir": _jsonable(vol.col_dir), "normal": _jsonable(vol.normal),
                 "default_window": [vol.default_window.center, vol.default_window.width],
-                "irregular": bool(vol.irregular)}
+                "irregular": bool(vol.irregular),
+                "quality": "coarse" if vol.coarse else "full"}
 
     def mip(self, refs, *, yaw=0.0, pitch=0.0, size=256, window=None, mode="mip",
             preset=None, quality=85, fmt="jpeg", invert=False) -> bytes:

@@ -304,6 +304,18 @@ class SeriesRenderHandler(RenderedHandler):
         await self.send_image(seed, (*key, seed), params.get("fmt", "jpeg"),
                               functools.partial(fn, refs, **params), heavy=True)
 
+    def coarse_arg(self) -> bool:
+        """coarse=1: a quick preview (X-Quality: coarse) while the full volume is built."""
+        v = (self.get_query_argument("coarse", "") or "").lower()
+        if v not in ("", "0", "1", "true", "false"):
+            raise ApiError(400, "coarse 只能是 1 或 0 / coarse must be 1 or 0")
+        return v in ("1", "true")
+
+    def coarse_now(self, refs) -> bool:
+        """A coarse=1 request answers coarse (a light render) only while the full volume is
+        not built and the process is not building other series' coarse volumes."""
+        return not self.renders.volume_ready(refs) and self.renders.coarse_allowed(refs)
+
     async def run_heavy(self, fn, *args, **kwargs):
         return await self.renders.run_fair(self.render_principal(), True, fn, *args, **kwargs)
 
@@ -317,10 +329,30 @@ class MprHandler(SeriesRenderHandler):
                       quality=p["quality"], fmt=p["fmt"], invert=p["invert"],
                       slab_mm=_float_arg(self, "slab", 0.0, 0, 1000),
                       slab_mode=(self.get_query_argument("mode", "mip") or "mip")[:8])
+        coarse = self.coarse_arg()
         refs = await self.series_refs(study, series)
+        if coarse and self.coarse_now(refs):
+            await self.send_coarse(refs, plane, params)
+            return
+        self.set_header("X-Quality", "full")
         key = ("mpr", series, plane, tuple(sorted(params.items())))
         await self.send_series_render(refs, key, functools.partial(self.renders.mpr,
                                                                    plane=plane), params)
+
+    async def send_coarse(self, refs, plane, params) -> None:
+        """coarse=1 while the full volume is not built: the plane from the quick coarse
+        volume (a light render: it does not wait behind this viewer's full-quality ones),
+        X-Quality: coarse, never cached (the full image follows)."""
+        out = await self.run_queued(False, self.renders.mpr_coarse, refs, plane, **params)
+        if out is None:
+            self.set_status(499)
+            self.finish()
+            return
+        body, quality = out
+        self.set_header("X-Quality", quality)
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "image/png" if params["fmt"] == "png" else "image/jpeg")
+        self.finish(body)
 
 
 class MprGeometryHandler(SeriesRenderHandler):
@@ -371,8 +403,16 @@ class MipHandler(SeriesRenderHandler):
 
 class VolumeInfoHandler(SeriesRenderHandler):
     async def get(self, study, series) -> None:
+        coarse = self.coarse_arg()
         refs = await self.series_refs(study, series)
-        vol = await self.run_heavy(self.renders.volume, refs)
+        if coarse and self.coarse_now(refs):            # light, as the coarse planes
+            vol = await self.run_queued(False, self.renders.coarse_volume, refs)
+            if vol is None:                     # nobody is waiting for it any more
+                self.set_status(499)
+                self.finish()
+                return
+        else:
+            vol = await self.run_heavy(self.renders.volume, refs)
         out = self.renders.volume_info_of(vol)
         out["ok"] = True
         self.write_json(out)

@@ -204,3 +204,101 @@ def test_mip_preview_uses_pooled_volume(rng):
     assert out.shape == (32, 32)
     assert "_pooled_mip" in vol.__dict__
     assert out.max() == 255 and (out == 255).sum() == 1
+
+
+# ---------------------------------------------------------------- issue 18: speed paths
+
+
+def test_coarse_volume_every_second_slice_and_last_pooled_in_plane(data):
+    from render.volume import coarse_subset, coarse_volume
+    assert coarse_subset(20) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 19]
+    assert coarse_subset(5) == [0, 2, 4]
+    big = coarse_subset(220)                # about 96 slices: every third, and the last
+    assert big[:3] == [0, 3, 6] and big[-2:] == [216, 219] and len(big) == 74
+    assert coarse_subset(193)[:2] == [0, 3] and coarse_subset(192)[:2] == [0, 2]
+    sl = _slices(data)                      # 20 slices of 30x40, 2.5 mm apart
+    full = build_volume(sl)
+    vol = coarse_volume([sl[i] for i in coarse_subset(len(sl))])
+    assert vol.coarse and not full.coarse and vol.shape == (11, 15, 20)
+    k = coarse_subset(20)
+    blocks = data[k].astype(float).reshape(11, 15, 2, 20, 2).mean(axis=(2, 4))
+    assert vol.data.dtype == np.int16 and np.array_equal(vol.data, np.floor(blocks + 0.5))
+    assert vol.spacing == (5.0, 2.0, 2.0)
+    # the same extent: first and last slice, voxel (0,0,0) between the first four pixels
+    assert np.allclose(vol.index_to_patient(0, 0, 0), full.index_to_patient(0, 0.5, 0.5))
+    assert np.allclose(vol.slice_positions[[0, -1]], full.slice_positions[[0, -1]])
+    # a plane through the centre of the coarse volume is the pooled full one
+    img, geo = mpr_image(vol, "axial", index=3)
+    assert np.array_equal(img, vol.data[3]) and geo.pixel_spacing == (2.0, 2.0)
+
+
+def test_first_sagittal_plane_reads_across_rows_then_the_copy(data):
+    vol = volume_from_array(data, (2.5, 1.0, 1.0))
+    assert vol._sag is None
+    first, _ = mpr_image(vol, "sagittal", index=7)          # strided, copy being built
+    slab, _ = mpr_image(vol, "sagittal", index=7, slab_mm=3, slab_mode="avg")
+    vol.sagittal_data                                       # wait for the copy
+    again, _ = mpr_image(vol, "sagittal", index=7)
+    assert np.array_equal(first, again) and np.array_equal(first, data[::-1, :, 7])
+    assert np.allclose(slab, data[::-1, :, 6:9].mean(axis=2))
+    assert np.allclose(mpr_image(vol, "sagittal", index=7, slab_mm=3, slab_mode="avg")[0], slab)
+
+
+@pytest.mark.parametrize("mode,window", [
+    ("mip", W), ("mip", Window(40.0, 400.0)), ("minip", Window(-500.0, 600.0)),
+    ("mip", Window(40.0, 400.0, "LINEAR_EXACT")), ("mip", Window(40.0, 400.0, "SIGMOID")),
+])
+def test_mip_block_jumps_change_no_pixel(rng, monkeypatch, mode, window):
+    """The block jumps and early stops (windowed image only) against plain ray marching."""
+    import render.volume as V
+    z, y, x = np.mgrid[0:48, 0:64, 0:72]
+    body = ((y - 32) / 26.0) ** 2 + ((x - 36) / 30.0) ** 2 <= 1
+    data = np.where(body, 40, -1000) + rng.normal(0, 12, body.shape)
+    data[(abs(y - 40) < 4) & (abs(x - 36) < 4)] = 700                    # a bright rod
+    data[20:28, 20:30, 20:30] = -850                                     # dark inside
+    vol = volume_from_array(np.round(data).astype(np.int16), (1.25, 0.7, 0.7))
+    args = [(0, 0), (33, 17), (-120, 60), (90, -5)]
+    fast = [mip_projection(vol, a, b, 160, window=window, mode=mode) for a, b in args]
+    monkeypatch.setattr(V, "MIP_BLOCKS_MIN_PIXELS", 10 ** 9)
+    plain = [mip_projection(vol, a, b, 160, window=window, mode=mode) for a, b in args]
+    for f, p in zip(fast, plain):
+        assert f.shape == p.shape and np.array_equal(f, p)
+    assert any(f.std() > 10 for f in fast)        # not blank: the check can fail
+
+
+def _trilinear_ref(data, k, r, c, fill):
+    """numpy trilinear interpolation at index positions, ``fill`` outside the volume."""
+    nz, ny, nx = data.shape
+    out = np.full(k.shape, float(fill))
+    inside = (k >= 0) & (r >= 0) & (c >= 0) & (k <= nz - 1) & (r <= ny - 1) & (c <= nx - 1)
+    k, r, c = k[inside], r[inside], c[inside]
+    k0 = np.minimum(k.astype(int), nz - 2)
+    r0 = np.minimum(r.astype(int), ny - 2)
+    c0 = np.minimum(c.astype(int), nx - 2)
+    fk, fr, fc = k - k0, r - r0, c - c0
+    d = data.astype(float)
+    v = 0.0
+    for a, wa in ((0, 1 - fk), (1, fk)):
+        for b, wb in ((0, 1 - fr), (1, fr)):
+            for e, we in ((0, 1 - fc), (1, fc)):
+                v = v + d[k0 + a, r0 + b, c0 + e] * wa * wb * we
+    out[inside] = v
+    return out
+
+
+@pytest.mark.parametrize("yaw,pitch", [(10, 5), (33, -20), (-70, 45), (90, 0), (0, 90)])
+def test_oblique_plane_equals_trilinear_reference(data, yaw, pitch):
+    """Every pixel of an oblique plane (inside, at the edges, outside the volume)."""
+    vol = volume_from_array(data, (2.5, 1.0, 1.0), origin=(5.0, -3.0, 40.0))
+    out, g = mpr_image(vol, "oblique", yaw=yaw, pitch=pitch)
+    rows, cols = np.mgrid[0:g.rows, 0:g.cols]
+    pts = (g.top_left + cols[..., None] * g.pixel_spacing[1] * g.row_vector
+           + rows[..., None] * g.pixel_spacing[0] * g.column_vector)
+    kij = np.stack([vol.patient_to_index(p) for p in pts.reshape(-1, 3)]).T
+    ref = _trilinear_ref(data, *kij, vol.min_value).reshape(out.shape)
+    # a pixel exactly on the volume's face may round to either side: not compared
+    hi = np.array(data.shape, float)[:, None] - 1
+    edge = (np.abs(kij) < 1e-6).any(0) | (np.abs(kij - hi) < 1e-6).any(0)
+    assert out.shape == (g.rows, g.cols) and edge.mean() < 0.2
+    assert np.abs(out - ref)[~edge.reshape(out.shape)].max() < 1e-2
+    assert (out == vol.min_value).mean() < 0.9 and out.std() > 100   # not all outside

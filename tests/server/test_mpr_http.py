@@ -102,6 +102,8 @@ def test_tiles_and_info(live, volume_series):
     ("/mpr/oblique?yaw=nan", 400, "yaw"),
     ("/mpr/axial?slab=-4", 400, "slab"),
     ("/mpr/axial?slab=5&mode=median", 400, "mode"),
+    ("/mpr/axial?coarse=maybe", 400, "coarse"),
+    ("/volume?coarse=2", 400, "coarse"),
     ("/mip?size=5", 400, "size"),
     ("/mip?mode=max", 400, "mode"),
     ("/mip?mode=vr&preset=kidney", 400, "preset"),
@@ -122,3 +124,50 @@ def test_series_that_is_not_a_volume_is_422(live, catalog, tmp_path):
     Importer(catalog).run([tmp_path])
     st, _, raw = live.get("/api/render/studies/1.2.56.1/series/1.2.56.2/mpr/coronal")
     assert st == 422 and "mixed image sizes" in json.loads(raw)["error"]
+
+
+def test_coarse_planes_first_then_full(live, volume_series):
+    """Progressive MPR (issue 18): coarse=1 before the full volume is built answers from
+    every second slice averaged 2x2 (X-Quality: coarse, not cached); afterwards the full
+    image, the same bytes as without coarse=1."""
+    st, v = live.json(base("/volume?coarse=1"))
+    assert st == 200 and v["quality"] == "coarse"
+    assert v["shape"] == [N // 2 + 1, SIZE // 2, SIZE // 2]        # 0,2,..,18 and 19
+    assert abs(v["spacing"][1] - 1.4) < 1e-6
+    q = "/mpr/coronal?window=40,400&quality=95&viewport=64,64"
+    st, h, body = live.get(base(q + "&coarse=1"))
+    assert st == 200 and h["X-Quality"] == "coarse" and "no-store" in h["Cache-Control"]
+    coarse = img(body).astype(int)
+    st, h, body = live.get(base(q))
+    assert st == 200 and h["X-Quality"] == "full"
+    full = img(body).astype(int)
+    # the same physical size within a slice (11 coarse slices 5 mm apart span 55 mm, the
+    # 20 slices 50 mm: the 64-px viewport's height is shared, the width is not)
+    assert coarse.shape[0] == full.shape[0] and abs(coarse.shape[1] / full.shape[1] - 1) < 0.12
+    for im in (coarse, full):
+        h_, w_ = im.shape
+        # the centre row: soft tissue (grey) across the top slices (shown on top), below
+        # them air left (black) and bone right (white)
+        low = im[h_ * 5 // 8:]
+        assert low[:, w_ // 2 + 3:].min() > 240 and low[:, :w_ // 2 - 3].max() < 15
+        assert abs(im[:h_ * 3 // 8].mean() - 128) < 15
+    st, h, again = live.get(base(q + "&coarse=1"))       # built now: the full image
+    assert st == 200 and h["X-Quality"] == "full" and again == body
+    st, v = live.json(base("/volume?coarse=1"))
+    assert st == 200 and v["quality"] == "full" and v["shape"] == [N, SIZE, SIZE]
+
+
+def test_coarse_waits_like_full_while_another_series_coarse_is_built(live, volume_series):
+    """coarse=1 is a light render only for one coarse build at a time per process: while
+    another series' coarse volume is being built, it is answered like a full request."""
+    renders = live.ctx.renders
+    building = renders._coarse_building()
+    building.add(("coarse", "another series"))
+    try:
+        st, h, body = live.get(base("/mpr/axial?coarse=1&window=40,400"))
+        assert st == 200 and h["X-Quality"] == "full"
+        assert img(body).shape == (SIZE, SIZE)
+        st, v = live.json(base("/volume?coarse=1"))
+        assert st == 200 and v["quality"] == "full"
+    finally:
+        building.discard(("coarse", "another series"))

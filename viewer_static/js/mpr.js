@@ -1,6 +1,6 @@
 // MPR (axial / coronal / sagittal with cross-reference lines) and the 3D MIP view, on the
 // server's endpoints. DOM.
-import { urls, api, getImage } from './api.js';
+import { urls, api, getImage, getJSON } from './api.js';
 import { crossLine, pixelToPatient, patientToPixel, stepAlong, obliqueAngles, pointerAngle, wrapDeg } from './crossref.js';
 import { windowParam, presetWindow, dragWindow, cssFilter, sameWindow } from './presets.js';
 import { el } from './ui.js';
@@ -89,7 +89,9 @@ export class MprSet {
   }
 
   async start() {
-    const vol = await api.getVolume(this.study.study_uid, this.series.series_uid);
+    const full = api.getVolume(this.study.study_uid, this.series.series_uid);
+    this.preview().catch(() => {}); // meanwhile; not waited for
+    const vol = await full;
     this.volume = vol;
     this.fileWin = vol.default_window ? { c: vol.default_window[0], w: vol.default_window[1] } : null;
     if (!this.win) this.win = this.fileWin;
@@ -111,13 +113,39 @@ export class MprSet {
     return a ? { name: 'oblique', yaw: a.yaw.toFixed(2), pitch: a.pitch.toFixed(2) } : { name: plane };
   }
 
-  params(pane) {
+  /** Progressive start (issue 18): while the server builds the full volume, the three
+   *  planes from its quick coarse volume (X-Quality: coarse), replaced by the full ones. */
+  async preview() {
+    const s = this.study.study_uid;
+    const se = this.series.series_uid;
+    const vol = await getJSON(`${urls.volume(s, se)}?coarse=1`);
+    if (vol.quality !== 'coarse' || this.volume) return;
+    const [nz, ny, nx] = vol.shape;
+    const [dz, dy, dx] = vol.spacing;
+    const point = [0, 1, 2].map((k) => vol.origin[k] + vol.row_dir[k] * dx * nx / 2 + vol.col_dir[k] * dy * ny / 2 + vol.normal[k] * dz * nz / 2);
+    const win = this.win || (vol.default_window ? { c: vol.default_window[0], w: vol.default_window[1] } : null);
+    for (const plane of PLANES) {
+      const pane = this.panes[plane];
+      const p = { ...this.params(pane, point), window: win ? windowParam(win) : '', coarse: 1 };
+      pane.loader.load(urls.mpr(s, se, plane, p)).then((shown) => {
+        if (!shown || this.geo[plane]) return;
+        const { naturalWidth: ow, naturalHeight: oh } = pane.img; // placed as drawLines will
+        const W = pane.root.clientWidth;
+        const H = pane.root.clientHeight;
+        const f = Math.min(W / ow, H / oh);
+        Object.assign(pane.img.style, { left: `${(W - ow * f) / 2}px`, top: `${(H - oh * f) / 2}px`, width: `${ow * f}px`, height: `${oh * f}px` });
+        pane.root.dataset.quality = 'coarse';
+      }).catch(() => {});
+    }
+  }
+
+  params(pane, point = this.point) {
     const W = pane.root.clientWidth || 100;
     const H = pane.root.clientHeight || 100;
     const rp = this.routePlane(pane.root.dataset.plane);
     return {
       ...(rp.name === 'oblique' ? { yaw: rp.yaw, pitch: rp.pitch } : {}),
-      position: this.point.map((v) => v.toFixed(2)).join(','),
+      position: point.map((v) => v.toFixed(2)).join(','),
       viewport: `${Math.round(W * this.dpr)},${Math.round(H * this.dpr)}`,
       window: this.win ? windowParam(this.win) : '',
       slab: this.slab || '',
@@ -153,7 +181,7 @@ export class MprSet {
         pane.root.dataset.yaw = p.yaw || '';
         pane.root.dataset.pitch = p.pitch || '';
         const shown = await pane.loader.load(urls.mpr(s, se, route, p)).catch(() => false);
-        if (shown) pane.shownWin = win;
+        if (shown) { pane.shownWin = win; pane.root.dataset.quality = 'full'; }
         if (seq === pane.seq) pane.root.dataset.state = 'done';
         this.filter(plane);
       }
