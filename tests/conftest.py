@@ -16,6 +16,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / "var" / "numba-cache"))
+# servers the tests start run one process unless a test asks for more (the default, one per
+# core, is what tests/test_run_sh.py runs): half the memory and start-up time per server
+os.environ.setdefault("CLOUDFILM_PROCESSES", "1")
 
 MYSQL_BASE = os.environ.get("CLOUDFILM_TEST_MYSQL", "mysql://root:@127.0.0.1:3306")
 # the MariaDB test databases are named PREFIX<random> (several people may share one server)

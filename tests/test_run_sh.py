@@ -74,12 +74,17 @@ def test_first_and_second_start(tmp_path):
                CLOUDFILM_SECRET_KEY_FILE=str(tmp_path / "secret.key"),
                CLOUDFILM_PORT=str(port), CLOUDFILM_DEMO_CT_SLICES="24")
     env.pop("CLOUDFILM_ADMIN_PASSWORD", None)
+    env.pop("CLOUDFILM_PROCESSES", None)        # the default: one process per core
     log1 = tmp_path / "first.log"
     with open(log1, "w") as fh:
         proc = start(env, fh)
         try:
             took = wait_healthy(port, proc, 240)
             assert took is not None, log1.read_text()
+            # one server process per core by default (the parent forks them)
+            from server.cli import child_pids
+            cores = os.cpu_count() or 1
+            assert cores == 1 or len(child_pids(proc.pid)) >= cores, log1.read_text()
             # anonymous: no patient data
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10)
