@@ -346,6 +346,8 @@ class Deployment:
         self.pin, self.use_nginx = pin, use_nginx
         self.nginx = None
         self.target = None
+        self.node_cpu = 0.0          # > 0: each node's CPU time capped to this many CPUs
+        self.cgroups: list[Path] = []
 
     def start(self) -> None:
         for i, n in enumerate(self.nodes):
@@ -354,6 +356,9 @@ class Deployment:
                 for pid in n.pids():
                     subprocess.run(["taskset", "-a", "-cp", str(i % (os.cpu_count() or 1)),
                                     str(pid)], capture_output=True)
+            if self.node_cpu:
+                self.cgroups.append(cap_cpu(f"cfload-{self.name}-{i}", n.pids(),
+                                            self.node_cpu))
         if not self.use_nginx:
             self.target = ("127.0.0.1", self.nodes[0].port, None)
             return
@@ -391,6 +396,27 @@ class Deployment:
             self.nginx = None
         for n in self.nodes:
             n.stop()
+        for cg in self.cgroups:          # empty once the node's last process has gone
+            for _ in range(50):
+                try:
+                    cg.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        self.cgroups = []
+
+
+def cap_cpu(name: str, pids: list[int], cpus: float) -> Path:
+    """A cgroup (v1 cpu controller) giving `pids` and the processes they fork at most `cpus`
+    CPUs of time (CFS quota): how "a node with its own core" is scaled down to a 2-core
+    machine whose other core runs the load generator and nginx (--node-cpu)."""
+    cg = Path("/sys/fs/cgroup/cpu") / name
+    cg.mkdir(exist_ok=True)
+    period = int((cg / "cpu.cfs_period_us").read_text())
+    (cg / "cpu.cfs_quota_us").write_text(str(int(period * cpus)))
+    for pid in pids:
+        (cg / "cgroup.procs").write_text(str(pid))
+    return cg
 
 
 async def api(target, method: str, path: str, token: str, payload=None):
@@ -606,6 +632,27 @@ def database_url(a, work: Path, name: str) -> str:
 REC_SOAK: list[dict] = []
 
 
+def knee_lines(rows: list[dict], a) -> list[str]:
+    """Each configuration's highest request rate over the stages (its knee when the last
+    stages no longer raise it), and two nodes' against one node's."""
+    best = {}
+    for r in rows:
+        if r["config"] not in best or r["requests_per_s"] > best[r["config"]]["requests_per_s"]:
+            best[r["config"]] = r
+    if len(rows) <= len(best):
+        return []
+    lines = ["", "Knee: each configuration's highest requests/s over the stages"
+             + (f" (each node capped to {a.node_cpu:g} CPU)" if a.node_cpu else "") + ".", "",
+             "| config | users | requests/s | code → first frame p95 ms |", "|---|---:|---:|---:|"]
+    for name, r in best.items():
+        lines.append(f"| {name} | {r['users']} | {r['requests_per_s']} | "
+                     f"{r['first_frame_p95_ms']} |")
+    if "nginx1" in best and "nginx2" in best:
+        ratio = best["nginx2"]["requests_per_s"] / best["nginx1"]["requests_per_s"]
+        lines += ["", f"Two nodes / one node at the knee: {ratio:.2f}× (target ≥ 1.8×)."]
+    return lines
+
+
 def soak_lines(soaks: list[dict]) -> list[str]:
     if not soaks:
         return []
@@ -656,6 +703,7 @@ def write_results(rows: list[dict], a, argv) -> Path:
     errs = {f"{r['config']} {r['users']}": r["error_kinds"] for r in rows if r["error_kinds"]}
     if errs:
         lines += ["", "Errors by kind: " + json.dumps(errs, ensure_ascii=False)]
+    lines += knee_lines(rows, a)
     lines += soak_lines(REC_SOAK)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return out
@@ -672,6 +720,10 @@ def main(argv=None) -> int:
     ap.add_argument("--doctor-every", type=int, default=25, help="one doctor per N users")
     ap.add_argument("--exams", type=int, default=40)
     ap.add_argument("--slices", type=int, default=80)
+    ap.add_argument("--node-cpu", type=float, default=0.0,
+                    help="cap each node's CPU time to this many CPUs (cgroup v1 cpu quota; "
+                         "root): e.g. 0.5 gives one and two nodes half a core each and leaves "
+                         "the generator and nginx a core, for the knee comparison")
     ap.add_argument("--soak-s", type=float, default=0.0,
                     help="after the stages, keep --soak-users users this long and sample every "
                          "process's RSS and open files (the 10-minute soak: 600)")
@@ -708,6 +760,7 @@ def main(argv=None) -> int:
                    "nginx2": lambda: Deployment(name, work, env, 2, 1, True, True),
                    "nginx1p": lambda: Deployment(name, work, env, 1, a.processes, False, True),
                    "nginx2u": lambda: Deployment(name, work, env, 2, 1, False, True)}[name]()
+            dep.node_cpu = a.node_cpu
             log(f"{name}: importing {len(dirs)} series …")
             dep.nodes[0].import_paths(dirs)
             dep.start()
