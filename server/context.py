@@ -29,8 +29,11 @@ def load_secret_key(path: Path) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         key = secrets.token_bytes(32)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # a temporary file of this starter's own: nodes started together on one shared
+        # folder each write theirs, and the first link wins (one fixed name let a starter
+        # truncate or lose the file another was linking)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key.hex().encode())
             fh.flush()
